@@ -1,0 +1,1 @@
+"""The aiohttp application: everything that speaks HTTP."""

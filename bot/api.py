@@ -1,0 +1,170 @@
+"""The REST API of the seed: start, info, update, add_results, results; plus listing and cancel."""
+import datetime
+
+from aiohttp import web
+
+from bot.auth import api_token_ok, deployment_token_ok, require_api_token
+from bot.errors import json_error, not_found
+from bot.keys import callback_only_key, config_key, store_key, worker_key
+from bot.requests import deployment_id, int_field, json_object, text_field
+from bot.validation import Invalid, check_branch, check_url
+from storage import deployments as queries
+from storage.deployments import IllegalTransition, NotFound
+from storage.models import Deployment
+from storage.status import Status
+
+routes = web.RouteTableDef()
+callback_routes = web.RouteTableDef()
+
+MAX_LIMIT = 500
+
+
+def _iso(moment: datetime.datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
+
+
+def describe(deployment: Deployment) -> dict:
+    """A deployment as the API shows it."""
+    return {
+        "id": deployment.id,
+        "repo_name": deployment.url,
+        "repo_branch": deployment.branch,
+        "status": deployment.status,
+        "commit": deployment.commit,
+        "trigger": deployment.trigger,
+        "progress": deployment.progress,
+        "reason": deployment.reason,
+        "exit_code": deployment.exit_code,
+        "created_at": _iso(deployment.created_at),
+        "started_at": _iso(deployment.started_at),
+        "finished_at": _iso(deployment.finished_at),
+    }
+
+
+async def _deployment(request: web.Request, deployment_id_: int) -> Deployment:
+    try:
+        return await request.app[store_key].run(queries.get, deployment_id_)
+    except NotFound:
+        raise not_found() from None
+
+
+async def _authorize_callback(request: web.Request, deployment: Deployment) -> None:
+    """API token or the deployment's own token; on the container listener only the latter."""
+    if deployment_token_ok(request, deployment):
+        return
+    if not request.app[callback_only_key] and api_token_ok(
+            request, request.app[config_key].auth.api_tokens):
+        return
+    raise json_error(401 if request.headers.get("Authorization") is None else 403,
+                     "This deployment's token or an API token is required")
+
+
+@routes.post("/start")
+async def start(request: web.Request) -> web.Response:
+    """Queue a deployment of a repository's branch."""
+    config = request.app[config_key]
+    require_api_token(request, config.auth.api_tokens)
+    body = await json_object(request)
+    url, branch = text_field(body, "url"), text_field(body, "branch")
+    try:
+        check_url(url, config.runner.allowed_urls)
+        check_branch(branch)
+    except Invalid as e:
+        raise json_error(400, str(e)) from None
+    deployment = await request.app[store_key].run(queries.create, url, branch)
+    request.app[worker_key].wake()
+    return web.json_response({"id": deployment.id}, status=201)
+
+
+@routes.get("/info/{id}")
+async def info(request: web.Request) -> web.Response:
+    """One deployment's fields."""
+    return web.json_response(describe(await _deployment(request, deployment_id(request))))
+
+
+@routes.post("/update")
+@callback_routes.post("/update")
+async def update(request: web.Request) -> web.Response:
+    """Move a deployment to a status, or record a progress report."""
+    body = await json_object(request)
+    target_id = int_field(body, "id")
+    new_results = text_field(body, "new_results")
+    deployment = await _deployment(request, target_id)
+    await _authorize_callback(request, deployment)
+    store = request.app[store_key]
+    status = Status.parse(new_results)
+    try:
+        if status is None:
+            await store.run(queries.report_progress, target_id, new_results)
+        else:
+            await store.run(queries.transition, target_id, status,
+                            note=f"[speed] status set to {status.value} through /update")
+    except IllegalTransition as e:
+        raise json_error(409, f"Deployment is {e.current.value}: {e}") from None
+    except NotFound:
+        raise not_found() from None
+    if status is not None and status.finished:
+        await request.app[worker_key].stop(target_id)
+    return web.json_response({"message": "Deployment updated successfully"})
+
+
+@routes.post("/add_results/{id}")
+@callback_routes.post("/add_results/{id}")
+async def add_results(request: web.Request) -> web.Response:
+    """Append text to a deployment's results."""
+    target_id = deployment_id(request)
+    body = await json_object(request)
+    results = text_field(body, "results", "Missing results data")
+    deployment = await _deployment(request, target_id)
+    await _authorize_callback(request, deployment)
+    try:
+        await request.app[store_key].run(queries.add_result, target_id, results)
+    except NotFound:
+        raise not_found() from None
+    return web.json_response({"message": "Results added successfully"})
+
+
+@routes.get("/results/{id}")
+async def results(request: web.Request) -> web.Response:
+    """Everything recorded for a deployment, in order, as one string."""
+    try:
+        text = await request.app[store_key].run(queries.results_text, deployment_id(request))
+    except NotFound:
+        raise not_found() from None
+    return web.json_response({"results": text})
+
+
+@routes.get("/deployments")
+async def deployments(request: web.Request) -> web.Response:
+    """Deployments newest first, filtered by status and repository."""
+    query = request.rel_url.query
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        raise json_error(400, "'limit' must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise json_error(400, f"'limit' must be between 1 and {MAX_LIMIT}")
+    status = None
+    if "status" in query:
+        status = Status.parse(query["status"])
+        if status is None:
+            raise json_error(400, "'status' must be one of " + ", ".join(s.value for s in Status))
+    found = await request.app[store_key].run(queries.listing, limit, status, query.get("repo"))
+    return web.json_response({"deployments": [describe(d) for d in found]})
+
+
+@routes.post("/cancel/{id}")
+async def cancel(request: web.Request) -> web.Response:
+    """Stop a queued or running deployment."""
+    require_api_token(request, request.app[config_key].auth.api_tokens)
+    target_id = deployment_id(request)
+    try:
+        deployment = await request.app[store_key].run(
+            queries.transition, target_id, Status.CANCELLED, note="[speed] cancelled",
+            reason="cancelled")
+    except NotFound:
+        raise not_found() from None
+    except IllegalTransition as e:
+        raise json_error(409, f"Deployment is already {e.current.value}") from None
+    await request.app[worker_key].stop(target_id)
+    return web.json_response(describe(deployment))

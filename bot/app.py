@@ -1,0 +1,95 @@
+"""The application factory: app state, the worker, and the listener containers call back to."""
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from bot.api import callback_routes, routes
+from bot.config import Config
+from bot.errors import error_middleware
+from bot.keys import backend_key, callback_only_key, config_key, store_key, worker_key
+from bot.requests import MAX_BODY
+from runner.base import Backend, Limits
+from runner.docker_backend import DockerBackend
+from runner.pipeline import RunnerSettings
+from runner.errors import RunnerError
+from runner.worker import ENGINE_RETRY_SECONDS, Worker
+from storage import deployments as queries
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _application(config: Config, routes_: web.RouteTableDef, callback_only: bool) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[config_key] = config
+    app[callback_only_key] = callback_only
+    app.add_routes(routes_)
+    return app
+
+
+def create_app(config: Config, backend: Backend | None = None) -> web.Application:
+    """The SPEED application for this configuration."""
+    app = _application(config, routes, callback_only=False)
+    app[backend_key] = backend or DockerBackend()
+    app.cleanup_ctx.append(_storage_context)
+    app.cleanup_ctx.append(_runner_context)
+    return app
+
+
+async def _storage_context(app: web.Application) -> AsyncIterator[None]:
+    store = Store(app[config_key].database.url)
+    app[store_key] = store
+    yield
+    store.close()
+
+
+async def _runner_context(app: web.Application) -> AsyncIterator[None]:
+    config, store = app[config_key], app[store_key]
+    runner = config.runner
+    settings = RunnerSettings(
+        instance=await store.run(queries.instance_id), api_url="",
+        limits=Limits(memory=runner.memory, cpus=runner.cpus, pids=runner.pids),
+        timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
+        keep_images=runner.keep_images, git_timeout=runner.git_timeout)
+    worker = Worker(store, app[backend_key], settings, runner.max_concurrent)
+    app[worker_key] = worker
+    listener: list[web.AppRunner] = []
+    task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await worker.close()
+    for site_runner in listener:
+        await site_runner.cleanup()
+
+
+async def _run_worker(app: web.Application, worker: Worker, listener: list[web.AppRunner]) -> None:
+    """Once the engine answers: open the callback listener, then work the queue."""
+    config = app[config_key]
+    host = config.runner.callback_host
+    while not host:
+        await worker.wait_for_engine()
+        try:
+            host = await app[backend_key].callback_host()
+        except RunnerError as e:
+            log.error("cannot find where containers reach SPEED: %s; set runner.callback_host",
+                      e.message)
+            await asyncio.sleep(ENGINE_RETRY_SECONDS)
+    port = config.runner.callback_port or config.server.port
+    if config.server.host not in WILDCARD_HOSTS:
+        callback_app = _application(config, callback_routes, callback_only=True)
+        callback_app[store_key], callback_app[worker_key] = app[store_key], worker
+        site_runner = web.AppRunner(callback_app, access_log=None)
+        await site_runner.setup()
+        listener.append(site_runner)
+        try:
+            await web.TCPSite(site_runner, host, port).start()
+        except OSError as e:
+            log.error("cannot listen for container callbacks on %s:%s: %s", host, port, e)
+    await worker.serve(api_url=f"http://{host}:{port}")

@@ -1,0 +1,184 @@
+"""app.yaml parsed once into frozen dataclasses; errors name the key."""
+import dataclasses
+import ipaddress
+import os
+import re
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///deployments.db"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig:
+    backend: str = "docker"
+    max_concurrent: int = 4
+    timeout: float = 1800
+    memory: str = "1g"
+    cpus: float = 1.0
+    pids: int = 512
+    allowed_urls: tuple[str, ...] = ("https://*", "ssh://*")
+    workdir: str = ".speed/work"
+    keep_images: int = 5
+    max_log_bytes: int = 10 * 1024 * 1024
+    git_timeout: float = 300
+    # Where containers reach SPEED: empty means the gateway of the Docker bridge, on server.port.
+    callback_host: str = ""
+    callback_port: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    api_tokens: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    runner: RunnerConfig = RunnerConfig()
+    auth: AuthConfig = AuthConfig()
+
+    def __post_init__(self):
+        _validate(self)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: str, key: str) -> str:
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{key}: environment variable {name} is not set")
+
+    return _ENV.sub(substitute, value)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    if isinstance(value, str):
+        value = _expand(value, key)
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str):  # from one environment variable: comma-separated
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return tuple(_coerce(item, typing.get_args(kind)[0], f"{key}[{i}]")
+                     for i, item in enumerate(value))
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key)
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected text")
+        return value
+    if kind in (int, float):
+        if isinstance(value, str):
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number")
+        if kind is int and value != int(value):
+            raise ConfigError(f"{key}: expected a whole number")
+        return kind(value)
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a programming error
+
+
+def _build(cls: type, data: Any, prefix: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'configuration'}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key")
+    values = {name: _coerce(data[name], hints[name], f"{prefix + '.' if prefix else ''}{name}")
+              for name in names if name in data}
+    return cls(**values)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(config: Config) -> None:
+    server, runner = config.server, config.runner
+    if not 0 <= server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    if not 0 <= runner.callback_port <= 65535:
+        raise ConfigError("runner.callback_port: must be between 0 and 65535")
+    if not config.auth.api_tokens and not _is_loopback(server.host):
+        raise ConfigError(f"server.host: listening on {server.host} without auth.api_tokens "
+                          "would let anyone run code here; set tokens or listen on 127.0.0.1")
+    if any(len(token) < 16 for token in config.auth.api_tokens):
+        raise ConfigError("auth.api_tokens: each token needs at least 16 characters")
+    if runner.backend != "docker":
+        raise ConfigError(f"runner.backend: unknown backend {runner.backend!r} (known: docker)")
+    for key, value in (("max_concurrent", runner.max_concurrent), ("timeout", runner.timeout),
+                       ("cpus", runner.cpus), ("pids", runner.pids),
+                       ("max_log_bytes", runner.max_log_bytes), ("git_timeout", runner.git_timeout)):
+        if value <= 0:
+            raise ConfigError(f"runner.{key}: must be greater than 0")
+    if runner.keep_images < 0:
+        raise ConfigError("runner.keep_images: must not be negative")
+    if not runner.allowed_urls:
+        raise ConfigError("runner.allowed_urls: at least one pattern is needed")
+
+
+def load(path: str | None = None, **overrides: Any) -> Config:
+    """Read the configuration file (if any), apply section overrides, and validate."""
+    data: dict = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition("__")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: expected a mapping")
+        data[section][key] = value
+    return _build(Config, data)
+
+
+def public_url(config: Config) -> str:
+    """The URL people use to reach this SPEED, without a trailing slash."""
+    if config.server.public_url:
+        return config.server.public_url.rstrip("/")
+    return f"http://{config.server.host}:{config.server.port}"

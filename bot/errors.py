@@ -1,0 +1,38 @@
+"""JSON errors: deliberate 4xx from handlers, and one middleware for everything else."""
+import json
+import logging
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+def json_error(status: int, message: str, **headers: str) -> web.HTTPException:
+    """An HTTP error whose body is {"error": message}."""
+    cls = web.HTTPException
+    for candidate in (web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden,
+                      web.HTTPNotFound, web.HTTPConflict, web.HTTPRequestEntityTooLarge):
+        if candidate.status_code == status:
+            cls = candidate
+    kwargs = {"max_size": 0, "actual_size": 0} if cls is web.HTTPRequestEntityTooLarge else {}
+    error = cls(text=json.dumps({"error": message}), content_type="application/json",
+                headers=headers or None, **kwargs)
+    return error
+
+
+def not_found() -> web.HTTPException:
+    return json_error(404, "Deployment not found")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Answer every failure as JSON; log unexpected ones without echoing them to the caller."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.content_type == "application/json" or e.empty_body or e.status < 400:
+            raise
+        raise json_error(e.status, e.reason) from None
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        raise json_error(500, "Internal server error") from None

@@ -1,0 +1,50 @@
+"""Reading and checking request bodies and path parameters."""
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bot.errors import json_error, not_found
+
+MAX_BODY = 1024 * 1024
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 JSON error."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise json_error(413, f"Request body is larger than {MAX_BODY} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise json_error(413, f"Request body is larger than {MAX_BODY} bytes") from None
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise json_error(400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(400, "Request body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, message: str | None = None) -> str:
+    """A required non-empty string field."""
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise json_error(400, message or f"'{name}' is required and must be a non-empty string")
+    return value
+
+
+def int_field(body: dict[str, Any], name: str) -> int:
+    """A required integer field (booleans are not integers here)."""
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise json_error(400, f"'{name}' is required and must be an integer")
+    return value
+
+
+def deployment_id(request: web.Request) -> int:
+    """The {id} path parameter; anything that cannot be a deployment id is not found."""
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise not_found()
+    return int(raw)

@@ -1,0 +1,1 @@
+"""Everything that touches git and Docker; the only package that imports docker."""

@@ -1,0 +1,93 @@
+"""The backend interface: what SPEED needs from a container engine."""
+import abc
+import dataclasses
+from typing import AsyncIterator, Awaitable, Callable, Mapping
+
+OutputSink = Callable[[str], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one deployment's container may use."""
+
+    memory: str
+    cpus: float
+    pids: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerState:
+    """What the engine knows about a deployment's container."""
+
+    status: str  # Docker's words: created, running, exited, ...
+    exit_code: int | None
+    oom_killed: bool = False
+
+    @property
+    def never_started(self) -> bool:
+        return self.status == "created"
+
+    @property
+    def exited(self) -> bool:
+        return self.status in ("exited", "dead")
+
+
+class Backend(abc.ABC):
+    """A container engine that builds and runs deployments.
+
+    Lifecycle of one deployment: ``build`` (prepare the image from a checkout) → ``create`` and
+    ``start`` (run) → ``logs`` and ``wait`` → ``cleanup``. ``cleanup`` is idempotent and safe after
+    a failed build or create: it removes whatever of the deployment exists. Every container carries
+    ``labels`` naming its SPEED instance and deployment, so ``find`` can tell after a restart which
+    deployment a container belongs to. Methods raise ``runner.errors.RunnerError`` subclasses.
+    """
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the engine answers; raise EngineUnavailable otherwise."""
+
+    @abc.abstractmethod
+    async def callback_host(self) -> str:
+        """The host address at which containers reach SPEED."""
+
+    @abc.abstractmethod
+    async def build(self, context: str, tag: str, labels: Mapping[str, str],
+                    output: OutputSink) -> str:
+        """Build the Dockerfile at the root of context as tag, streaming the log; return the image id."""
+
+    @abc.abstractmethod
+    async def create(self, name: str, image: str, env: Mapping[str, str],
+                     labels: Mapping[str, str], limits: Limits) -> str:
+        """Create (not start) a container and return its id."""
+
+    @abc.abstractmethod
+    async def start(self, container_id: str) -> None:
+        """Start a created container."""
+
+    @abc.abstractmethod
+    def logs(self, container_id: str, after_ns: int | None) -> AsyncIterator[tuple[int, str]]:
+        """Follow the container's output from after the given time: (time in ns, text) pairs."""
+
+    @abc.abstractmethod
+    async def wait(self, container_id: str) -> ContainerState:
+        """Wait for the container to exit and return its final state."""
+
+    @abc.abstractmethod
+    async def state(self, container_id: str) -> ContainerState | None:
+        """The container's current state, or None if it no longer exists."""
+
+    @abc.abstractmethod
+    async def kill(self, container_id: str) -> None:
+        """Kill the container if it runs."""
+
+    @abc.abstractmethod
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        """Ids of the containers carrying all the labels."""
+
+    @abc.abstractmethod
+    async def cleanup(self, container_id: str | None = None, image: str | None = None) -> None:
+        """Remove the container and image if they exist; never fails on what is already gone."""
+
+    @abc.abstractmethod
+    async def prune_images(self, labels: Mapping[str, str], keep: int) -> None:
+        """Remove all but the newest keep images carrying the labels, sparing those in use."""

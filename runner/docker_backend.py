@@ -1,0 +1,186 @@
+"""The embedded backend: the local Docker engine through the docker SDK."""
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import os
+from typing import AsyncIterator, Iterator, Mapping, TypeVar
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+
+from runner.base import Backend, ContainerState, Limits, OutputSink
+from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
+
+T = TypeVar("T")
+_DONE = object()
+
+
+async def _iterate(blocking: Iterator[T]) -> AsyncIterator[T]:
+    """Iterate a blocking iterator on a worker thread, one item at a time (that is the back-pressure)."""
+    while (item := await asyncio.to_thread(next, blocking, _DONE)) is not _DONE:
+        yield item
+
+
+@contextlib.contextmanager
+def _engine_errors(kind: type[RunnerError], action: str):
+    """Turn the SDK's and the HTTP layer's errors into the runner's own."""
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise EngineUnavailable(f"the Docker engine does not answer ({action})") from e
+    except DockerException as e:
+        raise kind(f"{action} failed: {getattr(e, 'explanation', None) or e}") from e
+
+
+def _nanoseconds(stamp: str) -> int:
+    """RFC 3339 time with nanoseconds, as Docker writes it, to integer nanoseconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+    return int(seconds.timestamp()) * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+class DockerBackend(Backend):
+    """Builds and runs deployments on the Docker engine named by DOCKER_HOST (or the local socket)."""
+
+    def __init__(self, network: str = "bridge"):
+        self._client: docker.DockerClient | None = None
+        self._network = network
+        self._builds = 0
+
+    async def _api(self) -> docker.APIClient:
+        if self._client is None:
+            with _engine_errors(EngineUnavailable, "connect"):
+                self._client = await asyncio.to_thread(docker.from_env)
+        return self._client.api
+
+    async def ping(self) -> None:
+        api = await self._api()
+        with _engine_errors(EngineUnavailable, "ping"):
+            await asyncio.to_thread(api.ping)
+
+    async def callback_host(self) -> str:
+        api = await self._api()
+        with _engine_errors(EngineUnavailable, "inspect network"):
+            network = await asyncio.to_thread(api.inspect_network, self._network)
+        for pool in network.get("IPAM", {}).get("Config") or []:
+            if pool.get("Gateway"):
+                return pool["Gateway"]
+            if pool.get("Subnet") and ":" not in pool["Subnet"]:
+                # Docker gives a bridge the subnet's first address when it names no gateway.
+                return str(next(ipaddress.ip_network(pool["Subnet"]).hosts()))
+        raise EngineUnavailable(f"the Docker network {self._network!r} has no gateway address")
+
+    async def build(self, context: str, tag: str, labels: Mapping[str, str],
+                    output: OutputSink) -> str:
+        if not os.path.isfile(os.path.join(context, "Dockerfile")):
+            raise BuildFailed("no Dockerfile at the repository root")
+        api = await self._api()
+        image_id = None
+        self._builds += 1
+        try:
+            with _engine_errors(BuildFailed, "build"):
+                stream = await asyncio.to_thread(
+                    api.build, path=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
+                    decode=True, pull=False)
+                async for chunk in _iterate(stream):
+                    if "stream" in chunk:
+                        await output(chunk["stream"])
+                    elif "error" in chunk:
+                        raise BuildFailed(f"build failed: {chunk['error'].strip()}")
+                    elif "aux" in chunk and "ID" in chunk["aux"]:
+                        image_id = chunk["aux"]["ID"]
+        finally:
+            self._builds -= 1
+        if image_id is None:
+            raise BuildFailed("build failed: the engine reported no image")
+        return image_id
+
+    async def create(self, name: str, image: str, env: Mapping[str, str],
+                     labels: Mapping[str, str], limits: Limits) -> str:
+        api = await self._api()
+        with _engine_errors(RunFailed, "create container"):
+            host_config = api.create_host_config(
+                mem_limit=limits.memory, memswap_limit=limits.memory,
+                nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
+                security_opt=["no-new-privileges"], network_mode=self._network, privileged=False)
+            created = await asyncio.to_thread(
+                api.create_container, image, name=name, environment=dict(env),
+                labels=dict(labels), host_config=host_config, detach=True)
+        return created["Id"]
+
+    async def start(self, container_id: str) -> None:
+        api = await self._api()
+        with _engine_errors(RunFailed, "start container"):
+            await asyncio.to_thread(api.start, container_id)
+
+    async def logs(self, container_id: str, after_ns: int | None) -> AsyncIterator[tuple[int, str]]:
+        api = await self._api()
+        since = after_ns // 1_000_000_000 if after_ns else None
+        with _engine_errors(RunFailed, "follow logs"):
+            stream = await asyncio.to_thread(
+                api.logs, container_id, stream=True, follow=True, timestamps=True, since=since)
+            async for chunk in _iterate(stream):
+                stamp, _, text = chunk.decode("utf-8", "replace").partition(" ")
+                at = _nanoseconds(stamp)
+                if after_ns is None or at > after_ns:
+                    yield at, text
+
+    async def wait(self, container_id: str) -> ContainerState:
+        api = await self._api()
+        with _engine_errors(RunFailed, "wait for container"):
+            await asyncio.to_thread(api.wait, container_id)
+        state = await self.state(container_id)
+        if state is None:
+            raise RunFailed("the container vanished")
+        return state
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        api = await self._api()
+        try:
+            with _engine_errors(RunFailed, "inspect container"):
+                info = await asyncio.to_thread(api.inspect_container, container_id)
+        except RunFailed as e:
+            if isinstance(e.__cause__, NotFound):
+                return None
+            raise
+        state = info["State"]
+        exited = state["Status"] in ("exited", "dead")
+        return ContainerState(status=state["Status"], exit_code=state["ExitCode"] if exited else None,
+                              oom_killed=state.get("OOMKilled", False))
+
+    async def kill(self, container_id: str) -> None:
+        api = await self._api()
+        with contextlib.suppress(APIError), _engine_errors(RunFailed, "kill container"):
+            await asyncio.to_thread(api.kill, container_id)
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        api = await self._api()
+        selector = [f"{key}={value}" for key, value in labels.items()]
+        with _engine_errors(RunFailed, "list containers"):
+            found = await asyncio.to_thread(api.containers, all=True, filters={"label": selector})
+        return [c["Id"] for c in found]
+
+    async def cleanup(self, container_id: str | None = None, image: str | None = None) -> None:
+        api = await self._api()
+        with _engine_errors(RunFailed, "clean up"):
+            if container_id:
+                with contextlib.suppress(NotFound):
+                    await asyncio.to_thread(api.remove_container, container_id, force=True)
+            if image:
+                # An image another container still uses stays (409); the next prune retries it.
+                with contextlib.suppress(NotFound, APIError):
+                    await asyncio.to_thread(api.remove_image, image)
+
+    async def prune_images(self, labels: Mapping[str, str], keep: int) -> None:
+        if self._builds:
+            # A running build may be using these images' layers as cache; prune after it.
+            return
+        api = await self._api()
+        selector = [f"{key}={value}" for key, value in labels.items()]
+        with _engine_errors(RunFailed, "list images"):
+            images = await asyncio.to_thread(api.images, filters={"label": selector})
+        images.sort(key=lambda image: image["Created"], reverse=True)
+        for image in images[keep:]:
+            await self.cleanup(image=image["Id"])

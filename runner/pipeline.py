@@ -1,0 +1,219 @@
+"""One deployment from checkout to outcome: clone, build, run, follow, record, clean up."""
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+
+from runner import git
+from runner.base import Backend, ContainerState, Limits
+from runner.errors import RunnerError
+from runner.output import OutputRecorder
+from storage import deployments as queries
+from storage.deployments import IllegalTransition
+from storage.models import Deployment, utcnow
+from storage.status import Status
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerSettings:
+    """What the pipeline needs to know about this SPEED instance."""
+
+    instance: str
+    api_url: str
+    limits: Limits
+    timeout: float
+    workdir: str
+    max_log_bytes: int
+    keep_images: int
+    git_timeout: float
+
+
+def token_hash(token: str) -> str:
+    """The stored form of a deployment token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Run:
+    """A deployment this process is carrying out, and how to stop it."""
+
+    def __init__(self, deployment_id: int):
+        self.deployment_id = deployment_id
+        self.container_id: str | None = None
+        self.stopped = False
+        self.task: asyncio.Task | None = None
+
+
+class Pipeline:
+    """Carries out deployments on a backend and records everything in the store."""
+
+    def __init__(self, store: Store, backend: Backend, settings: RunnerSettings):
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+
+    def labels(self, deployment_id: int | None = None) -> dict[str, str]:
+        """The labels on this instance's containers and images (of one deployment, if given)."""
+        labels = {"speed.instance": self.settings.instance}
+        if deployment_id is not None:
+            labels["speed.deployment"] = str(deployment_id)
+        return labels
+
+    def _image(self, deployment_id: int) -> str:
+        return f"speed-{self.settings.instance}:{deployment_id}"
+
+    def _recorder(self, deployment: Deployment) -> OutputRecorder:
+        return OutputRecorder(deployment.id, self._store_output, self.settings.max_log_bytes,
+                              stored=deployment.log_bytes)
+
+    async def _store_output(self, deployment_id: int, text: str, stored: int,
+                            cursor: int | None) -> None:
+        await self.store.run(queries.append_output, deployment_id, text, stored, cursor)
+
+    def _remaining(self, deployment: Deployment) -> float:
+        started = deployment.started_at or utcnow()
+        elapsed = (utcnow() - started) / datetime.timedelta(seconds=1)
+        return max(self.settings.timeout - elapsed, 0.0)
+
+    async def deploy(self, deployment: Deployment, run: Run) -> None:
+        """Carry out a freshly claimed deployment."""
+        recorder = self._recorder(deployment)
+        os.makedirs(self.settings.workdir, mode=0o700, exist_ok=True)
+        workspace = tempfile.mkdtemp(prefix=f"deployment-{deployment.id}-", dir=self.settings.workdir)
+        try:
+            async with self._deadline(deployment, run, recorder):
+                await recorder.write(f"[speed] cloning {deployment.url} (branch {deployment.branch})\n")
+                commit = await git.checkout(deployment.url, deployment.branch,
+                                            os.path.join(workspace, "src"),
+                                            self.settings.git_timeout)
+                await self.store.run(queries.update, deployment.id, commit=commit)
+                await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
+                await self.backend.build(os.path.join(workspace, "src"), self._image(deployment.id),
+                                         self.labels(deployment.id), recorder.write)
+                shutil.rmtree(workspace, ignore_errors=True)
+                if run.stopped:
+                    return
+                await self._start_container(deployment, commit, run, recorder)
+                await self._follow(deployment.id, run, recorder, after_ns=None)
+        except RunnerError as e:
+            await self._fail(deployment.id, run, recorder, e)
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+            await self._finish_up(deployment.id, run, recorder)
+
+    async def reattach(self, deployment: Deployment, run: Run) -> None:
+        """Follow a deployment whose container outlived an earlier SPEED process."""
+        recorder = self._recorder(deployment)
+        run.container_id = deployment.container_id
+        try:
+            async with self._deadline(deployment, run, recorder):
+                await self._follow(deployment.id, run, recorder, after_ns=deployment.log_cursor)
+        except RunnerError as e:
+            await self._fail(deployment.id, run, recorder, e)
+        finally:
+            await self._finish_up(deployment.id, run, recorder)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, deployment: Deployment, run: Run, recorder: OutputRecorder):
+        """Fail the deployment and kill its container when runner.timeout runs out."""
+        try:
+            async with asyncio.timeout(self._remaining(deployment)):
+                yield
+        except TimeoutError:
+            if run.container_id:
+                await self.backend.kill(run.container_id)
+            await recorder.close()
+            await self._finish(deployment.id, Status.FAILED,
+                               f"timed out after {self.settings.timeout:g} s")
+
+    async def _start_container(self, deployment: Deployment, commit: str, run: Run,
+                               recorder: OutputRecorder) -> None:
+        token = secrets.token_urlsafe(32)
+        recorder.redact(token)
+        env = {
+            "SPEED_DEPLOYMENT_ID": str(deployment.id),
+            "SPEED_API_URL": self.settings.api_url,
+            "SPEED_TOKEN": token,
+            "SPEED_REPO_URL": deployment.url,
+            "SPEED_BRANCH": deployment.branch,
+            "SPEED_COMMIT": commit,
+        }
+        name = f"speed-{self.settings.instance}-{deployment.id}"
+        for leftover in await self.backend.find(self.labels(deployment.id)):
+            await self.backend.cleanup(leftover)
+        run.container_id = await self.backend.create(
+            name, self._image(deployment.id), env, self.labels(deployment.id), self.settings.limits)
+        # The id is stored before the container starts: after a crash, a stored id means the
+        # container may have run, so it is reattached, never started twice.
+        await self.store.run(queries.update, deployment.id, container_id=run.container_id,
+                             token_hash=token_hash(token))
+        if run.stopped:
+            return
+        await recorder.write("[speed] starting the container\n")
+        await self.backend.start(run.container_id)
+        await self.store.run(queries.update, deployment.id, container_started_at=utcnow())
+
+    async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
+                      after_ns: int | None) -> None:
+        assert run.container_id
+        state = await self.backend.state(run.container_id)
+        if state is None:
+            await recorder.close()
+            await self._finish(deployment_id, Status.FAILED,
+                               "interrupted: the container vanished")
+            return
+        if not state.never_started:
+            async for at, text in self.backend.logs(run.container_id, after_ns):
+                await recorder.write(text, at)
+            state = await self.backend.wait(run.container_id)
+        await recorder.close()
+        await self._record_exit(deployment_id, state)
+
+    async def _record_exit(self, deployment_id: int, state: ContainerState) -> None:
+        if state.exit_code == 0:
+            await self._finish(deployment_id, Status.SUCCEEDED, "container exited with code 0",
+                               exit_code=0)
+            return
+        reason = f"container exited with code {state.exit_code}"
+        if state.oom_killed:
+            reason = f"out of memory: {reason}"
+        await self._finish(deployment_id, Status.FAILED, reason, exit_code=state.exit_code)
+
+    async def _fail(self, deployment_id: int, run: Run, recorder: OutputRecorder,
+                    error: RunnerError) -> None:
+        log.warning("deployment failed: %s", error.message, extra={"deployment": deployment_id})
+        if error.log:
+            await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
+        await recorder.close()
+        await self._finish(deployment_id, Status.FAILED, error.message)
+
+    async def _finish(self, deployment_id: int, status: Status, reason: str, **fields) -> None:
+        """Record the outcome, unless someone (cancel, /update) finished the deployment first."""
+        try:
+            await self.store.run(queries.transition, deployment_id, status,
+                                 note=f"[speed] {status.value}: {reason}", reason=reason, **fields)
+        except IllegalTransition:
+            log.info("deployment already finished; outcome %s not recorded", status.value,
+                     extra={"deployment": deployment_id})
+
+    async def _finish_up(self, deployment_id: int, run: Run, recorder: OutputRecorder) -> None:
+        """Store what output is left; remove the container and surplus images once finished."""
+        with contextlib.suppress(Exception):
+            await recorder.close()
+        deployment = await self.store.run(queries.get, deployment_id)
+        if not deployment.state.finished:
+            return  # interrupted by shutdown: the next start reattaches or requeues it
+        try:
+            if run.container_id:
+                await self.backend.cleanup(run.container_id)
+            await self.backend.prune_images(self.labels(), self.settings.keep_images)
+        except RunnerError as e:
+            log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})

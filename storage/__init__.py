@@ -1,0 +1,1 @@
+"""Persistence: peewee models and every query; the database is the queue."""

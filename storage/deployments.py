@@ -1,0 +1,170 @@
+"""Every query on deployments and their results; each write is one short transaction."""
+import uuid
+
+from peewee import SqliteDatabase, fn
+
+from storage.db import database
+from storage.models import Deployment, Result, Setting, utcnow
+from storage.status import Status, is_legal
+
+SQLITE_MAX_INT = 2**63 - 1
+
+
+class NotFound(LookupError):
+    """No deployment has that id."""
+
+
+class IllegalTransition(ValueError):
+    """The deployment cannot move to the requested status."""
+
+    def __init__(self, current: Status, new: Status):
+        super().__init__(f"cannot move a {current.value} deployment to {new.value}")
+        self.current, self.new = current, new
+
+
+def _write():
+    """A write transaction; on SQLite it takes the write lock up front so it never deadlocks."""
+    if isinstance(database.obj, SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+def _get(deployment_id: int) -> Deployment:
+    if not 0 < deployment_id <= SQLITE_MAX_INT:
+        raise NotFound(deployment_id)
+    deployment = Deployment.get_or_none(Deployment.id == deployment_id)
+    if deployment is None:
+        raise NotFound(deployment_id)
+    return deployment
+
+
+def get(deployment_id: int) -> Deployment:
+    """The deployment with that id, or NotFound."""
+    return _get(deployment_id)
+
+
+def create(url: str, branch: str, trigger: str = "manual") -> Deployment:
+    """Record a Pending deployment."""
+    with _write():
+        return Deployment.create(url=url, branch=branch, trigger=trigger)
+
+
+def listing(limit: int = 50, status: Status | None = None, repo: str | None = None,
+            before: int | None = None) -> list[Deployment]:
+    """Deployments newest first, optionally filtered by status and repository URL."""
+    query = Deployment.select().order_by(Deployment.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Deployment.status == status.value)
+    if repo:
+        query = query.where(Deployment.url.contains(repo))
+    if before is not None:
+        query = query.where(Deployment.id < before)
+    return list(query)
+
+
+def claim_next() -> Deployment | None:
+    """Mark the oldest Pending deployment Running and return it, in one statement."""
+    oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
+              .order_by(Deployment.id).limit(1))
+    with _write():
+        rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow())
+                    .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
+                    .returning(Deployment).objects(Deployment).execute())
+    return rows[0] if rows else None
+
+
+def transition(deployment_id: int, new: Status, note: str | None = None, **fields) -> Deployment:
+    """Move a deployment to a new status (legal moves only), recording fields and a note."""
+    with _write():
+        deployment = _get(deployment_id)
+        current = deployment.state
+        if current == new and not current.finished:
+            return deployment
+        if not is_legal(current, new):
+            raise IllegalTransition(current, new)
+        values = dict(fields, status=new.value)
+        if new == Status.RUNNING and deployment.started_at is None:
+            values["started_at"] = utcnow()
+        if new.finished:
+            values["finished_at"] = utcnow()
+        Deployment.update(**values).where(Deployment.id == deployment_id).execute()
+        if note:
+            _append(deployment_id, note)
+    return _get(deployment_id)
+
+
+def requeue(deployment_id: int, note: str) -> None:
+    """Put a Running deployment whose container never started back in the queue."""
+    with _write():
+        updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
+                                     container_id=None, log_cursor=None)
+                   .where(Deployment.id == deployment_id,
+                          Deployment.status == Status.RUNNING.value).execute())
+        if updated:
+            _append(deployment_id, note)
+
+
+def update(deployment_id: int, **fields) -> None:
+    """Record fields (commit, container id, ...) on an unfinished deployment."""
+    with _write():
+        Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
+
+
+def _append(deployment_id: int, text: str) -> None:
+    if not text.endswith("\n"):
+        text += "\n"
+    Result.create(deployment=deployment_id, text=text)
+
+
+def add_result(deployment_id: int, text: str) -> None:
+    """Append a result to the deployment's results."""
+    with _write():
+        _get(deployment_id)
+        _append(deployment_id, text)
+
+
+def report_progress(deployment_id: int, text: str) -> None:
+    """Record a progress report: it becomes the progress and is appended to the results."""
+    with _write():
+        _get(deployment_id)
+        Deployment.update(progress=text).where(Deployment.id == deployment_id).execute()
+        _append(deployment_id, text)
+
+
+def append_output(deployment_id: int, text: str, log_bytes: int, cursor: float | None) -> None:
+    """Store a batch of build or container output with the stream position it reached."""
+    with _write():
+        Result.create(deployment=deployment_id, text=text)
+        fields = {"log_bytes": log_bytes}
+        if cursor is not None:
+            fields["log_cursor"] = cursor
+        Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
+
+
+def results_text(deployment_id: int) -> str:
+    """Every result of the deployment in recorded order, as one string."""
+    _get(deployment_id)
+    texts = (Result.select(Result.text).where(Result.deployment == deployment_id)
+             .order_by(Result.id).tuples())
+    return "".join(text for (text,) in texts)
+
+
+def in_status(*statuses: Status) -> list[Deployment]:
+    """Deployments in any of the statuses, oldest first."""
+    return list(Deployment.select().where(Deployment.status.in_([s.value for s in statuses]))
+                .order_by(Deployment.id))
+
+
+def queue_position(deployment_id: int) -> int:
+    """How many Pending deployments are ahead of this one."""
+    return (Deployment.select(fn.COUNT(Deployment.id))
+            .where(Deployment.status == Status.PENDING.value, Deployment.id < deployment_id)
+            .scalar())
+
+
+def instance_id() -> str:
+    """This database's instance id, made once; it tells this SPEED's containers from others'."""
+    with _write():
+        setting, _ = Setting.get_or_create(key="instance_id",
+                                           defaults={"value": uuid.uuid4().hex[:12]})
+    return setting.value
