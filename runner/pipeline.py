@@ -179,12 +179,11 @@ class Pipeline:
 
     async def _record_exit(self, deployment_id: int, state: ContainerState) -> None:
         if state.exit_code == 0:
-            await self._finish(deployment_id, Status.SUCCEEDED, "container exited with code 0",
-                               exit_code=0)
+            await self._finish(deployment_id, Status.SUCCEEDED, "exit code 0", exit_code=0)
             return
-        reason = f"container exited with code {state.exit_code}"
+        reason = f"exit code {state.exit_code}"
         if state.oom_killed:
-            reason = f"out of memory: {reason}"
+            reason = f"out of memory ({reason})"
         await self._finish(deployment_id, Status.FAILED, reason, exit_code=state.exit_code)
 
     async def _fail(self, deployment_id: int, run: Run, recorder: OutputRecorder,

@@ -9,6 +9,7 @@ import pytest
 
 from bot.app import create_app
 from bot.config import load
+from bot.keys import worker_key
 from tests.gitserver import GitServer
 from tests.images import BASE_IMAGE, ensure_base_image
 
@@ -109,6 +110,11 @@ async def wait_finished(client, deployment_id: int, timeout: float = 60.0) -> di
         return info if info["status"] in ("Succeeded", "Failed", "Cancelled") else None
 
     return await wait_for(finished, timeout)
+
+
+def instance_of(client) -> str:
+    """The instance id of the SPEED app behind a test client (its containers carry it)."""
+    return client.app[worker_key].pipeline.settings.instance
 
 
 async def results_of(client, deployment_id: int) -> str:

@@ -1,0 +1,213 @@
+"""The deployment pipeline on a real engine: outcomes, environment, callbacks, limits, clean-up."""
+import asyncio
+
+import pytest
+
+from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
+
+
+async def start(client, url: str, branch: str = "main") -> int:
+    response = await client.post("/start", json={"url": url, "branch": branch})
+    assert response.status == 201, await response.text()
+    return (await response.json())["id"]
+
+
+def containers_of(docker_client, client, deployment_id: int) -> list[dict]:
+    """This SPEED instance's containers of the deployment, as the engine lists them."""
+    return docker_client.api.containers(all=True, filters={"label": [
+        f"speed.instance={instance_of(client)}", f"speed.deployment={deployment_id}"]})
+
+
+async def test_container_gets_its_environment_and_token_is_redacted(client, repo):
+    url, commit = repo('env | grep ^SPEED_ | sort\necho "token=$SPEED_TOKEN"\n', branch="release/1.x")
+    deployment_id = await start(client, url, "release/1.x")
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert f"SPEED_DEPLOYMENT_ID={deployment_id}\n" in results
+    assert f"SPEED_COMMIT={commit}\n" in results and len(commit) == 40
+    assert "SPEED_BRANCH=release/1.x\n" in results
+    assert f"SPEED_REPO_URL={url}\n" in results
+    api_url = results.split("SPEED_API_URL=")[1].split("\n")[0]
+    assert api_url.startswith("http://") and not api_url.endswith("/")
+    # The token itself never reaches the stored results.
+    assert "SPEED_TOKEN=[redacted]\n" in results and "token=[redacted]\n" in results
+
+
+CALLBACK_SCRIPT = """\
+post() { wget -q -O- --header "Authorization: Bearer $1" --post-data "$3" "$SPEED_API_URL$2" 2>&1; }
+post "$SPEED_TOKEN" /add_results/$SPEED_DEPLOYMENT_ID '{"results": "added by the container"}'
+post "$SPEED_TOKEN" /update '{"id": '$SPEED_DEPLOYMENT_ID', "new_results": "halfway there"}'
+echo "other: $(post "$SPEED_TOKEN" /add_results/$OTHER '{"results": "intrusion"}')"
+echo "forged: $(post not-the-token /add_results/$SPEED_DEPLOYMENT_ID '{"results": "forged"}')"
+echo "info: $(wget -q -O- "$SPEED_API_URL/info/$SPEED_DEPLOYMENT_ID" 2>&1)"
+"""
+
+
+async def test_container_calls_back_with_its_own_token_only(client, repo):
+    other = await start(client, "http://127.0.0.1:9/none.git")
+    await client.post(f"/cancel/{other}")
+    url, _ = repo(CALLBACK_SCRIPT.replace("$OTHER", str(other)))
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert "added by the container\n" in results
+    assert info["progress"] == "halfway there"
+    assert "intrusion" not in await results_of(client, other)
+    assert "other: wget: server returned error: HTTP/1.1 403" in results
+    assert "forged: wget: server returned error: HTTP/1.1 403" in results
+    assert "forged\n" not in results
+    # The listener on the bridge serves the two callbacks and nothing else.
+    assert "info: wget: server returned error: HTTP/1.1 404" in results
+
+
+async def test_nonzero_exit_fails_with_the_code(client, repo):
+    url, _ = repo("echo about to fail\nexit 3\n")
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Failed"
+    assert info["exit_code"] == 3
+    assert "exit code 3" in info["reason"]
+    assert "about to fail" in await results_of(client, deployment_id)
+
+
+async def test_missing_branch_fails_with_gits_message(client, repo):
+    url, _ = repo("true\n")
+    deployment_id = await start(client, url, "no-such-branch")
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Failed"
+    results = await results_of(client, deployment_id)
+    assert "Remote branch no-such-branch not found" in results
+    assert info["commit"] is None
+
+
+async def test_unreachable_repository_fails(client, git_server):
+    deployment_id = await start(client, git_server.url("does-not-exist"))
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Failed"
+    assert "git clone failed" in info["reason"]
+    assert "not found" in (await results_of(client, deployment_id)).lower()
+
+
+async def test_missing_dockerfile_fails_clearly(client, repo):
+    url, _ = repo("true\n", dockerfile=None)
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Failed"
+    assert info["reason"] == "no Dockerfile at the repository root"
+
+
+async def test_build_error_fails_with_the_build_log(client, repo):
+    url, _ = repo("true\n", dockerfile=f"FROM {BASE_IMAGE}\nRUN echo building-step && exit 7\n")
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Failed"
+    assert info["reason"].startswith("build failed")
+    assert "building-step" in results
+
+
+async def test_timeout_kills_the_container(make_client, repo, docker_client):
+    client = await make_client(runner__timeout=3)
+    url, _ = repo("echo started\nsleep 600\n")
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id, timeout=30)
+    assert info["status"] == "Failed"
+    assert info["reason"] == "timed out after 3 s"
+    assert "started" in await results_of(client, deployment_id)
+    assert containers_of(docker_client, client, deployment_id) == []
+
+
+async def test_output_streams_while_running_and_cancel_stops_it(client, repo, docker_client):
+    url, _ = repo("echo first line\nsleep 600\n")
+    deployment_id = await start(client, url)
+
+    async def first_line_stored():
+        return "first line" in await results_of(client, deployment_id)
+
+    await wait_for(first_line_stored)
+    assert (await (await client.get(f"/info/{deployment_id}")).json())["status"] == "Running"
+    response = await client.post(f"/cancel/{deployment_id}")
+    assert response.status == 200
+    assert (await response.json())["status"] == "Cancelled"
+
+    async def container_gone():
+        return containers_of(docker_client, client, deployment_id) == []
+
+    await wait_for(container_gone, timeout=30)
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Cancelled"
+    assert (await client.post(f"/cancel/{deployment_id}")).status == 409
+
+
+async def test_container_runs_unprivileged_with_limits(make_client, repo, docker_client):
+    client = await make_client(runner__memory="64m", runner__cpus=0.5, runner__pids=64)
+    url, _ = repo("echo up\nsleep 600\n")
+    deployment_id = await start(client, url)
+
+    async def container():
+        found = containers_of(docker_client, client, deployment_id)
+        return found[0] if found and found[0]["State"] == "running" else None
+
+    host_config = docker_client.api.inspect_container((await wait_for(container))["Id"])["HostConfig"]
+    assert host_config["Privileged"] is False
+    assert host_config["Memory"] == 64 * 1024 * 1024
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["PidsLimit"] == 64
+    assert "no-new-privileges" in host_config["SecurityOpt"]
+    assert not any("docker.sock" in bind for bind in host_config.get("Binds") or [])
+    await client.post(f"/cancel/{deployment_id}")
+    await wait_finished(client, deployment_id)
+
+
+async def test_stored_output_is_capped_with_a_marker(make_client, repo):
+    client = await make_client(runner__max_log_bytes=4096)
+    url, _ = repo("i=0\nwhile [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done\n")
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Succeeded"
+    assert "[output truncated:" in results
+    assert "line 1999" not in results
+    assert len(results.encode()) < 4096 + 1024
+
+
+async def test_finished_deployment_leaves_no_container_or_workspace(client, repo, docker_client,
+                                                                    tmp_path):
+    url, _ = repo("echo done\n")
+    deployment_id = await start(client, url)
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    assert containers_of(docker_client, client, deployment_id) == []
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+async def test_at_most_max_concurrent_run_in_arrival_order(make_client, repo):
+    client = await make_client(runner__max_concurrent=2)
+    url, _ = repo("sleep 1\n")
+    ids = [await start(client, url) for _ in range(5)]
+    peak = 0
+
+    async def all_finished():
+        nonlocal peak
+        listing = (await (await client.get("/deployments?status=Running")).json())["deployments"]
+        peak = max(peak, len(listing))
+        infos = [await (await client.get(f"/info/{i}")).json() for i in ids]
+        return infos if all(i["status"] == "Succeeded" for i in infos) else None
+
+    infos = await wait_for(all_finished, timeout=90)
+    assert 1 <= peak <= 2
+    started = [info["started_at"] for info in infos]
+    assert started == sorted(started)
+
+
+async def test_forty_concurrent_starts_all_recorded_and_run(make_client, repo):
+    client = await make_client(runner__max_concurrent=4)
+    url, _ = repo("echo ok\n")
+    responses = await asyncio.gather(
+        *(client.post("/start", json={"url": url, "branch": "main"}) for _ in range(40)))
+    assert [r.status for r in responses] == [201] * 40
+    ids = [(await r.json())["id"] for r in responses]
+    assert len(set(ids)) == 40
+    for deployment_id in ids:
+        assert (await wait_finished(client, deployment_id, timeout=120))["status"] == "Succeeded"
