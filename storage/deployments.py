@@ -131,7 +131,7 @@ def report_progress(deployment_id: int, text: str) -> None:
         _append(deployment_id, text)
 
 
-def append_output(deployment_id: int, text: str, log_bytes: int, cursor: float | None) -> None:
+def append_output(deployment_id: int, text: str, log_bytes: int, cursor: int | None) -> None:
     """Store a batch of build or container output with the stream position it reached."""
     with _write():
         Result.create(deployment=deployment_id, text=text)

@@ -2,7 +2,7 @@
 import datetime
 
 from peewee import (
-    AutoField, CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField, Model, TextField,
+    AutoField, BigIntegerField, CharField, DateTimeField, ForeignKeyField, IntegerField, Model, TextField,
 )
 
 from storage.db import database
@@ -30,8 +30,8 @@ class Deployment(BaseModel):
     container_id = CharField(max_length=64, null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
-    # Unix time of the newest container output stored; a reattached log stream resumes after it.
-    log_cursor = FloatField(null=True)
+    # Time (Unix ns) of the newest container output stored; a reattached log stream resumes after it.
+    log_cursor = BigIntegerField(null=True)
     log_bytes = IntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     started_at = DateTimeField(null=True)

@@ -1,0 +1,100 @@
+"""SPEED as a real process (python main.py), for tests that kill it."""
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import requests
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class SpeedProcess:
+    """One SPEED instance with its own database, workdir and ports; restartable."""
+
+    def __init__(self, tmp_path: pathlib.Path, port: int, callback_port: int, **runner):
+        self.db_path = tmp_path / "speed.db"
+        self.log_path = tmp_path / "speed.log"
+        self.config_path = tmp_path / "app.yaml"
+        self.base_url = f"http://127.0.0.1:{port}"
+        config = {
+            "server": {"host": "127.0.0.1", "port": port},
+            "database": {"url": f"sqlite:///{self.db_path}"},
+            "runner": {"workdir": str(tmp_path / "work"), "callback_port": callback_port,
+                       "allowed_urls": ["http://127.0.0.1:*"], "timeout": 120, **runner},
+        }
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen([sys.executable, "main.py", "--config", str(self.config_path)],
+                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"SPEED exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                requests.get(f"{self.base_url}/deployments", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("SPEED did not start within 30 s")
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        response = requests.request(method, self.base_url + path, timeout=10,
+                                    data=None if body is None else json.dumps(body))
+        return response.status_code, response.json()
+
+    def start_deployment(self, url: str, branch: str = "main") -> int:
+        status, body = self.call("POST", "/start", {"url": url, "branch": branch})
+        assert status == 201, body
+        return body["id"]
+
+    def info(self, deployment_id: int) -> dict:
+        return self.call("GET", f"/info/{deployment_id}")[1]
+
+    def results(self, deployment_id: int) -> str:
+        return self.call("GET", f"/results/{deployment_id}")[1]["results"]
+
+    def row(self, deployment_id: int) -> dict:
+        """The deployment's row read straight from the database file."""
+        with sqlite3.connect(self.db_path) as db:
+            db.row_factory = sqlite3.Row
+            return dict(db.execute("SELECT * FROM deployment WHERE id = ?", (deployment_id,)).fetchone())
+
+    def wait_until(self, check, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met within {timeout} s; log:\n"
+                             f"{self.log_path.read_text()[-3000:]}")
+
+    def wait_finished(self, deployment_id: int, timeout: float = 60.0) -> dict:
+        return self.wait_until(lambda: (i := self.info(deployment_id))["status"] in
+                               ("Succeeded", "Failed", "Cancelled") and i, timeout)
+
+    def wait_output(self, deployment_id: int, text: str, timeout: float = 60.0) -> None:
+        self.wait_until(lambda: text in self.results(deployment_id), timeout)
