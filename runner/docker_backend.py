@@ -173,14 +173,18 @@ class DockerBackend(Backend):
                 with contextlib.suppress(NotFound, APIError):
                     await asyncio.to_thread(api.remove_image, image)
 
-    async def prune_images(self, labels: Mapping[str, str], keep: int) -> None:
+    async def prune_images(self, repository: str, keep: int) -> None:
         if self._builds:
             # A running build may be using these images' layers as cache; prune after it.
             return
         api = await self._api()
-        selector = [f"{key}={value}" for key, value in labels.items()]
         with _engine_errors(RunFailed, "list images"):
-            images = await asyncio.to_thread(api.images, filters={"label": selector})
-        images.sort(key=lambda image: image["Created"], reverse=True)
-        for image in images[keep:]:
-            await self.cleanup(image=image["Id"])
+            images = await asyncio.to_thread(api.images, repository)
+        tags = [tag for image in images for tag in image.get("RepoTags") or []
+                if tag.startswith(f"{repository}:") and tag.rpartition(":")[2].isdigit()]
+        tags.sort(key=lambda tag: int(tag.rpartition(":")[2]), reverse=True)
+        # By tag: the build cache gives equal builds one image, and untagging one deployment's
+        # image must leave the others'. Docker deletes the image with its last tag, and never
+        # while a container still uses it.
+        for tag in tags[keep:]:
+            await self.cleanup(image=tag)

@@ -67,8 +67,12 @@ class Pipeline:
             labels["speed.deployment"] = str(deployment_id)
         return labels
 
+    @property
+    def image_repository(self) -> str:
+        return f"speed-{self.settings.instance}"
+
     def _image(self, deployment_id: int) -> str:
-        return f"speed-{self.settings.instance}:{deployment_id}"
+        return f"{self.image_repository}:{deployment_id}"
 
     def _recorder(self, deployment: Deployment) -> OutputRecorder:
         return OutputRecorder(deployment.id, self._store_output, self.settings.max_log_bytes,
@@ -213,6 +217,6 @@ class Pipeline:
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)
-            await self.backend.prune_images(self.labels(), self.settings.keep_images)
+            await self.backend.prune_images(self.image_repository, self.settings.keep_images)
         except RunnerError as e:
             log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})

@@ -83,8 +83,6 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
         if not is_legal(current, new):
             raise IllegalTransition(current, new)
         values = dict(fields, status=new.value)
-        if new == Status.RUNNING and deployment.started_at is None:
-            values["started_at"] = utcnow()
         if new.finished:
             values["finished_at"] = utcnow()
         Deployment.update(**values).where(Deployment.id == deployment_id).execute()

@@ -22,10 +22,10 @@ class Status(str, enum.Enum):
 FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 _BY_LOWER = {s.value.lower(): s for s in Status}
 
-# Running -> Pending is only the start-up requeue of work interrupted before its container
-# started; it is not offered to API callers (see storage.deployments.requeue).
+# Only the worker starts a deployment (storage.deployments.claim_next) and only start-up puts an
+# interrupted one back in the queue (requeue); neither is a transition callers may ask for.
 LEGAL = {
-    Status.PENDING: frozenset({Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+    Status.PENDING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
 }
 

@@ -23,5 +23,5 @@ class Store:
 
     def close(self) -> None:
         """Finish queued queries and close the connection."""
-        self._executor.submit(database.close).result()
+        self._executor.submit(lambda: database.close()).result()
         self._executor.shutdown(wait=True)

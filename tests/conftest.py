@@ -79,8 +79,10 @@ def speed_config(tmp_path: pathlib.Path, **overrides):
 def make_client(aiohttp_client, tmp_path, docker_client, base_image):
     """Start SPEED in this test's event loop with optional config overrides."""
 
-    async def make(**overrides):
-        return await aiohttp_client(create_app(speed_config(tmp_path, **overrides)))
+    async def make(name: str = "speed", **overrides):
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        return await aiohttp_client(create_app(speed_config(directory, **overrides)))
 
     return make
 

@@ -116,7 +116,8 @@ async def test_timeout_kills_the_container(make_client, repo, docker_client):
     assert info["status"] == "Failed"
     assert info["reason"] == "timed out after 3 s"
     assert "started" in await results_of(client, deployment_id)
-    assert containers_of(docker_client, client, deployment_id) == []
+    await wait_for(lambda: asyncio.to_thread(
+        lambda: containers_of(docker_client, client, deployment_id) == []))
 
 
 async def test_output_streams_while_running_and_cancel_stops_it(client, repo, docker_client):
@@ -178,8 +179,10 @@ async def test_finished_deployment_leaves_no_container_or_workspace(client, repo
     url, _ = repo("echo done\n")
     deployment_id = await start(client, url)
     assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
-    assert containers_of(docker_client, client, deployment_id) == []
-    assert list((tmp_path / "work").iterdir()) == []
+    # The outcome is recorded first (a crash must not lose it), then the container goes.
+    await wait_for(lambda: asyncio.to_thread(
+        lambda: containers_of(docker_client, client, deployment_id) == []))
+    assert list((tmp_path / "speed" / "work").iterdir()) == []
 
 
 async def test_at_most_max_concurrent_run_in_arrival_order(make_client, repo):
@@ -211,3 +214,38 @@ async def test_forty_concurrent_starts_all_recorded_and_run(make_client, repo):
     assert len(set(ids)) == 40
     for deployment_id in ids:
         assert (await wait_finished(client, deployment_id, timeout=120))["status"] == "Succeeded"
+
+
+async def test_images_are_kept_bounded(make_client, repo, docker_client):
+    client = await make_client(runner__keep_images=1)
+    ids = []
+    for n in range(3):
+        url, _ = repo(f"echo image {n}\n")  # a different context each time: a different image
+        ids.append(await start(client, url))
+        assert (await wait_finished(client, ids[-1]))["status"] == "Succeeded"
+    repository = f"speed-{instance_of(client)}"
+
+    async def pruned():  # pruning follows the final status
+        tags = [tag for image in docker_client.api.images(repository) for tag in image["RepoTags"]]
+        return tags == [f"{repository}:{ids[-1]}"]
+
+    await wait_for(pruned, timeout=10)
+
+
+async def test_instances_sharing_an_engine_do_not_mix(make_client, repo, docker_client):
+    first, second = await make_client("first"), await make_client("second")
+    url, _ = repo("echo running\nsleep 600\n")
+    first_id, second_id = await start(first, url), await start(second, url)
+    assert first_id == second_id == 1  # same ids, separate databases
+
+    async def both_running():
+        return all([c["State"] for c in containers_of(docker_client, client, 1)] == ["running"]
+                   for client in (first, second))
+
+    await wait_for(both_running)
+    assert (await first.post("/cancel/1")).status == 200
+    assert (await wait_finished(first, 1))["status"] == "Cancelled"
+    assert (await (await second.get("/info/1")).json())["status"] == "Running"
+    assert containers_of(docker_client, second, 1)[0]["State"] == "running"
+    await second.post("/cancel/1")
+    await wait_finished(second, 1)
