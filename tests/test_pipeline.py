@@ -249,3 +249,4 @@ async def test_instances_sharing_an_engine_do_not_mix(make_client, repo, docker_
     assert containers_of(docker_client, second, 1)[0]["State"] == "running"
     await second.post("/cancel/1")
     await wait_finished(second, 1)
+

@@ -115,3 +115,16 @@ def test_kill_at_any_moment_ends_with_the_true_outcome(speed, repo, kill_after):
     results = bot.results(deployment_id)
     assert (info["status"], info["exit_code"]) == ("Failed", 4), results
     assert results.count("one\n") == 1 and results.count("two\n") == 1
+
+
+def test_sigterm_exits_cleanly_and_the_next_start_takes_over(speed, repo):
+    bot = speed()
+    url, _ = repo("echo working\nsleep 2\necho finished-work\n")
+    deployment_id = bot.start_deployment(url)
+    bot.wait_output(deployment_id, "working\n")
+    bot.stop()
+    assert bot.process.returncode == 0
+    bot.start()
+    info = bot.wait_finished(deployment_id)
+    assert info["status"] == "Succeeded"
+    assert bot.results(deployment_id).count("finished-work\n") == 1
