@@ -71,7 +71,7 @@ async def start(request: web.Request) -> web.Response:
         check_branch(branch)
     except Invalid as e:
         raise json_error(400, str(e)) from None
-    deployment = await request.app[store_key].run(queries.create, url, branch)
+    deployment = await request.app[store_key].change(queries.create, url, branch)
     request.app[worker_key].wake()
     return web.json_response({"id": deployment.id}, status=201)
 
@@ -97,8 +97,8 @@ async def update(request: web.Request) -> web.Response:
         if status is None:
             await store.run(queries.report_progress, target_id, new_results)
         else:
-            await store.run(queries.transition, target_id, status,
-                            note=f"[speed] status set to {status.value} through /update")
+            await store.change(queries.transition, target_id, status,
+                               note=f"[speed] status set to {status.value} through /update")
     except IllegalTransition as e:
         raise json_error(409, f"Deployment cannot move from {e.current.value} to {e.new.value}"
                          + (" (it already finished)" if e.current.finished else "")) from None
@@ -160,7 +160,7 @@ async def cancel(request: web.Request) -> web.Response:
     require_api_token(request, request.app[config_key].auth.api_tokens)
     target_id = deployment_id(request)
     try:
-        deployment = await request.app[store_key].run(
+        deployment = await request.app[store_key].change(
             queries.transition, target_id, Status.CANCELLED, note="[speed] cancelled",
             reason="cancelled")
     except NotFound:

@@ -9,10 +9,11 @@ import os
 import secrets
 import shutil
 import tempfile
+from typing import Awaitable, Callable
 
 from runner import git
 from runner.base import Backend, ContainerState, Limits
-from runner.errors import RunnerError
+from runner.errors import EngineUnavailable, RunnerError
 from runner.output import OutputRecorder
 from storage import deployments as queries
 from storage.deployments import IllegalTransition
@@ -21,6 +22,9 @@ from storage.status import Status
 from storage.store import Store
 
 log = logging.getLogger(__name__)
+
+# A token to clone a deployment's repository with (None: clone anonymously).
+Credentials = Callable[[Deployment], Awaitable[str | None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +59,12 @@ class Run:
 class Pipeline:
     """Carries out deployments on a backend and records everything in the store."""
 
-    def __init__(self, store: Store, backend: Backend, settings: RunnerSettings):
+    def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
+                 credentials: Credentials | None = None):
         self.store = store
         self.backend = backend
         self.settings = settings
+        self.credentials = credentials
 
     def labels(self, deployment_id: int | None = None) -> dict[str, str]:
         """The labels on this instance's containers and images (of one deployment, if given)."""
@@ -95,9 +101,13 @@ class Pipeline:
         try:
             async with self._deadline(deployment, run, recorder):
                 await recorder.write(f"[speed] cloning {deployment.url} (branch {deployment.branch})\n")
+                token = await self.credentials(deployment) if self.credentials else None
+                if token:
+                    recorder.redact(token)
                 commit = await git.checkout(deployment.url, deployment.branch,
                                             os.path.join(workspace, "src"),
-                                            self.settings.git_timeout)
+                                            self.settings.git_timeout, commit=deployment.commit,
+                                            token=token)
                 await self.store.run(queries.update, deployment.id, commit=commit)
                 await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
                 await self.backend.build(os.path.join(workspace, "src"), self._image(deployment.id),
@@ -163,7 +173,7 @@ class Pipeline:
             return
         await recorder.write("[speed] starting the container\n")
         await self.backend.start(run.container_id)
-        await self.store.run(queries.update, deployment.id, container_started_at=utcnow())
+        await self.store.change(queries.update, deployment.id, container_started_at=utcnow())
 
     async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
                       after_ns: int | None) -> None:
@@ -171,8 +181,8 @@ class Pipeline:
         state = await self.backend.state(run.container_id)
         if state is None:
             await recorder.close()
-            await self._finish(deployment_id, Status.FAILED,
-                               "interrupted: the container vanished")
+            await self._finish(deployment_id, Status.FAILED, "interrupted: the container vanished",
+                               infrastructure_failure=True)
             return
         if not state.never_started:
             async for at, text in self.backend.logs(run.container_id, after_ns):
@@ -196,13 +206,14 @@ class Pipeline:
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
         await recorder.close()
-        await self._finish(deployment_id, Status.FAILED, error.message)
+        await self._finish(deployment_id, Status.FAILED, error.message,
+                           infrastructure_failure=isinstance(error, EngineUnavailable))
 
     async def _finish(self, deployment_id: int, status: Status, reason: str, **fields) -> None:
         """Record the outcome, unless someone (cancel, /update) finished the deployment first."""
         try:
-            await self.store.run(queries.transition, deployment_id, status,
-                                 note=f"[speed] {status.value}: {reason}", reason=reason, **fields)
+            await self.store.change(queries.transition, deployment_id, status,
+                                    note=f"[speed] {status.value}: {reason}", reason=reason, **fields)
         except IllegalTransition:
             log.info("deployment already finished; outcome %s not recorded", status.value,
                      extra={"deployment": deployment_id})

@@ -6,7 +6,7 @@ import logging
 
 from runner.base import Backend
 from runner.errors import EngineUnavailable, RunnerError
-from runner.pipeline import Pipeline, Run, RunnerSettings
+from runner.pipeline import Credentials, Pipeline, Run, RunnerSettings
 from storage import deployments as queries
 from storage.status import Status
 from storage.store import Store
@@ -20,10 +20,10 @@ class Worker:
     """Runs at most max_concurrent deployments at once; the database is the queue."""
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
-                 max_concurrent: int):
+                 max_concurrent: int, credentials: Credentials | None = None):
         self.store = store
         self.backend = backend
-        self.pipeline = Pipeline(store, backend, settings)
+        self.pipeline = Pipeline(store, backend, settings, credentials)
         self.max_concurrent = max_concurrent
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
@@ -81,8 +81,9 @@ class Worker:
         except Exception:
             log.exception("deployment crashed", extra={"deployment": run.deployment_id})
             with contextlib.suppress(Exception):
-                await self.store.run(queries.transition, run.deployment_id, Status.FAILED,
-                                     note="[speed] Failed: internal error", reason="internal error")
+                await self.store.change(queries.transition, run.deployment_id, Status.FAILED,
+                                        note="[speed] Failed: internal error",
+                                        reason="internal error", infrastructure_failure=True)
         finally:
             self.runs.pop(run.deployment_id, None)
             self._wake.set()
@@ -95,13 +96,14 @@ class Worker:
             if deployment.container_id:
                 state = await self.backend.state(deployment.container_id)
             if deployment.container_id and state is None:
-                await self.store.run(queries.transition, deployment.id, Status.FAILED,
-                                     note="[speed] Failed: interrupted (the container vanished)",
-                                     reason="interrupted: the container vanished")
+                await self.store.change(queries.transition, deployment.id, Status.FAILED,
+                                        note="[speed] Failed: interrupted (the container vanished)",
+                                        reason="interrupted: the container vanished",
+                                        infrastructure_failure=True)
             elif state is None or state.never_started:
                 for container_id in await self.backend.find(self.pipeline.labels(deployment.id)):
                     await self.backend.cleanup(container_id)
-                await self.store.run(
+                await self.store.change(
                     queries.requeue, deployment.id,
                     "[speed] SPEED restarted before the container started; deploying again")
                 log.info("requeued", extra={"deployment": deployment.id})

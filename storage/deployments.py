@@ -1,10 +1,11 @@
 """Every query on deployments and their results; each write is one short transaction."""
+import datetime
 import uuid
 
 from peewee import SqliteDatabase, fn
 
 from storage.db import database
-from storage.models import Deployment, Result, Setting, utcnow
+from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
@@ -43,10 +44,56 @@ def get(deployment_id: int) -> Deployment:
     return _get(deployment_id)
 
 
-def create(url: str, branch: str, trigger: str = "manual") -> Deployment:
-    """Record a Pending deployment."""
+def create(url: str, branch: str, **fields) -> Deployment:
+    """Record a Pending deployment (fields: trigger, commit, repo_full_name, ...)."""
     with _write():
-        return Deployment.create(url=url, branch=branch, trigger=trigger)
+        return Deployment.create(url=url, branch=branch, **fields)
+
+
+def _supersede(newer: Deployment) -> list[Deployment]:
+    """Cancel the unfinished deployments of the same repository, branch and trigger before newer."""
+    older = list(Deployment.select().where(
+        Deployment.repo_full_name == newer.repo_full_name, Deployment.branch == newer.branch,
+        Deployment.trigger == newer.trigger, Deployment.id < newer.id,
+        Deployment.status.in_([Status.PENDING.value, Status.RUNNING.value])))
+    for deployment in older:
+        note = f"[speed] Cancelled: superseded by deployment {newer.id}"
+        Deployment.update(status=Status.CANCELLED.value, finished_at=utcnow(),
+                          reason=f"superseded by deployment {newer.id}").where(
+            Deployment.id == deployment.id).execute()
+        _append(deployment.id, note)
+    return [Deployment.get_by_id(d.id) for d in older]
+
+
+def record_delivery(guid: str, event: str, deployment: dict | None, message: str,
+                    supersede: bool = False) -> tuple[Delivery, bool, list[Deployment]]:
+    """Record a webhook delivery and the deployment it asks for, once per delivery id.
+
+    Returns the delivery, whether it is new, and the deployments it superseded (cancelled)."""
+    with _write():
+        existing = Delivery.get_or_none(Delivery.guid == guid)
+        if existing is not None:
+            return existing, False, []
+        created, superseded = None, []
+        if deployment is not None:
+            created = Deployment.create(**deployment)
+            if supersede:
+                superseded = _supersede(created)
+        delivery = Delivery.create(guid=guid, event=event, deployment=created,
+                                   status=202 if created else 200, message=message)
+    return delivery, True, superseded
+
+
+def known_deliveries(guids: list[str]) -> set[str]:
+    """Which of these delivery ids were recorded."""
+    return {guid for (guid,) in Delivery.select(Delivery.guid).where(Delivery.guid.in_(guids)).tuples()}
+
+
+def unreported(since: datetime.datetime) -> list[Deployment]:
+    """GitHub deployments changed since then, to compare with what was reported."""
+    return list(Deployment.select().where(
+        Deployment.repo_full_name.is_null(False),
+        (Deployment.finished_at.is_null()) | (Deployment.finished_at > since)).order_by(Deployment.id))
 
 
 def listing(limit: int = 50, status: Status | None = None, repo: str | None = None,
@@ -91,7 +138,7 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
     return _get(deployment_id)
 
 
-def requeue(deployment_id: int, note: str) -> None:
+def requeue(deployment_id: int, note: str) -> Deployment:
     """Put a Running deployment whose container never started back in the queue."""
     with _write():
         updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
@@ -100,12 +147,14 @@ def requeue(deployment_id: int, note: str) -> None:
                           Deployment.status == Status.RUNNING.value).execute())
         if updated:
             _append(deployment_id, note)
+    return _get(deployment_id)
 
 
-def update(deployment_id: int, **fields) -> None:
-    """Record fields (commit, container id, ...) on an unfinished deployment."""
+def update(deployment_id: int, **fields) -> Deployment:
+    """Record fields (commit, container id, ...) on a deployment."""
     with _write():
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
+    return _get(deployment_id)
 
 
 def _append(deployment_id: int, text: str) -> None:

@@ -2,7 +2,7 @@
 import datetime
 
 from peewee import (
-    AutoField, BigIntegerField, CharField, DateTimeField, ForeignKeyField, IntegerField, Model, TextField,
+    AutoField, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField, IntegerField, Model, TextField,
 )
 
 from storage.db import database
@@ -25,11 +25,21 @@ class Deployment(BaseModel):
     commit = CharField(max_length=40, null=True)
     status = CharField(max_length=16, default=Status.PENDING.value, index=True)
     progress = TextField(null=True)
-    trigger = CharField(max_length=32, default="manual")
+    trigger = CharField(max_length=32, default="manual")  # manual, push, pull_request, redeploy
+    # For repositories on GitHub: owner/name, the App installation, the pull request, and the
+    # GitHub Deployment made for this deployment, if any.
+    repo_full_name = CharField(max_length=200, null=True, index=True)
+    installation_id = BigIntegerField(null=True)
+    pull_request = IntegerField(null=True)
+    github_deployment_id = BigIntegerField(null=True)
+    # The last state the reporter got through to GitHub; on start-up it re-reports any that differ.
+    reported = CharField(max_length=32, null=True)
     token_hash = CharField(max_length=64, null=True)  # sha256 of the running container's token
     container_id = CharField(max_length=64, null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
+    # True when SPEED or its engine failed, not the repository's code (GitHub's "error" state).
+    infrastructure_failure = BooleanField(default=False)
     # Time (Unix ns) of the newest container output stored; a reattached log stream resumes after it.
     log_cursor = BigIntegerField(null=True)
     log_bytes = IntegerField(default=0)
@@ -50,9 +60,20 @@ class Result(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class Delivery(BaseModel):
+    """A GitHub webhook delivery, so a redelivered event is answered as it was the first time."""
+
+    guid = CharField(max_length=64, unique=True)
+    event = CharField(max_length=64)
+    deployment = ForeignKeyField(Deployment, null=True, on_delete="SET NULL")
+    status = IntegerField()
+    message = TextField()
+    received_at = DateTimeField(default=utcnow)
+
+
 class Setting(BaseModel):
     key = CharField(primary_key=True)
     value = TextField()
 
 
-MODELS = [Deployment, Result, Setting]
+MODELS = [Deployment, Result, Delivery, Setting]

@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from storage.db import database, open_database
+from storage.models import Deployment
 
 T = TypeVar("T")
 
@@ -15,6 +16,23 @@ class Store:
     def __init__(self, url: str):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speed-db")
         self._executor.submit(open_database, url).result()
+        self._listeners: list[Callable[[Deployment], None]] = []
+
+    def subscribe(self, listener: Callable[[Deployment], None]) -> None:
+        """Call listener with every deployment that change() creates or moves."""
+        self._listeners.append(listener)
+
+    async def change(self, query: Callable[..., Deployment], *args: Any, **kwargs: Any) -> Deployment:
+        """Run a query that creates or moves a deployment, then tell the listeners (reporters)."""
+        deployment = await self.run(query, *args, **kwargs)
+        self.announce(deployment)
+        return deployment
+
+    def announce(self, *deployments: Deployment) -> None:
+        """Tell the listeners about deployments changed by another query."""
+        for deployment in deployments:
+            for listener in self._listeners:
+                listener(deployment)
 
     async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a query from storage on the database thread and return its result."""
