@@ -7,6 +7,7 @@ from bot.auth import api_token_ok, deployment_token_ok, require_api_token
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
 from bot.requests import deployment_id, int_field, json_object, text_field
+from bot.rules import full_name_of
 from bot.validation import Invalid, check_branch, check_url
 from storage import deployments as queries
 from storage.deployments import IllegalTransition, NotFound
@@ -71,7 +72,8 @@ async def start(request: web.Request) -> web.Response:
         check_branch(branch)
     except Invalid as e:
         raise json_error(400, str(e)) from None
-    deployment = await request.app[store_key].change(queries.create, url, branch)
+    deployment = await request.app[store_key].change(
+        queries.create, url, branch, repo_full_name=full_name_of(config, url))
     request.app[worker_key].wake()
     return web.json_response({"id": deployment.id}, status=201)
 

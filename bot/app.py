@@ -9,7 +9,14 @@ from aiohttp import web
 from bot.api import callback_routes, routes
 from bot.config import Config
 from bot.errors import error_middleware
-from bot.keys import backend_key, callback_only_key, config_key, store_key, worker_key
+from bot.github import GitHub
+from bot.keys import (backend_key, callback_only_key, config_key, github_key, reporter_key, store_key,
+                      worker_key)
+from bot.pages import routes as page_routes
+from bot.redelivery import redeliver_missed
+from bot.reporter import Reporter
+from bot.rules import full_name_of_url
+from bot.webhook import routes as webhook_routes
 from bot.requests import MAX_BODY
 from runner.base import Backend, Limits
 from runner.docker_backend import DockerBackend
@@ -35,8 +42,11 @@ def _application(config: Config, routes_: web.RouteTableDef, callback_only: bool
 def create_app(config: Config, backend: Backend | None = None) -> web.Application:
     """The SPEED application for this configuration."""
     app = _application(config, routes, callback_only=False)
+    app.add_routes(webhook_routes)
+    app.add_routes(page_routes)
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)
+    app.cleanup_ctx.append(_github_context)
     app.cleanup_ctx.append(_runner_context)
     return app
 
@@ -48,6 +58,47 @@ async def _storage_context(app: web.Application) -> AsyncIterator[None]:
     store.close()
 
 
+async def _github_context(app: web.Application) -> AsyncIterator[None]:
+    """With GitHub credentials: report deployments back, and catch up on what was missed."""
+    config, store = app[config_key], app[store_key]
+    github = GitHub(config.github) if config.github.token or config.github.app else None
+    app[github_key] = github
+    if github is None:
+        yield
+        return
+    reporter = Reporter(config, store, github)
+    app[reporter_key] = reporter
+    store.subscribe(reporter)
+    catch_up = asyncio.create_task(_catch_up(reporter, github, store), name="speed-catch-up")
+    yield
+    catch_up.cancel()
+    await reporter.close()
+    await github.close()
+
+
+async def _catch_up(reporter: Reporter, github: GitHub, store: Store) -> None:
+    """Re-send reports an earlier process left unsent; with an App, fetch missed deliveries."""
+    try:
+        await reporter.catch_up()
+        if github.config.app:
+            await redeliver_missed(github, store)
+    except Exception:  # noqa: BLE001 - start-up catch-up is best effort; it is logged
+        log.exception("catching up with GitHub failed")
+
+
+def _credentials(github: GitHub | None):
+    """Clone GitHub repositories with SPEED's token; only the repository itself, never a fork."""
+
+    async def credentials(deployment) -> str | None:
+        if github is None or not deployment.repo_full_name:
+            return None
+        if full_name_of_url(deployment.url) != deployment.repo_full_name.lower():
+            return None
+        return await github.token(deployment.repo_full_name, deployment.installation_id)
+
+    return credentials
+
+
 async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     config, store = app[config_key], app[store_key]
     runner = config.runner
@@ -56,7 +107,8 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         limits=Limits(memory=runner.memory, cpus=runner.cpus, pids=runner.pids),
         timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
         keep_images=runner.keep_images, git_timeout=runner.git_timeout)
-    worker = Worker(store, app[backend_key], settings, runner.max_concurrent)
+    worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
+                    credentials=_credentials(app[github_key]))
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
     task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")

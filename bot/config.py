@@ -1,6 +1,7 @@
 """app.yaml parsed once into frozen dataclasses; errors name the key."""
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import typing
@@ -49,14 +50,58 @@ class AuthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GitHubConfig:
+    webhook_secret: str = ""
+    token: str = ""
+    app_id: str = ""
+    private_key: str = ""  # PEM text, or the path of a PEM file
+    api_url: str = "https://api.github.com"
+    # Where repositories live, to recognise a manual /start of a configured repository.
+    web_url: str = ""
+    # How long a report to GitHub is retried before SPEED gives up on it (seconds).
+    report_retry_for: float = 900
+    request_timeout: float = 10
+
+    @property
+    def app(self) -> bool:
+        return bool(self.app_id and self.private_key)
+
+    @property
+    def repository_host(self) -> str:
+        """The URL prefix of repositories on this GitHub, without a trailing slash."""
+        if self.web_url:
+            return self.web_url.rstrip("/")
+        if self.api_url.rstrip("/") == "https://api.github.com":
+            return "https://github.com"
+        return self.api_url.rstrip("/").removesuffix("/api/v3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoRule:
+    match: str  # glob on owner/name
+    branches: tuple[str, ...] = ("main",)
+    pull_requests: bool = False
+    forks: bool = False
+    context: str = "speed/deploy"
+    environment: str = ""
+    cancel_superseded: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     runner: RunnerConfig = RunnerConfig()
     auth: AuthConfig = AuthConfig()
+    github: GitHubConfig = GitHubConfig()
+    repos: tuple[RepoRule, ...] = ()
 
     def __post_init__(self):
         _validate(self)
+
+    @property
+    def server_is_loopback(self) -> bool:
+        return _is_loopback(self.server.host)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -87,6 +132,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                      for i, item in enumerate(value))
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, key)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
     if kind is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -101,6 +152,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number")
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > 2**53:
+            raise ConfigError(f"{key}: expected a finite number of a sensible size")
         if kind is int and value != int(value):
             raise ConfigError(f"{key}: expected a whole number")
         return kind(value)
@@ -119,6 +172,9 @@ def _build(cls: type, data: Any, prefix: str = ""):
             raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key")
     values = {name: _coerce(data[name], hints[name], f"{prefix + '.' if prefix else ''}{name}")
               for name in names if name in data}
+    for field in dataclasses.fields(cls):
+        if field.name not in values and field.default is dataclasses.MISSING:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{field.name}: required")
     return cls(**values)
 
 
@@ -153,6 +209,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("runner.keep_images: must not be negative")
     if not runner.allowed_urls:
         raise ConfigError("runner.allowed_urls: at least one pattern is needed")
+    github = config.github
+    if bool(github.app_id) != bool(github.private_key):
+        raise ConfigError("github.app_id: an App needs both app_id and private_key")
+    if github.report_retry_for < 0 or github.request_timeout <= 0:
+        raise ConfigError("github.report_retry_for: must not be negative "
+                          "(and github.request_timeout greater than 0)")
+    for i, rule in enumerate(config.repos):
+        if not rule.context or len(rule.context) > 255:
+            raise ConfigError(f"repos[{i}].context: needs 1 to 255 characters")
 
 
 def load(path: str | None = None, **overrides: Any) -> Config:
@@ -164,12 +229,17 @@ def load(path: str | None = None, **overrides: Any) -> Config:
                 data = yaml.safe_load(f) or {}
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for dotted, value in overrides.items():
         section, _, key = dotted.partition("__")
+        if not key:
+            data[section] = value
+            continue
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a mapping")

@@ -9,17 +9,26 @@ from bot.errors import json_error, not_found
 MAX_BODY = 1024 * 1024
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed limit."""
+    too_large = json_error(413, f"Request body is larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413 JSON error."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise json_error(413, f"Request body is larger than {MAX_BODY} bytes")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise json_error(413, f"Request body is larger than {MAX_BODY} bytes") from None
+    raw = await read_body(request, MAX_BODY)
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # also too deep, or numbers too long to convert
         raise json_error(400, "Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise json_error(400, "Request body must be a JSON object")
@@ -31,6 +40,10 @@ def text_field(body: dict[str, Any], name: str, message: str | None = None) -> s
     value = body.get(name)
     if not isinstance(value, str) or not value:
         raise json_error(400, message or f"'{name}' is required and must be a non-empty string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800": nothing can store it
+        raise json_error(400, f"'{name}' must be valid Unicode text") from None
     return value
 
 

@@ -2,6 +2,7 @@
 import fnmatch
 import ipaddress
 import re
+import socket
 import urllib.parse
 
 MAX_URL = 2048
@@ -27,7 +28,11 @@ def check_url(url: str, allowed: tuple[str, ...]) -> str:
         raise Invalid("url: must not begin with '-'")
     if "::" in url.split("/", 1)[0]:
         raise Invalid("url: git transport helpers (such as ext::) are not allowed")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.hostname  # noqa: B018 - parses the host, which raises for e.g. an unclosed '['
+    except ValueError:
+        raise Invalid("url: not a valid URL") from None
     if parts.scheme not in ("https", "http", "ssh", "git"):
         raise Invalid(f"url: the scheme {parts.scheme or '(none)'!r} is not allowed")
     if not parts.hostname:
@@ -46,12 +51,20 @@ def check_url(url: str, allowed: tuple[str, ...]) -> str:
 
 
 def _is_internal(host: str) -> bool:
+    """Whether host is this machine or a private network, in any spelling git's resolver takes."""
+    try:  # as the resolver sees it: IDNA-mapped (１２７。0。0。1 is 127.0.0.1), no trailing dot
+        host = host.encode("idna").decode("ascii").lower().rstrip(".")
+    except UnicodeError:
+        return True  # not a DNS name: only a pattern that names it may allow it
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        try:  # the short forms inet_aton also takes: 127.1, 2130706433, 0x7f000001, 0
+            address = ipaddress.ip_address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False
     return address.is_loopback or address.is_private or address.is_link_local \
         or address.is_unspecified or address.is_reserved or address.is_multicast
 

@@ -1,7 +1,9 @@
 """Real git repositories served over git's smart HTTP (git http-backend) on 127.0.0.1."""
+import base64
 import http.server
 import os
 import pathlib
+import secrets
 import subprocess
 import threading
 
@@ -18,6 +20,9 @@ def _git(*args: str, cwd: pathlib.Path | None = None) -> str:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     root: pathlib.Path
+    # Repositories under /private/ need HTTP basic auth with this password (a GitHub-style token).
+    private_token: str = ""
+    seen_authorization: list
 
     def do_GET(self):
         self._cgi()
@@ -30,6 +35,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _cgi(self):
         path, _, query = self.path.partition("?")
+        if path.startswith("/private/"):
+            authorization = self.headers.get("Authorization", "")
+            self.seen_authorization.append(authorization)
+            expected = "Basic " + base64.b64encode(f"x-access-token:{self.private_token}".encode()).decode()
+            if authorization != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="private"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         env = {
             "PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root),
@@ -59,12 +74,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class GitServer:
-    """Bare repositories under root, served at http://127.0.0.1:PORT/<name>.git."""
+    """Bare repositories under root, served at http://127.0.0.1:PORT/<name>.git.
+
+    Those named private/... answer only to the private_token, as GitHub does for private ones."""
 
     def __init__(self, root: pathlib.Path):
         self.root = root
         self.work = root / "_work"
-        handler = type("Handler", (_Handler,), {"root": root})
+        self.seen_authorization: list[str] = []
+        self.private_token = "ghp_" + secrets.token_hex(16)
+        handler = type("Handler", (_Handler,), {"root": root, "private_token": self.private_token,
+                                                "seen_authorization": self.seen_authorization})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

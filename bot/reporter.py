@@ -1,0 +1,177 @@
+"""Reports deployments back to GitHub: commit statuses and Deployments, in order, retried."""
+import asyncio
+import dataclasses
+import datetime
+import logging
+
+import aiohttp
+from gidgethub import GitHubException
+
+from bot.config import Config, public_url
+from bot.github import GitHub
+from bot.rules import rule_for
+from storage import deployments as queries
+from storage.models import Deployment, utcnow
+from storage.status import Status
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_DESCRIPTION = 140
+MAX_BACKOFF = 60.0
+CATCH_UP_WINDOW = datetime.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One state of a deployment as GitHub shows it."""
+
+    key: str  # what SPEED stores once GitHub has it
+    state: str  # commit status: pending, success, failure, error
+    description: str
+    deployment_state: str  # Deployment status: queued, in_progress, success, failure, error
+
+
+def _seconds(deployment: Deployment) -> int:
+    start = deployment.started_at or deployment.created_at
+    end = deployment.finished_at or utcnow()
+    return max(round((end - start).total_seconds()), 0)
+
+
+def report_for(deployment: Deployment) -> Report | None:
+    """What GitHub should show for the deployment now, or None when there is nothing to show."""
+    if not deployment.commit:
+        return None
+    status = deployment.state
+    if status == Status.PENDING:
+        return Report("queued", "pending", "Queued", "queued")
+    if status == Status.RUNNING:
+        if deployment.container_started_at is None:
+            return None
+        return Report("running", "pending", "Running", "in_progress")
+    took = f"after {_seconds(deployment)} s"
+    if status == Status.SUCCEEDED:
+        return Report("success", "success", f"Succeeded {took}", "success")
+    if status == Status.CANCELLED:
+        return Report("cancelled", "error", f"Cancelled ({deployment.reason or 'cancelled'})",
+                      "error")
+    state = "error" if deployment.infrastructure_failure else "failure"
+    description = f"Failed: {deployment.reason or 'unknown reason'} {took}"
+    if len(description) > MAX_DESCRIPTION:
+        description = description[:MAX_DESCRIPTION - 1] + "…"
+    return Report(state, state, description, state)
+
+
+class Reporter:
+    """Listens to deployment changes and sends each deployment's reports to GitHub in order.
+
+    A report that fails is logged and retried with backoff for github.report_retry_for seconds;
+    it never changes the deployment. A report that a newer one of the same deployment overtakes
+    while it is failing is dropped, so a late `pending` never lands after a final state.
+    """
+
+    def __init__(self, config: Config, store: Store, github: GitHub):
+        self.config = config
+        self.store = store
+        self.github = github
+        self._queues: dict[int, list[Deployment]] = {}
+        self._tasks: dict[int, asyncio.Task] = {}
+        self.failures = 0
+
+    def __call__(self, deployment: Deployment) -> None:
+        """Queue the deployment's current state for GitHub (a Store listener)."""
+        if not deployment.repo_full_name or report_for(deployment) is None:
+            return
+        self._queues.setdefault(deployment.id, []).append(deployment)
+        if deployment.id not in self._tasks:
+            self._tasks[deployment.id] = asyncio.create_task(self._drain(deployment.id))
+
+    async def catch_up(self) -> None:
+        """Report the states that an earlier process did not get through to GitHub."""
+        since = utcnow() - CATCH_UP_WINDOW
+        for deployment in await self.store.run(queries.unreported, since):
+            report = report_for(deployment)
+            if report is not None and report.key != deployment.reported:
+                self(deployment)
+
+    async def idle(self) -> None:
+        """Wait until every queued report was sent or given up (for tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _drain(self, deployment_id: int) -> None:
+        queue = self._queues[deployment_id]
+        try:
+            while queue:
+                await self._deliver(queue.pop(0), queue)
+        finally:
+            del self._tasks[deployment_id]
+            if not queue:
+                self._queues.pop(deployment_id, None)
+
+    async def _deliver(self, deployment: Deployment, newer: list[Deployment]) -> None:
+        report = report_for(deployment)
+        deadline = asyncio.get_running_loop().time() + self.config.github.report_retry_for
+        delay = 1.0
+        while True:
+            try:
+                await self._send(deployment, report)
+                break
+            except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                self.failures += 1
+                log.warning("reporting %s to GitHub failed: %s", report.key, _describe(e),
+                            extra={"deployment": deployment.id})
+                if newer:
+                    log.info("report %s overtaken by a newer state; dropped", report.key,
+                             extra={"deployment": deployment.id})
+                    return
+                wait = _retry_after(e) or delay
+                if asyncio.get_running_loop().time() + wait > deadline:
+                    log.error("gave up reporting %s to GitHub", report.key,
+                              extra={"deployment": deployment.id})
+                    return
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, MAX_BACKOFF)
+        await self.store.run(queries.update, deployment.id, reported=report.key)
+
+    async def _send(self, deployment: Deployment, report: Report) -> None:
+        rule = rule_for(self.config, deployment.repo_full_name)
+        context = rule.context if rule else "speed/deploy"
+        repo = f"/repos/{deployment.repo_full_name}"
+        target_url = f"{public_url(self.config)}/deployments/{deployment.id}"
+        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        await self.github.api.post(f"{repo}/statuses/{deployment.commit}", oauth_token=token, data={
+            "state": report.state, "target_url": target_url,
+            "description": report.description, "context": context})
+        if not (rule and rule.environment):
+            return
+        github_id = deployment.github_deployment_id
+        if github_id is None:
+            github_id = (await self.store.run(queries.get, deployment.id)).github_deployment_id
+        if github_id is None:
+            created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
+                "ref": deployment.commit, "environment": rule.environment, "auto_merge": False,
+                "required_contexts": [], "description": f"SPEED deployment {deployment.id}",
+                "transient_environment": deployment.trigger == "pull_request"})
+            github_id = created["id"]
+            await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
+        await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
+                                   data={"state": report.deployment_state, "log_url": target_url,
+                                         "description": report.description})
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def _retry_after(error: Exception) -> float | None:
+    headers = getattr(error, "headers", None) or {}
+    try:
+        return float(headers.get("retry-after") or headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None

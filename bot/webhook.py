@@ -1,0 +1,151 @@
+"""POST /webhook: verified GitHub deliveries become deployments, once per delivery id."""
+import dataclasses
+import logging
+import re
+
+from aiohttp import web
+from gidgethub import BadRequest, ValidationFailure, routing, sansio
+
+from bot.config import Config
+from bot.errors import json_error
+from bot.keys import config_key, store_key, worker_key
+from bot.requests import read_body
+from bot.rules import deploys_branch, rule_for
+from bot.validation import Invalid, check_branch, check_url
+from storage import deployments as queries
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+router = routing.Router()
+
+# GitHub caps a delivery at 25 MB; anything larger is refused before it is read whole.
+MAX_WEBHOOK_BODY = 25 * 1024 * 1024
+NULL_SHA = "0" * 40
+SHA = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclasses.dataclass
+class Decision:
+    """What a delivery asks of SPEED: a deployment (its fields), or a reason to ignore it."""
+
+    message: str = ""
+    deployment: dict | None = None
+    supersede: bool = False
+
+
+class Ignored(Exception):
+    """The delivery asks for nothing; the message says why."""
+
+
+def _deployment(config: Config, full_name: str, url: str, branch: str, commit: str,
+                **fields) -> dict:
+    if not SHA.fullmatch(commit or ""):
+        raise Ignored(f"{commit!r} is not a commit sha")
+    try:
+        check_url(url, config.runner.allowed_urls)
+        check_branch(branch)
+    except Invalid as e:
+        raise Ignored(str(e)) from None
+    return dict(url=url, branch=branch, commit=commit, repo_full_name=full_name, **fields)
+
+
+@router.register("ping")
+async def on_ping(event: sansio.Event, config: Config, decision: Decision) -> None:
+    decision.message = "pong"
+
+
+@router.register("push")
+async def on_push(event: sansio.Event, config: Config, decision: Decision) -> None:
+    data = event.data
+    ref, full_name = data.get("ref", ""), data["repository"]["full_name"]
+    if not ref.startswith("refs/heads/"):
+        raise Ignored(f"{ref} is not a branch")
+    branch = ref.removeprefix("refs/heads/")
+    if data.get("deleted") or data.get("after") == NULL_SHA:
+        raise Ignored(f"branch {branch} was deleted")
+    rule = rule_for(config, full_name)
+    if rule is None:
+        raise Ignored(f"repository {full_name} is not configured")
+    if not deploys_branch(rule, branch):
+        raise Ignored(f"branch {branch} is not deployed for {full_name}")
+    decision.deployment = _deployment(
+        config, full_name, data["repository"]["clone_url"], branch, data["after"],
+        trigger="push", installation_id=(data.get("installation") or {}).get("id"))
+    decision.supersede = rule.cancel_superseded
+    decision.message = f"deploying {full_name} {branch} at {data['after'][:12]}"
+
+
+@router.register("pull_request", action="opened")
+@router.register("pull_request", action="synchronize")
+@router.register("pull_request", action="reopened")
+async def on_pull_request(event: sansio.Event, config: Config, decision: Decision) -> None:
+    pull = event.data["pull_request"]
+    full_name = event.data["repository"]["full_name"]
+    rule = rule_for(config, full_name)
+    if rule is None:
+        raise Ignored(f"repository {full_name} is not configured")
+    if not rule.pull_requests:
+        raise Ignored(f"pull requests are not deployed for {full_name}")
+    head_repo = pull["head"].get("repo") or {}
+    if head_repo.get("full_name") != full_name and not rule.forks:
+        raise Ignored("pull requests from forks are not deployed (forks: false)")
+    decision.deployment = _deployment(
+        config, full_name, head_repo["clone_url"], pull["head"]["ref"], pull["head"]["sha"],
+        trigger="pull_request", pull_request=pull["number"],
+        installation_id=(event.data.get("installation") or {}).get("id"))
+    decision.supersede = rule.cancel_superseded
+    decision.message = f"deploying pull request #{pull['number']} at {pull['head']['sha'][:12]}"
+
+
+def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Event:
+    headers = request.headers
+    if not headers.get("X-GitHub-Event") or not headers.get("X-GitHub-Delivery"):
+        raise json_error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
+    if secret and not headers.get("X-Hub-Signature-256"):
+        # SHA-1 signatures (X-Hub-Signature) alone are not accepted.
+        raise json_error(401, "X-Hub-Signature-256 is required")
+    try:
+        event = sansio.Event.from_http(headers, body, secret=secret)
+    except ValidationFailure:
+        raise json_error(401, "Webhook signature does not match") from None
+    except BadRequest:
+        raise json_error(400, "Webhook body must be JSON (Content-Type: application/json)") from None
+    if not isinstance(event.data, dict) or len(event.delivery_id) > 64:
+        raise json_error(400, "Webhook body must be a JSON object")
+    return event
+
+
+@routes.post("/webhook")
+async def webhook(request: web.Request) -> web.Response:
+    """Receive a GitHub delivery: verify, decide, record once, wake the worker."""
+    config = request.app[config_key]
+    secret = config.github.webhook_secret or None
+    if secret is None and not config.server_is_loopback:
+        raise json_error(403, "Webhooks are refused: github.webhook_secret is not set")
+    event = _parse(request, await read_body(request, MAX_WEBHOOK_BODY), secret)
+    decision = Decision()
+    try:
+        await router.dispatch(event, config, decision)
+    except Ignored as e:
+        decision = Decision(message=f"ignored: {e}")
+    except (KeyError, TypeError, AttributeError):
+        raise json_error(400, f"Malformed {event.event} payload") from None
+    if not decision.message:
+        action = event.data.get("action")
+        decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
+    store = request.app[store_key]
+    delivery, new, superseded = await store.run(
+        queries.record_delivery, event.delivery_id, event.event, decision.deployment,
+        decision.message, decision.supersede)
+    log.info("delivery %s (%s): %s%s", event.delivery_id, event.event, delivery.message,
+             "" if new else " (redelivered)", extra={"deployment": delivery.deployment_id})
+    if delivery.deployment_id is None:
+        return web.json_response({"message": delivery.message})
+    if new:
+        store.announce(await store.run(queries.get, delivery.deployment_id), *superseded)
+        worker = request.app[worker_key]
+        worker.wake()
+        for older in superseded:
+            await worker.stop(older.id)
+    return web.json_response({"id": delivery.deployment_id}, status=202)

@@ -1,0 +1,367 @@
+"""GitHub loop: signed webhooks in, commit statuses and Deployments out, against the stand-in."""
+import asyncio
+import uuid
+
+import pytest
+
+from bot.keys import reporter_key
+from tests.conftest import DOCKERFILE, results_of, wait_finished
+from tests.fake_github import FakeGitHub
+from tests.webhooks import (delivery_headers, encode, make_app_key, ping_payload,
+                            pull_request_payload, push_payload)
+
+SECRET = "webhook-secret-for-tests"
+TOKEN = "ghp_" + "t" * 36
+PUBLIC_URL = "http://speed.example:8080"
+RULES = [{"match": "acme/*", "branches": ["main", "release/*"], "pull_requests": True},
+         {"match": "deploy/*", "environment": "production", "context": "speed/production"},
+         {"match": "open/*", "pull_requests": True, "forks": True}, {"match": "private/*"}]
+
+
+@pytest.fixture
+async def fake():
+    github = FakeGitHub(token=TOKEN)
+    await github.start()
+    yield github
+    await github.close()
+
+
+@pytest.fixture
+def github_client(make_client, fake, git_server):
+    """SPEED with a webhook secret, a token, and the stand-in GitHub."""
+
+    async def make(**overrides):
+        settings = dict(github__webhook_secret=SECRET, github__token=TOKEN,
+                        github__api_url=fake.url, github__web_url=git_server.base_url,
+                        github__report_retry_for=30, server__public_url=PUBLIC_URL, repos=RULES)
+        settings.update(overrides)
+        return await make_client(**settings)
+
+    return make
+
+
+@pytest.fixture
+def project(git_server, base_image, request):
+    """A repository named owner/<unique>; returns (full_name, clone_url, commit)."""
+
+    def make(owner: str, script: str = "echo deployed\n", branch: str = "main"):
+        full_name = f"{owner}/{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
+        commit = git_server.commit(full_name, {"Dockerfile": DOCKERFILE, "run.sh": script}, branch=branch)
+        return full_name, git_server.url(full_name), commit
+
+    return make
+
+
+async def deliver(client, event: str, payload: dict, secret: str | None = SECRET,
+                  guid: str | None = None, headers: dict | None = None):
+    body = encode(payload)
+    sent = delivery_headers(event, body, secret, guid)
+    sent.update(headers or {})
+    return await client.post("/webhook", data=body, headers=sent)
+
+
+async def deployments(client) -> list[dict]:
+    return (await (await client.get("/deployments")).json())["deployments"]
+
+
+async def test_push_deploys_the_sha_and_reports_pending_pending_success(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    assert response.status == 202
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(client, deployment_id)
+    assert (info["status"], info["commit"], info["trigger"]) == ("Succeeded", sha, "push")
+    statuses = await fake.wait_for_statuses(full_name, sha, 3)
+    assert [s["state"] for s in statuses] == ["pending", "pending", "success"]
+    assert [s["description"] for s in statuses[:2]] == ["Queued", "Running"]
+    assert statuses[2]["description"].startswith("Succeeded after ")
+    assert {s["context"] for s in statuses} == {"speed/deploy"}
+    assert {s["target_url"] for s in statuses} == {f"{PUBLIC_URL}/deployments/{deployment_id}"}
+    assert all(call.headers["authorization"] == f"token {TOKEN}" for call in fake.calls)
+    # The target_url serves a human-readable page of the deployment.
+    page = await client.get(f"/deployments/{deployment_id}")
+    assert page.status == 200 and page.content_type == "text/html"
+    assert "Succeeded" in await page.text() and sha in await page.text()
+
+
+async def test_failed_deployment_reports_failure_with_the_reason(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme", "exit 3\n")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    await wait_finished(client, (await response.json())["id"])
+    statuses = await fake.wait_for_statuses(full_name, sha, 3)
+    assert statuses[-1]["state"] == "failure"
+    assert statuses[-1]["description"].startswith("Failed: exit code 3 after ")
+    assert len(statuses[-1]["description"]) <= 140
+
+
+async def test_push_deploys_exactly_the_pushed_commit(github_client, project, git_server):
+    client = await github_client()
+    full_name, url, first = project("acme", 'echo "commit=$SPEED_COMMIT"\n')
+    git_server.commit(full_name, {"later.txt": "the branch moved on"})
+    response = await deliver(client, "push", push_payload(full_name, url, after=first))
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(client, deployment_id)
+    assert (info["status"], info["commit"]) == ("Succeeded", first)
+    assert f"commit={first}\n" in await results_of(client, deployment_id)
+
+
+@pytest.mark.parametrize("secret, headers, status", [
+    (None, {}, 401),  # unsigned
+    ("not-the-secret", {}, 401),  # forged
+    (SECRET, {"X-Hub-Signature-256": None}, 401),  # SHA-1 only
+    (SECRET, {"X-GitHub-Event": None}, 400),
+    (SECRET, {"Content-Type": "text/plain"}, 400),
+])
+async def test_bad_deliveries_are_refused_and_record_nothing(github_client, project, secret,
+                                                             headers, status):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    body = encode(push_payload(full_name, url, after=sha))
+    sent = {k: v for k, v in {**delivery_headers("push", body, secret), **headers}.items()
+            if v is not None}
+    response = await client.post("/webhook", data=body, headers=sent)
+    assert response.status == status
+    assert "error" in await response.json()
+    assert await deployments(client) == []
+
+
+async def test_signature_of_another_body_is_refused(github_client, project):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    signed = delivery_headers("push", b'{"zen": "other"}', SECRET)
+    response = await client.post("/webhook", data=encode(push_payload(full_name, url, after=sha)),
+                                 headers=signed)
+    assert response.status == 401
+    assert await deployments(client) == []
+
+
+async def test_malformed_json_is_a_400(github_client):
+    client = await github_client()
+    response = await client.post("/webhook", data=b"{not json", headers=delivery_headers(
+        "push", b"{not json", SECRET))
+    assert response.status == 400
+
+
+async def test_ping_answers(github_client):
+    client = await github_client()
+    response = await deliver(client, "ping", ping_payload())
+    assert (response.status, (await response.json())["message"]) == (200, "pong")
+
+
+async def test_without_a_secret_webhooks_are_refused_off_loopback(github_client, project):
+    client = await github_client(github__webhook_secret="", server__host="0.0.0.0",
+                                 auth__api_tokens=["a-long-enough-api-token"])
+    full_name, url, sha = project("acme")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha), secret=None)
+    assert response.status == 403
+    assert await deployments(client) == []
+
+
+@pytest.mark.parametrize("kind", ["tag", "deleted", "unconfigured repo", "unconfigured branch",
+                                  "closed pull request", "issues event"])
+async def test_events_that_ask_for_nothing_are_ignored(github_client, project, kind):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    event, payload = {
+        "tag": ("push", push_payload(full_name, url, ref="refs/tags/v1", after=sha)),
+        "deleted": ("push", push_payload(full_name, url, after="0" * 40, deleted=True)),
+        "unconfigured repo": ("push", push_payload("elsewhere/app", url, after=sha)),
+        "unconfigured branch": ("push", push_payload(full_name, url, ref="refs/heads/wip", after=sha)),
+        "closed pull request": ("pull_request", pull_request_payload(full_name, url, action="closed",
+                                                                     head_sha=sha)),
+        "issues event": ("issues", {"action": "opened", "repository": {"full_name": full_name}}),
+    }[kind]
+    response = await deliver(client, event, payload)
+    assert response.status == 200
+    assert (await response.json())["message"].startswith("ignored: ")
+    assert await deployments(client) == []
+
+
+async def test_redelivered_event_creates_nothing_new(github_client, project):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    payload, guid = push_payload(full_name, url, after=sha), str(uuid.uuid4())
+    first = await deliver(client, "push", payload, guid=guid)
+    responses = await asyncio.gather(*(deliver(client, "push", payload, guid=guid) for _ in range(10)))
+    first_id = (await first.json())["id"]
+    assert [r.status for r in responses] == [202] * 10
+    assert {(await r.json())["id"] for r in responses} == {first_id}
+    assert [d["id"] for d in await deployments(client)] == [first_id]
+
+
+async def test_ten_concurrent_copies_of_a_new_delivery_make_one_deployment(github_client, project):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    payload, guid = push_payload(full_name, url, after=sha), str(uuid.uuid4())
+    responses = await asyncio.gather(*(deliver(client, "push", payload, guid=guid) for _ in range(10)))
+    assert {(await r.json())["id"] for r in responses} == {1}
+    assert len(await deployments(client)) == 1
+
+
+async def test_pull_request_deploys_the_head_sha(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme", branch="feature")
+    payload = pull_request_payload(full_name, url, action="synchronize", number=7, head_sha=sha,
+                                   head_ref="feature")
+    response = await deliver(client, "pull_request", payload)
+    assert response.status == 202
+    info = await wait_finished(client, (await response.json())["id"])
+    assert (info["status"], info["commit"], info["trigger"]) == ("Succeeded", sha, "pull_request")
+    assert [s["state"] for s in await fake.wait_for_statuses(full_name, sha, 3)] == [
+        "pending", "pending", "success"]
+
+
+async def test_fork_pull_requests_run_only_where_forks_are_allowed(github_client, project):
+    client = await github_client()
+    fork_name, fork_url, sha = project("stranger", "echo fork code ran\n", branch="feature")
+    refused = await deliver(client, "pull_request", pull_request_payload(
+        "acme/app", "https://github.invalid/acme/app.git", head_sha=sha, head_ref="feature",
+        head_full_name=fork_name, head_clone_url=fork_url))
+    assert refused.status == 200
+    assert "fork" in (await refused.json())["message"]
+    assert await deployments(client) == []
+    allowed = await deliver(client, "pull_request", pull_request_payload(
+        "open/app", "https://github.invalid/open/app.git", head_sha=sha, head_ref="feature",
+        head_full_name=fork_name, head_clone_url=fork_url))
+    assert allowed.status == 202
+    deployment_id = (await allowed.json())["id"]
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    assert "fork code ran" in await results_of(client, deployment_id)
+
+
+async def test_newer_push_cancels_the_older_deployment(github_client, project, fake, git_server):
+    client = await github_client()
+    full_name, url, old_sha = project("acme", "echo old-started\nsleep 600\n")
+    old = await deliver(client, "push", push_payload(full_name, url, after=old_sha))
+    old_id = (await old.json())["id"]
+    new_sha = git_server.commit(full_name, {"run.sh": "echo new\n"})
+    new = await deliver(client, "push", push_payload(full_name, url, before=old_sha, after=new_sha))
+    new_id = (await new.json())["id"]
+    old_info = await wait_finished(client, old_id)
+    assert old_info["status"] == "Cancelled"
+    assert old_info["reason"] == f"superseded by deployment {new_id}"
+    assert (await wait_finished(client, new_id))["status"] == "Succeeded"
+    await client.app[reporter_key].idle()
+    assert fake.statuses_for(full_name, old_sha)[-1]["state"] == "error"
+    assert fake.statuses_for(full_name, new_sha)[-1]["state"] == "success"
+
+
+async def test_reports_survive_github_failing_then_recovering(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    fake.fail_next(2, 500)
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    assert response.status == 202  # GitHub being down never blocks or fails a deployment
+    info = await wait_finished(client, (await response.json())["id"])
+    assert info["status"] == "Succeeded"
+    reporter = client.app[reporter_key]
+    await reporter.idle()
+    states = [s["state"] for s in fake.statuses_for(full_name, sha)]
+    assert states[-1] == "success" and "pending" not in states[states.index("success"):]
+    assert reporter.failures >= 2
+    assert sum(call.failed for call in fake.calls) == 2
+
+
+async def test_environment_rule_creates_a_github_deployment(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("deploy")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    deployment_id = (await response.json())["id"]
+    await wait_finished(client, deployment_id)
+    await client.app[reporter_key].idle()
+    [created] = fake.deployments
+    assert (created["ref"], created["environment"]) == (sha, "production")
+    states = fake.deployment_statuses[created["id"]]
+    assert [s["state"] for s in states] == ["queued", "in_progress", "success"]
+    assert {s["log_url"] for s in states} == {f"{PUBLIC_URL}/deployments/{deployment_id}"}
+    assert {s["context"] for s in fake.statuses_for(full_name, sha)} == {"speed/production"}
+
+
+async def test_manual_start_of_a_configured_repository_reports_too(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    response = await client.post("/start", json={"url": url, "branch": "main"})
+    await wait_finished(client, (await response.json())["id"])
+    await client.app[reporter_key].idle()
+    # The commit is known once cloned: GitHub hears "running", then the outcome.
+    assert [s["state"] for s in fake.statuses_for(full_name.lower(), sha)] == ["pending", "success"]
+
+
+async def test_private_repository_clones_with_the_token_which_never_shows(github_client, git_server,
+                                                                         base_image, fake):
+    client = await github_client(github__token=git_server.private_token)
+    fake.token = git_server.private_token
+    full_name = f"private/app-{uuid.uuid4().hex[:6]}"
+    sha = git_server.commit(full_name, {"Dockerfile": DOCKERFILE, "run.sh": "echo private ok\n"})
+    response = await deliver(client, "push", push_payload(full_name, git_server.url(full_name),
+                                                          after=sha))
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert "private ok" in results
+    page = await (await client.get(f"/deployments/{deployment_id}")).text()
+    for shown in (results, str(info), page):
+        assert git_server.private_token not in shown
+
+
+async def test_github_app_reports_with_installation_tokens(make_client, project, git_server):
+    private_pem, public_pem = make_app_key()
+    fake = FakeGitHub(app_id=4242, app_public_key_pem=public_pem)
+    await fake.start()
+    try:
+        full_name, url, sha = project("acme")
+        fake.add_installation(99, [full_name])
+        client = await make_client(github__webhook_secret=SECRET, github__app_id="4242",
+                                   github__private_key=private_pem.decode(),
+                                   github__api_url=fake.url, server__public_url=PUBLIC_URL,
+                                   repos=RULES)
+        response = await deliver(client, "push", push_payload(full_name, url, after=sha,
+                                                              installation_id=99))
+        await wait_finished(client, (await response.json())["id"])
+        statuses = await fake.wait_for_statuses(full_name, sha, 3)
+        assert statuses[-1]["state"] == "success"
+        status_calls = [c for c in fake.calls if "/statuses/" in c.path]
+        tokens = {c.headers["authorization"].split()[-1] for c in status_calls}
+        assert len(tokens) == 1 and fake.installation_tokens[tokens.pop()] == 99
+        assert len([c for c in fake.calls if c.path.endswith("/access_tokens")]) == 1  # cached
+    finally:
+        await fake.close()
+
+
+async def test_missed_deliveries_are_redelivered_on_start(make_client, project):
+    private_pem, public_pem = make_app_key()
+    fake = FakeGitHub(app_id=4242, app_public_key_pem=public_pem)
+    await fake.start()
+    try:
+        full_name, url, sha = project("acme")
+        fake.add_installation(99, [full_name])
+        payload = push_payload(full_name, url, after=sha, installation_id=99)
+        body = encode(payload)
+        missed = fake.add_delivery(1, str(uuid.uuid4()), "push", None, 502, payload,
+                                   delivery_headers("push", body, SECRET), body=body)
+        client_box = {}
+        fake.on_redeliver = lambda delivery: fake.deliver(
+            delivery, str(client_box["client"].make_url("/webhook")))
+        client_box["client"] = await make_client(
+            github__webhook_secret=SECRET, github__app_id="4242",
+            github__private_key=private_pem.decode(), github__api_url=fake.url, repos=RULES)
+        await fake.wait_until(lambda: fake.redelivery_requests)
+        await fake.settle()
+        assert fake.redelivery_requests == [missed.id]
+        [deployment] = await deployments(client_box["client"])
+        assert deployment["commit"] == sha
+    finally:
+        await fake.close()
+
+
+async def test_page_escapes_what_the_container_prints(github_client, project):
+    client = await github_client()
+    full_name, url, sha = project("acme", "echo '<script>alert(1)</script>'\n")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    deployment_id = (await response.json())["id"]
+    await wait_finished(client, deployment_id)
+    page = await (await client.get(f"/deployments/{deployment_id}")).text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
