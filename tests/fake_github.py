@@ -174,6 +174,10 @@ class FakeGitHub:
             body = {"message": message, "documentation_url": DOCS}
         self._failures.extend([(status, dict(headers or {}), body)] * n)
 
+    def recover(self) -> None:
+        """Drop the errors fail_next queued: GitHub answers normally again."""
+        self._failures.clear()
+
     def statuses_for(self, full_name: str, sha: str) -> list[dict]:
         """The commit status bodies posted for sha, in arrival order."""
         return list(self.statuses.get((full_name, sha), []))

@@ -365,3 +365,32 @@ async def test_page_escapes_what_the_container_prints(github_client, project):
     await wait_finished(client, deployment_id)
     page = await (await client.get(f"/deployments/{deployment_id}")).text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+async def test_reports_given_up_are_sent_after_a_restart(github_client, project, fake):
+    client = await github_client(github__report_retry_for=0)
+    full_name, url, sha = project("acme")
+    fake.fail_next(1000, 500)
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    deployment_id = (await response.json())["id"]
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    await client.app[reporter_key].idle()
+    assert fake.statuses_for(full_name, sha) == []
+    await client.close()
+    fake.recover()
+    restarted = await github_client()
+    await fake.wait_for_statuses(full_name, sha, 1)
+    await restarted.app[reporter_key].idle()
+    assert [s["state"] for s in fake.statuses_for(full_name, sha)] == ["success"]
+
+
+async def test_no_token_in_logs(github_client, project, caplog, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme", 'echo "$SPEED_TOKEN"\n')
+    fake.fail_next(1, 401, body={"message": f"Bad credentials {TOKEN[:4]}"})
+    with caplog.at_level("DEBUG"):
+        response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+        await wait_finished(client, (await response.json())["id"])
+        await client.app[reporter_key].idle()
+    assert caplog.records
+    assert TOKEN not in caplog.text and SECRET not in caplog.text
