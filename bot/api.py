@@ -56,8 +56,8 @@ async def _authorize_callback(request: web.Request, deployment: Deployment) -> N
     if not request.app[callback_only_key] and api_token_ok(
             request, request.app[config_key].auth.api_tokens):
         return
-    raise json_error(401 if request.headers.get("Authorization") is None else 403,
-                     "This deployment's token or an API token is required")
+    raise json_error(401, "This deployment's token or an API token is required",
+                     **{"WWW-Authenticate": "Bearer"})
 
 
 @routes.post("/start")

@@ -110,11 +110,12 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def _expand(value: str, key: str) -> str:
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
+        found = os.environ.get(name)
+        if default is not None and not found:  # as in the shell: unset or empty takes the default
             return default
-        raise ConfigError(f"{key}: environment variable {name} is not set")
+        if found is None:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        return found
 
     return _ENV.sub(substitute, value)
 
@@ -232,7 +233,7 @@ def load(path: str | None = None, **overrides: Any) -> Config:
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not valid UTF-8") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for dotted, value in overrides.items():

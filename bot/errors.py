@@ -9,14 +9,9 @@ log = logging.getLogger(__name__)
 
 def json_error(status: int, message: str, **headers: str) -> web.HTTPException:
     """An HTTP error whose body is {"error": message}."""
-    cls = web.HTTPException
-    for candidate in (web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden,
-                      web.HTTPNotFound, web.HTTPConflict, web.HTTPRequestEntityTooLarge):
-        if candidate.status_code == status:
-            cls = candidate
-    kwargs = {"max_size": 0, "actual_size": 0} if cls is web.HTTPRequestEntityTooLarge else {}
-    error = cls(text=json.dumps({"error": message}), content_type="application/json",
-                headers=headers or None, **kwargs)
+    error = web.HTTPException(text=json.dumps({"error": message}), content_type="application/json",
+                              headers=headers or None)
+    error.set_status(status)
     return error
 
 

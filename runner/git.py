@@ -1,7 +1,9 @@
 """Fetching a deployment's source with git: shallow, one branch, no prompts, no surprises."""
 import asyncio
 import base64
+import contextlib
 import os
+import signal
 import urllib.parse
 
 from runner.errors import CheckoutFailed
@@ -37,14 +39,17 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
     process = await asyncio.create_subprocess_exec(
         "git", "-c", "http.followRedirects=false", "-c", "core.hooksPath=/dev/null", *args,
         cwd=cwd, env=_environment(url, token), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        # Its own process group: git's transport helpers (git remote-https) die with it.
+        start_new_session=True)
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout)
     except asyncio.TimeoutError:
         raise CheckoutFailed(f"git {args[0]} timed out after {timeout:g} s") from None
     finally:
         if process.returncode is None:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
     text = output.decode("utf-8", "replace")
     if token:

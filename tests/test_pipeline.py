@@ -55,8 +55,8 @@ async def test_container_calls_back_with_its_own_token_only(client, repo):
     assert "added by the container\n" in results
     assert info["progress"] == "halfway there"
     assert "intrusion" not in await results_of(client, other)
-    assert "other: wget: server returned error: HTTP/1.1 403" in results
-    assert "forged: wget: server returned error: HTTP/1.1 403" in results
+    assert "other: wget: server returned error: HTTP/1.1 401" in results
+    assert "forged: wget: server returned error: HTTP/1.1 401" in results
     assert "forged\n" not in results
     # The listener on the bridge serves the two callbacks and nothing else.
     assert "info: wget: server returned error: HTTP/1.1 404" in results
