@@ -89,5 +89,5 @@ class Backend(abc.ABC):
         """Remove the container and image if they exist; never fails on what is already gone."""
 
     @abc.abstractmethod
-    async def prune_images(self, repository: str, keep: int) -> None:
-        """Untag all but the keep newest deployment images of repository, sparing those in use."""
+    async def prune_images(self, repository: str, keep: int, spare: set[str]) -> None:
+        """Untag all but the keep newest deployment images of repository, and never spare."""

@@ -47,7 +47,10 @@ class DockerBackend(Backend):
     def __init__(self, network: str = "bridge"):
         self._client: docker.DockerClient | None = None
         self._network = network
+        # Builds and image pruning exclude each other: a build may take a pruned image as cache.
         self._builds = 0
+        self._pruning = False
+        self._images_idle = asyncio.Condition()
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -78,7 +81,9 @@ class DockerBackend(Backend):
             raise BuildFailed("no Dockerfile at the repository root")
         api = await self._api()
         image_id = None
-        self._builds += 1
+        async with self._images_idle:
+            await self._images_idle.wait_for(lambda: not self._pruning)
+            self._builds += 1
         try:
             with _engine_errors(BuildFailed, "build"):
                 stream = await asyncio.to_thread(
@@ -92,7 +97,9 @@ class DockerBackend(Backend):
                     elif "aux" in chunk and "ID" in chunk["aux"]:
                         image_id = chunk["aux"]["ID"]
         finally:
-            self._builds -= 1
+            async with self._images_idle:
+                self._builds -= 1
+                self._images_idle.notify_all()
         if image_id is None:
             raise BuildFailed("build failed: the engine reported no image")
         return image_id
@@ -173,18 +180,25 @@ class DockerBackend(Backend):
                 with contextlib.suppress(NotFound, APIError):
                     await asyncio.to_thread(api.remove_image, image)
 
-    async def prune_images(self, repository: str, keep: int) -> None:
-        if self._builds:
-            # A running build may be using these images' layers as cache; prune after it.
-            return
-        api = await self._api()
-        with _engine_errors(RunFailed, "list images"):
-            images = await asyncio.to_thread(api.images, repository)
-        tags = [tag for image in images for tag in image.get("RepoTags") or []
-                if tag.startswith(f"{repository}:") and tag.rpartition(":")[2].isdigit()]
-        tags.sort(key=lambda tag: int(tag.rpartition(":")[2]), reverse=True)
-        # By tag: the build cache gives equal builds one image, and untagging one deployment's
-        # image must leave the others'. Docker deletes the image with its last tag, and never
-        # while a container still uses it.
-        for tag in tags[keep:]:
-            await self.cleanup(image=tag)
+    async def prune_images(self, repository: str, keep: int, spare: set[str]) -> None:
+        async with self._images_idle:
+            if self._builds or self._pruning:
+                return  # the next deployment to finish prunes
+            self._pruning = True
+        try:
+            api = await self._api()
+            with _engine_errors(RunFailed, "list images"):
+                images = await asyncio.to_thread(api.images, repository)
+            tags = [tag for image in images for tag in image.get("RepoTags") or []
+                    if tag.startswith(f"{repository}:") and tag.rpartition(":")[2].isdigit()]
+            tags.sort(key=lambda tag: int(tag.rpartition(":")[2]), reverse=True)
+            # By tag: the build cache gives equal builds one image, and untagging one
+            # deployment's image must leave the others'. Docker deletes the image with its last
+            # tag, and never while a container still uses it.
+            for tag in tags[keep:]:
+                if tag not in spare:
+                    await self.cleanup(image=tag)
+        finally:
+            async with self._images_idle:
+                self._pruning = False
+                self._images_idle.notify_all()

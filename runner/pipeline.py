@@ -228,6 +228,8 @@ class Pipeline:
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)
-            await self.backend.prune_images(self.image_repository, self.settings.keep_images)
+            unfinished = await self.store.run(queries.in_status, Status.PENDING, Status.RUNNING)
+            await self.backend.prune_images(self.image_repository, self.settings.keep_images,
+                                            spare={self._image(d.id) for d in unfinished})
         except RunnerError as e:
             log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})

@@ -213,7 +213,8 @@ async def test_forty_concurrent_starts_all_recorded_and_run(make_client, repo):
     ids = [(await r.json())["id"] for r in responses]
     assert len(set(ids)) == 40
     for deployment_id in ids:
-        assert (await wait_finished(client, deployment_id, timeout=120))["status"] == "Succeeded"
+        info = await wait_finished(client, deployment_id, timeout=120)
+        assert info["status"] == "Succeeded", await results_of(client, deployment_id)
 
 
 async def test_images_are_kept_bounded(make_client, repo, docker_client):
