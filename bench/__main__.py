@@ -1,0 +1,107 @@
+"""python -m bench: time SPEED's deployments and API against raw git clone + docker build + run."""
+import concurrent.futures
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import docker
+import requests
+
+from tests.conftest import DOCKERFILE, free_port
+from tests.gitserver import GitServer
+from tests.images import ensure_base_image
+from tests.process import SpeedProcess
+
+ROUNDS = 10
+RESULTS = pathlib.Path(__file__).parent / "results.json"
+
+
+def raw_deployment(url: str, work: pathlib.Path, n: int) -> float:
+    """git clone --depth 1, docker build, docker run --rm: what SPEED does, by hand."""
+    target = work / f"raw-{n}"
+    started = time.perf_counter()
+    subprocess.run(["git", "clone", "-q", "--depth", "1", "--single-branch", "--branch", "main",
+                    "--", url, str(target)], check=True)
+    subprocess.run(["docker", "build", "-q", "-t", f"speed-bench-raw:{n}", str(target)], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["docker", "run", "--rm", f"speed-bench-raw:{n}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    subprocess.run(["docker", "rmi", "-f", f"speed-bench-raw:{n}"], stdout=subprocess.DEVNULL)
+    return elapsed
+
+
+def speed_deployment(bot: SpeedProcess, url: str) -> float:
+    """POST /start, then poll /info every 10 ms until the deployment finished."""
+    started = time.perf_counter()
+    deployment_id = bot.start_deployment(url)
+    while (info := bot.info(deployment_id))["status"] in ("Pending", "Running"):
+        time.sleep(0.01)
+    assert info["status"] == "Succeeded", bot.results(deployment_id)
+    return time.perf_counter() - started
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def request_latencies(bot: SpeedProcess, url: str, count: int = 200) -> dict:
+    """Latency of POST /start under 20 concurrent clients (the deployments queue behind)."""
+
+    def one(_):
+        started = time.perf_counter()
+        response = requests.post(f"{bot.base_url}/start", json={"url": url, "branch": "main"},
+                                 timeout=10)
+        assert response.status_code == 201
+        return time.perf_counter() - started, response.json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        samples, ids = zip(*pool.map(one, range(count)))
+    for deployment_id in ids:  # leave nothing running behind
+        bot.call("POST", f"/cancel/{deployment_id}")
+    for deployment_id in ids:
+        bot.wait_finished(deployment_id)
+    return {"requests": count, "p50_ms": round(percentile(samples, 50) * 1000, 2),
+            "p99_ms": round(percentile(samples, 99) * 1000, 2)}
+
+
+def main() -> int:
+    ensure_base_image(docker.from_env())
+    with tempfile.TemporaryDirectory() as scratch:
+        work = pathlib.Path(scratch)
+        git = GitServer(work / "git")
+        url = git.url("bench/app")
+        git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
+        bot = SpeedProcess(work, free_port(), free_port(), max_concurrent=1)
+        bot.start()
+        try:
+            speed_deployment(bot, url)  # warm both caches alike
+            raw_deployment(url, work, 0)
+            raw, speed = [], []
+            for n in range(1, ROUNDS + 1):
+                raw.append(raw_deployment(url, work, n))
+                speed.append(speed_deployment(bot, url))
+            latency = request_latencies(bot, url)
+        finally:
+            bot.stop()
+            git.close()
+    results = {
+        "rounds": ROUNDS,
+        "raw_median_s": round(statistics.median(raw), 3),
+        "speed_median_s": round(statistics.median(speed), 3),
+        "ratio_speed_to_raw": round(statistics.median(speed) / statistics.median(raw), 2),
+        "start_latency": latency,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    json.dump(results, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
