@@ -24,8 +24,13 @@ def _iso(moment: datetime.datetime | None) -> str | None:
     return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
 
 
-def describe(deployment: Deployment) -> dict:
+def _seconds(start: datetime.datetime | None, end: datetime.datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
     """A deployment as the API shows it."""
+    d = deployment
     return {
         "id": deployment.id,
         "repo_name": deployment.url,
@@ -39,7 +44,23 @@ def describe(deployment: Deployment) -> dict:
         "created_at": _iso(deployment.created_at),
         "started_at": _iso(deployment.started_at),
         "finished_at": _iso(deployment.finished_at),
+        "phases": {"clone": _seconds(d.started_at, d.cloned_at),
+                   "build": _seconds(d.cloned_at, d.built_at),
+                   "run": _seconds(d.container_started_at, d.finished_at)},
+        "waiting_reason": waiting_reason,
     }
+
+
+async def waiting_reasons(request: web.Request, deployments: list[Deployment]) -> dict[int, str]:
+    """Why each Pending deployment waits: its place in the queue and the limit holding it."""
+    if not any(d.state == Status.PENDING for d in deployments):
+        return {}
+    queue = await request.app[store_key].run(queries.pending_ids)
+    running = len(request.app[worker_key].runs)
+    limit = request.app[config_key].runner.max_concurrent
+    return {deployment_id: f"position {place} in the queue; {running} of {limit} deployments "
+                           "running (runner.max_concurrent)"
+            for place, deployment_id in enumerate(queue, start=1)}
 
 
 async def _deployment(request: web.Request, deployment_id_: int) -> Deployment:
@@ -81,7 +102,9 @@ async def start(request: web.Request) -> web.Response:
 @routes.get("/info/{id}")
 async def info(request: web.Request) -> web.Response:
     """One deployment's fields."""
-    return web.json_response(describe(await _deployment(request, deployment_id(request))))
+    deployment = await _deployment(request, deployment_id(request))
+    reasons = await waiting_reasons(request, [deployment])
+    return web.json_response(describe(deployment, reasons.get(deployment.id)))
 
 
 @routes.post("/update")
@@ -153,7 +176,8 @@ async def deployments(request: web.Request) -> web.Response:
         if status is None:
             raise json_error(400, "'status' must be one of " + ", ".join(s.value for s in Status))
     found = await request.app[store_key].run(queries.listing, limit, status, query.get("repo"))
-    return web.json_response({"deployments": [describe(d) for d in found]})
+    reasons = await waiting_reasons(request, found)
+    return web.json_response({"deployments": [describe(d, reasons.get(d.id)) for d in found]})
 
 
 @routes.post("/cancel/{id}")
@@ -171,3 +195,15 @@ async def cancel(request: web.Request) -> web.Response:
         raise json_error(409, f"Deployment is already {e.current.value}") from None
     await request.app[worker_key].stop(target_id)
     return web.json_response(describe(deployment))
+
+
+@routes.post("/redeploy/{id}")
+async def redeploy(request: web.Request) -> web.Response:
+    """Queue a new deployment of the same repository, branch and commit."""
+    require_api_token(request, request.app[config_key].auth.api_tokens)
+    try:
+        deployment = await request.app[store_key].change(queries.redeploy, deployment_id(request))
+    except NotFound:
+        raise not_found() from None
+    request.app[worker_key].wake()
+    return web.json_response({"id": deployment.id}, status=201)

@@ -10,8 +10,11 @@ from bot.api import callback_routes, routes
 from bot.config import Config
 from bot.errors import error_middleware
 from bot.github import GitHub
-from bot.keys import (backend_key, callback_only_key, config_key, github_key, reporter_key, store_key,
-                      worker_key)
+from bot.keys import (backend_key, callback_only_key, config_key, github_key, metrics_key,
+                      reporter_key, store_key, worker_key)
+from bot.metrics import Metrics
+from bot.events import routes as event_routes
+from bot.ops import routes as ops_routes
 from bot.pages import routes as page_routes
 from bot.redelivery import redeliver_missed
 from bot.reporter import Reporter
@@ -44,6 +47,9 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app = _application(config, routes, callback_only=False)
     app.add_routes(webhook_routes)
     app.add_routes(page_routes)
+    app.add_routes(ops_routes)
+    app.add_routes(event_routes)
+    app[metrics_key] = Metrics()
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_github_context)
@@ -54,6 +60,7 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
 async def _storage_context(app: web.Application) -> AsyncIterator[None]:
     store = Store(app[config_key].database.url)
     app[store_key] = store
+    store.subscribe(app[metrics_key].observe)
     yield
     store.close()
 
@@ -66,7 +73,7 @@ async def _github_context(app: web.Application) -> AsyncIterator[None]:
     if github is None:
         yield
         return
-    reporter = Reporter(config, store, github)
+    reporter = Reporter(config, store, github, on_failure=app[metrics_key].report_failures.inc)
     app[reporter_key] = reporter
     store.subscribe(reporter)
     catch_up = asyncio.create_task(_catch_up(reporter, github, store), name="speed-catch-up")

@@ -3,6 +3,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+from typing import Callable
 
 import aiohttp
 from gidgethub import GitHubException
@@ -70,10 +71,12 @@ class Reporter:
     while it is failing is dropped, so a late `pending` never lands after a final state.
     """
 
-    def __init__(self, config: Config, store: Store, github: GitHub):
+    def __init__(self, config: Config, store: Store, github: GitHub,
+                 on_failure: Callable[[], None] = lambda: None):
         self.config = config
         self.store = store
         self.github = github
+        self._on_failure = on_failure
         self._queues: dict[int, list[Deployment]] = {}
         self._tasks: dict[int, asyncio.Task] = {}
         self.failures = 0
@@ -124,6 +127,7 @@ class Reporter:
                 break
             except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 self.failures += 1
+                self._on_failure()
                 log.warning("reporting %s to GitHub failed: %s", report.key, _describe(e),
                             extra={"deployment": deployment.id})
                 if newer:

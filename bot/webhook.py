@@ -8,7 +8,7 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.config import Config
 from bot.errors import json_error
-from bot.keys import config_key, store_key, worker_key
+from bot.keys import config_key, metrics_key, store_key, worker_key
 from bot.requests import read_body
 from bot.rules import deploys_branch, rule_for
 from bot.validation import Invalid, check_branch, check_url
@@ -22,6 +22,7 @@ router = routing.Router()
 # GitHub caps a delivery at 25 MB; anything larger is refused before it is read whole.
 MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 NULL_SHA = "0" * 40
+COUNTED_EVENTS = ("ping", "push", "pull_request")
 SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -118,7 +119,21 @@ def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Even
 
 @routes.post("/webhook")
 async def webhook(request: web.Request) -> web.Response:
-    """Receive a GitHub delivery: verify, decide, record once, wake the worker."""
+    """Receive a GitHub delivery and count it by event and outcome."""
+    event = request.headers.get("X-GitHub-Event", "")
+    event = event if event in COUNTED_EVENTS else "other"  # a bounded set of metric labels
+    try:
+        response = await _receive(request)
+    except web.HTTPException as e:
+        request.app[metrics_key].deliveries.labels(event, f"refused {e.status}").inc()
+        raise
+    outcome = "deployed" if response.status == 202 else "ignored"
+    request.app[metrics_key].deliveries.labels(event, outcome).inc()
+    return response
+
+
+async def _receive(request: web.Request) -> web.Response:
+    """Verify, decide, record once, wake the worker."""
     config = request.app[config_key]
     secret = config.github.webhook_secret or None
     if secret is None and not config.server_is_loopback:

@@ -108,10 +108,12 @@ class Pipeline:
                                             os.path.join(workspace, "src"),
                                             self.settings.git_timeout, commit=deployment.commit,
                                             token=token)
-                await self.store.run(queries.update, deployment.id, commit=commit)
+                await self.store.run(queries.update, deployment.id, commit=commit,
+                                     cloned_at=utcnow())
                 await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
                 await self.backend.build(os.path.join(workspace, "src"), self._image(deployment.id),
                                          self.labels(deployment.id), recorder.write)
+                await self.store.run(queries.update, deployment.id, built_at=utcnow())
                 shutil.rmtree(workspace, ignore_errors=True)
                 if run.stopped:
                     return

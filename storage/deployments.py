@@ -142,6 +142,7 @@ def requeue(deployment_id: int, note: str) -> Deployment:
     """Put a Running deployment whose container never started back in the queue."""
     with _write():
         updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
+                                     cloned_at=None, built_at=None, container_started_at=None,
                                      container_id=None, log_cursor=None)
                    .where(Deployment.id == deployment_id,
                           Deployment.status == Status.RUNNING.value).execute())
@@ -188,6 +189,13 @@ def append_output(deployment_id: int, text: str, log_bytes: int, cursor: int | N
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
 
 
+def results_after(deployment_id: int, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+    """The deployment's results recorded after result id `after`: (id, text) in order."""
+    return list(Result.select(Result.id, Result.text)
+                .where(Result.deployment == deployment_id, Result.id > after)
+                .order_by(Result.id).limit(limit).tuples())
+
+
 def results_text(deployment_id: int) -> str:
     """Every result of the deployment in recorded order, as one string."""
     _get(deployment_id)
@@ -202,11 +210,26 @@ def in_status(*statuses: Status) -> list[Deployment]:
                 .order_by(Deployment.id))
 
 
-def queue_position(deployment_id: int) -> int:
-    """How many Pending deployments are ahead of this one."""
-    return (Deployment.select(fn.COUNT(Deployment.id))
-            .where(Deployment.status == Status.PENDING.value, Deployment.id < deployment_id)
-            .scalar())
+def pending_ids() -> list[int]:
+    """The queue: ids of Pending deployments in the order they will run."""
+    return [i for (i,) in Deployment.select(Deployment.id)
+            .where(Deployment.status == Status.PENDING.value).order_by(Deployment.id).tuples()]
+
+
+def counts() -> dict[str, int]:
+    """How many deployments are in each status."""
+    found = dict(Deployment.select(Deployment.status, fn.COUNT(Deployment.id))
+                 .group_by(Deployment.status).tuples())
+    return {status.value: found.get(status.value, 0) for status in Status}
+
+
+def redeploy(deployment_id: int) -> Deployment:
+    """A new Pending deployment of the same repository, branch and commit."""
+    with _write():
+        source = _get(deployment_id)
+        return Deployment.create(
+            url=source.url, branch=source.branch, commit=source.commit, trigger="redeploy",
+            repo_full_name=source.repo_full_name, installation_id=source.installation_id)
 
 
 def instance_id() -> str:

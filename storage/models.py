@@ -45,6 +45,9 @@ class Deployment(BaseModel):
     log_bytes = IntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     started_at = DateTimeField(null=True)
+    # Phase ends: clone (cloned_at - started_at), build (built_at - cloned_at), run (the rest).
+    cloned_at = DateTimeField(null=True)
+    built_at = DateTimeField(null=True)
     container_started_at = DateTimeField(null=True)
     finished_at = DateTimeField(null=True)
 

@@ -1,0 +1,58 @@
+"""Live deployments: Server-Sent Events with a deployment's status and new results as they come."""
+import asyncio
+import json
+
+from aiohttp import web
+
+from bot.api import describe
+from bot.errors import not_found
+from bot.keys import store_key
+from bot.requests import deployment_id
+from storage import deployments as queries
+from storage.deployments import NotFound
+
+routes = web.RouteTableDef()
+
+# Output is stored in batches every 0.25 s (runner.output); looking more often finds nothing new.
+POLL_SECONDS = 0.25
+BATCH = 500
+
+
+def _event(kind: str, data, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@routes.get("/deployments/{id}/events")
+async def deployment_events(request: web.Request) -> web.StreamResponse:
+    """`status` events (the deployment as /info shows it) and `log` events (each new result, its
+    text JSON-encoded, its id the result's) until the deployment finished, then `end`.
+
+    `?after=N` or a `Last-Event-ID` header resumes after result N."""
+    store = request.app[store_key]
+    target_id = deployment_id(request)
+    try:
+        deployment = await store.run(queries.get, target_id)
+    except NotFound:
+        raise not_found() from None
+    after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    after = int(after) if after.isascii() and after.isdigit() and len(after) < 19 else 0
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    shown = None
+    while True:
+        results = await store.run(queries.results_after, target_id, after, BATCH)
+        for result_id, text in results:
+            await response.write(_event("log", text, result_id))
+            after = result_id
+        deployment = await store.run(queries.get, target_id)
+        status = describe(deployment)
+        if status != shown:
+            await response.write(_event("status", status))
+            shown = status
+        if deployment.state.finished and len(results) < BATCH:
+            await response.write(_event("end", {"status": deployment.status}))
+            return response
+        if len(results) < BATCH:
+            await asyncio.sleep(POLL_SECONDS)
