@@ -13,7 +13,9 @@ from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, github_key, metrics_key,
                       reporter_key, store_key, worker_key)
 from bot.metrics import Metrics
+from bot.badge import routes as badge_routes
 from bot.events import routes as event_routes
+from bot.openapi import routes as openapi_routes
 from bot.ops import routes as ops_routes
 from bot.pages import routes as page_routes
 from bot.redelivery import redeliver_missed
@@ -47,8 +49,10 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app = _application(config, routes, callback_only=False)
     app.add_routes(webhook_routes)
     app.add_routes(page_routes)
+    app.add_routes(badge_routes)
     app.add_routes(ops_routes)
     app.add_routes(event_routes)
+    app.add_routes(openapi_routes)
     app[metrics_key] = Metrics()
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)
@@ -113,7 +117,8 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         instance=await store.run(queries.instance_id), api_url="",
         limits=Limits(memory=runner.memory, cpus=runner.cpus, pids=runner.pids),
         timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
-        keep_images=runner.keep_images, git_timeout=runner.git_timeout)
+        keep_images=runner.keep_images, git_timeout=runner.git_timeout,
+        reuse_images=runner.reuse_images)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]))
     app[worker_key] = worker

@@ -37,6 +37,8 @@ class RunnerConfig:
     allowed_urls: tuple[str, ...] = ("https://*", "ssh://*")
     workdir: str = ".speed/work"
     keep_images: int = 5
+    # A deployment of a commit whose image this SPEED built already runs that image directly.
+    reuse_images: bool = True
     max_log_bytes: int = 10 * 1024 * 1024
     git_timeout: float = 300
     # Where containers reach SPEED: empty means the gateway of the Docker bridge, on server.port.

@@ -56,6 +56,10 @@ class Backend(abc.ABC):
         """Build the Dockerfile at the root of context as tag, streaming the log; return the image id."""
 
     @abc.abstractmethod
+    async def reuse_image(self, labels: Mapping[str, str], tag: str) -> bool:
+        """Tag the newest image carrying all the labels as tag; False if there is none."""
+
+    @abc.abstractmethod
     async def create(self, name: str, image: str, env: Mapping[str, str],
                      labels: Mapping[str, str], limits: Limits) -> str:
         """Create (not start) a container and return its id."""

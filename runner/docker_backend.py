@@ -75,16 +75,40 @@ class DockerBackend(Backend):
                 return str(next(ipaddress.ip_network(pool["Subnet"]).hosts()))
         raise EngineUnavailable(f"the Docker network {self._network!r} has no gateway address")
 
+    @contextlib.asynccontextmanager
+    async def _using_images(self):
+        """Builds and reuses go on together; pruning waits for them, and they for it."""
+        async with self._images_idle:
+            await self._images_idle.wait_for(lambda: not self._pruning)
+            self._builds += 1
+        try:
+            yield
+        finally:
+            async with self._images_idle:
+                self._builds -= 1
+                self._images_idle.notify_all()
+
+    async def reuse_image(self, labels: Mapping[str, str], tag: str) -> bool:
+        api = await self._api()
+        selector = [f"{key}={value}" for key, value in labels.items()]
+        async with self._using_images():
+            with _engine_errors(RunFailed, "list images"):
+                images = await asyncio.to_thread(api.images, filters={"label": selector})
+            if not images:
+                return False
+            newest = max(images, key=lambda image: image["Created"])
+            repository, _, name = tag.rpartition(":")
+            with _engine_errors(RunFailed, "tag image"):
+                await asyncio.to_thread(api.tag, newest["Id"], repository, name)
+        return True
+
     async def build(self, context: str, tag: str, labels: Mapping[str, str],
                     output: OutputSink) -> str:
         if not os.path.isfile(os.path.join(context, "Dockerfile")):
             raise BuildFailed("no Dockerfile at the repository root")
         api = await self._api()
         image_id = None
-        async with self._images_idle:
-            await self._images_idle.wait_for(lambda: not self._pruning)
-            self._builds += 1
-        try:
+        async with self._using_images():
             with _engine_errors(BuildFailed, "build"):
                 stream = await asyncio.to_thread(
                     api.build, path=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
@@ -96,10 +120,6 @@ class DockerBackend(Backend):
                         raise BuildFailed(f"build failed: {chunk['error'].strip()}")
                     elif "aux" in chunk and "ID" in chunk["aux"]:
                         image_id = chunk["aux"]["ID"]
-        finally:
-            async with self._images_idle:
-                self._builds -= 1
-                self._images_idle.notify_all()
         if image_id is None:
             raise BuildFailed("build failed: the engine reported no image")
         return image_id

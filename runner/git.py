@@ -73,3 +73,13 @@ async def checkout(url: str, branch: str, destination: str, timeout: float,
         await _git(["checkout", "--quiet", "--detach", commit], url, timeout, cwd=destination)
         head = commit
     return head
+
+
+async def resolve(url: str, branch: str, timeout: float, token: str | None = None) -> str | None:
+    """The commit at the tip of branch, asking the remote without cloning; None if it has none."""
+    listed = await _git(["ls-remote", "--", url, f"refs/heads/{branch}"], url, timeout, token=token)
+    for line in listed.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == f"refs/heads/{branch}":
+            return sha
+    return None

@@ -39,6 +39,12 @@ class RunnerSettings:
     max_log_bytes: int
     keep_images: int
     git_timeout: float
+    reuse_images: bool = True
+
+
+def _source_key(url: str) -> str:
+    """A label-safe name for the repository an image was built from."""
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
 def token_hash(token: str) -> str:
@@ -100,20 +106,7 @@ class Pipeline:
         workspace = tempfile.mkdtemp(prefix=f"deployment-{deployment.id}-", dir=self.settings.workdir)
         try:
             async with self._deadline(deployment, run, recorder):
-                await recorder.write(f"[speed] cloning {deployment.url} (branch {deployment.branch})\n")
-                token = await self.credentials(deployment) if self.credentials else None
-                if token:
-                    recorder.redact(token)
-                commit = await git.checkout(deployment.url, deployment.branch,
-                                            os.path.join(workspace, "src"),
-                                            self.settings.git_timeout, commit=deployment.commit,
-                                            token=token)
-                await self.store.run(queries.update, deployment.id, commit=commit,
-                                     cloned_at=utcnow())
-                await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
-                await self.backend.build(os.path.join(workspace, "src"), self._image(deployment.id),
-                                         self.labels(deployment.id), recorder.write)
-                await self.store.run(queries.update, deployment.id, built_at=utcnow())
+                commit = await self._prepare(deployment, recorder, workspace)
                 shutil.rmtree(workspace, ignore_errors=True)
                 if run.stopped:
                     return
@@ -124,6 +117,35 @@ class Pipeline:
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             await self._finish_up(deployment.id, run, recorder)
+
+    async def _prepare(self, deployment: Deployment, recorder: OutputRecorder,
+                       workspace: str) -> str:
+        """Clone and build the deployment's commit, or reuse the image built of it before."""
+        token = await self.credentials(deployment) if self.credentials else None
+        if token:
+            recorder.redact(token)
+        url, branch, timeout = deployment.url, deployment.branch, self.settings.git_timeout
+        commit = deployment.commit
+        if commit is None and self.settings.reuse_images:
+            commit = await git.resolve(url, branch, timeout, token)
+        source = {"speed.commit": commit or "", "speed.source": _source_key(url)}
+        if commit and self.settings.reuse_images and await self.backend.reuse_image(
+                {**self.labels(), **source}, self._image(deployment.id)):
+            now = utcnow()
+            await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=now,
+                                 built_at=now)
+            await recorder.write(f"[speed] reusing the image already built of {commit}\n")
+            return commit
+        await recorder.write(f"[speed] cloning {url} (branch {branch})\n")
+        source_dir = os.path.join(workspace, "src")
+        commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token)
+        await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=utcnow())
+        await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
+        await self.backend.build(source_dir, self._image(deployment.id),
+                                 {**self.labels(deployment.id), **source, "speed.commit": commit},
+                                 recorder.write)
+        await self.store.run(queries.update, deployment.id, built_at=utcnow())
+        return commit
 
     async def reattach(self, deployment: Deployment, run: Run) -> None:
         """Follow a deployment whose container outlived an earlier SPEED process."""

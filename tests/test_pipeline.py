@@ -86,7 +86,7 @@ async def test_unreachable_repository_fails(client, git_server):
     deployment_id = await start(client, git_server.url("does-not-exist"))
     info = await wait_finished(client, deployment_id)
     assert info["status"] == "Failed"
-    assert "git clone failed" in info["reason"]
+    assert info["reason"].startswith("git ") and "failed (exit code" in info["reason"]
     assert "not found" in (await results_of(client, deployment_id)).lower()
 
 
@@ -251,3 +251,29 @@ async def test_instances_sharing_an_engine_do_not_mix(make_client, repo, docker_
     await second.post("/cancel/1")
     await wait_finished(second, 1)
 
+
+
+async def test_a_commit_built_before_reuses_its_image(client, repo, git_server):
+    url, commit = repo('echo "running $SPEED_COMMIT"\n')
+    first = await start(client, url)
+    assert (await wait_finished(client, first))["status"] == "Succeeded"
+    second = await start(client, url)
+    info = await wait_finished(client, second)
+    results = await results_of(client, second)
+    assert (info["status"], info["commit"]) == ("Succeeded", commit)
+    assert f"reusing the image already built of {commit}" in results
+    assert "cloning" not in results and f"running {commit}" in results
+    # A new commit is cloned and built again.
+    newer = git_server.commit(url.rsplit("/", 1)[1].removesuffix(".git"), {"more.txt": "x"})
+    third = await start(client, url)
+    assert (await wait_finished(client, third))["commit"] == newer
+    assert "cloning" in await results_of(client, third)
+
+
+async def test_reuse_can_be_turned_off(make_client, repo):
+    client = await make_client(runner__reuse_images=False)
+    url, _ = repo("echo fresh\n")
+    for _ in range(2):
+        deployment_id = await start(client, url)
+        assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+        assert "cloning" in await results_of(client, deployment_id)
