@@ -1,10 +1,13 @@
 """The embedded backend: the local Docker engine through the docker SDK."""
 import asyncio
+import collections
 import contextlib
 import datetime
+import functools
 import ipaddress
 import os
-from typing import AsyncIterator, Iterator, Mapping, TypeVar
+import threading
+from typing import AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
 import docker
 import requests
@@ -17,10 +20,50 @@ T = TypeVar("T")
 _DONE = object()
 
 
-async def _iterate(blocking: Iterator[T]) -> AsyncIterator[T]:
-    """Iterate a blocking iterator on a worker thread, one item at a time (that is the back-pressure)."""
-    while (item := await asyncio.to_thread(next, blocking, _DONE)) is not _DONE:
-        yield item
+async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: None,
+                   high_water: int = 4096) -> AsyncIterator[T]:
+    """Iterate a blocking iterator on a thread of its own, handing items over in bulk.
+
+    The thread stops reading when high_water items wait (back-pressure); leaving the loop early
+    calls close, which must make the blocking iterator end (e.g. close its socket)."""
+    loop = asyncio.get_running_loop()
+    items: collections.deque = collections.deque()
+    ready, room, failure = asyncio.Event(), threading.Semaphore(high_water), []
+
+    def hand_over(item) -> None:
+        was_empty = not items
+        items.append(item)
+        if was_empty:  # only then may the consumer be waiting
+            loop.call_soon_threadsafe(ready.set)
+
+    def produce() -> None:
+        try:
+            for item in blocking:
+                room.acquire()
+                hand_over(item)
+        except Exception as e:  # noqa: BLE001 - re-raised in the consumer
+            failure.append(e)
+        finally:
+            hand_over(_DONE)
+
+    threading.Thread(target=produce, daemon=True, name="speed-stream").start()
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            while items:
+                item = items.popleft()
+                if item is _DONE:
+                    if failure:
+                        raise failure[0]
+                    return
+                room.release()
+                yield item
+    finally:
+        if not (items and items[-1] is _DONE):
+            close()
+            for _ in range(high_water):
+                room.release()  # a producer blocked on a full queue sees the closed stream
 
 
 @contextlib.contextmanager
@@ -34,11 +77,16 @@ def _engine_errors(kind: type[RunnerError], action: str):
         raise kind(f"{action} failed: {getattr(e, 'explanation', None) or e}") from e
 
 
+@functools.lru_cache(maxsize=64)
+def _epoch(whole_seconds: str) -> int:
+    return int(datetime.datetime.fromisoformat(whole_seconds)
+               .replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
 def _nanoseconds(stamp: str) -> int:
     """RFC 3339 time with nanoseconds, as Docker writes it, to integer nanoseconds."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")
-    seconds = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
-    return int(seconds.timestamp()) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return _epoch(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 class DockerBackend(Backend):
@@ -131,7 +179,9 @@ class DockerBackend(Backend):
             host_config = api.create_host_config(
                 mem_limit=limits.memory, memswap_limit=limits.memory,
                 nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
-                security_opt=["no-new-privileges"], network_mode=self._network, privileged=False)
+                security_opt=["no-new-privileges"], network_mode=self._network, privileged=False,
+                # The engine's own copy of the output is bounded too; SPEED stores what it keeps.
+                log_config={"type": "json-file", "config": {"max-size": "20m", "max-file": "2"}})
             created = await asyncio.to_thread(
                 api.create_container, image, name=name, environment=dict(env),
                 labels=dict(labels), host_config=host_config, detach=True)
@@ -148,11 +198,12 @@ class DockerBackend(Backend):
         with _engine_errors(RunFailed, "follow logs"):
             stream = await asyncio.to_thread(
                 api.logs, container_id, stream=True, follow=True, timestamps=True, since=since)
-            async for chunk in _iterate(stream):
-                stamp, _, text = chunk.decode("utf-8", "replace").partition(" ")
-                at = _nanoseconds(stamp)
-                if after_ns is None or at > after_ns:
-                    yield at, text
+            async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
+                async for chunk in chunks:
+                    stamp, _, text = chunk.decode("utf-8", "replace").partition(" ")
+                    at = _nanoseconds(stamp)
+                    if after_ns is None or at > after_ns:
+                        yield at, text
 
     async def wait(self, container_id: str) -> ContainerState:
         api = await self._api()

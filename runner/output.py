@@ -26,6 +26,11 @@ class OutputRecorder:
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task | None = None
 
+    @property
+    def full(self) -> bool:
+        """Whether the limit was reached: nothing more will be stored."""
+        return self._stored + self._buffered >= self._limit or self._dropped > 0
+
     def redact(self, secret: str) -> None:
         """Never store this text: it is replaced wherever it appears in the output."""
         self._secrets.append(secret)

@@ -209,8 +209,11 @@ class Pipeline:
                                infrastructure_failure=True)
             return
         if not state.never_started:
-            async for at, text in self.backend.logs(run.container_id, after_ns):
-                await recorder.write(text, at)
+            async with contextlib.aclosing(self.backend.logs(run.container_id, after_ns)) as logs:
+                async for at, text in logs:
+                    await recorder.write(text, at)
+                    if recorder.full:
+                        break  # the rest would be dropped: stop reading, just wait for the exit
             state = await self.backend.wait(run.container_id)
         await recorder.close()
         await self._record_exit(deployment_id, state)

@@ -109,12 +109,12 @@ async def test_build_error_fails_with_the_build_log(client, repo):
 
 
 async def test_timeout_kills_the_container(make_client, repo, docker_client):
-    client = await make_client(runner__timeout=3)
+    client = await make_client(runner__timeout=10)
     url, _ = repo("echo started\nsleep 600\n")
     deployment_id = await start(client, url)
     info = await wait_finished(client, deployment_id, timeout=30)
     assert info["status"] == "Failed"
-    assert info["reason"] == "timed out after 3 s"
+    assert info["reason"] == "timed out after 10 s"
     assert "started" in await results_of(client, deployment_id)
     await wait_for(lambda: asyncio.to_thread(
         lambda: containers_of(docker_client, client, deployment_id) == []))
