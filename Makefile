@@ -17,6 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # git and a Docker engine are what SPEED itself needs.
@@ -24,9 +25,10 @@ system:
 	scripts/ensure-packages.sh git:git dockerd:docker.io
 	scripts/ensure-docker.sh
 
-# The tests also need busybox-static (their base image) and git's smart HTTP backend.
+# The tests also need busybox-static (their base image), git's smart HTTP backend, and Debian's
+# chromium for the dashboard's browser tests (Playwright drives it; it never downloads a browser).
 test-system:
-	scripts/ensure-packages.sh busybox:busybox-static
+	scripts/ensure-packages.sh busybox:busybox-static chromium:chromium
 	test -x /usr/lib/git-core/git-http-backend
 
 bench: setup system test-system

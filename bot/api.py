@@ -35,6 +35,7 @@ def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
         "id": deployment.id,
         "repo_name": deployment.url,
         "repo_branch": deployment.branch,
+        "repo_full_name": deployment.repo_full_name,
         "status": deployment.status,
         "commit": deployment.commit,
         "trigger": deployment.trigger,
@@ -70,15 +71,23 @@ async def _deployment(request: web.Request, deployment_id_: int) -> Deployment:
         raise not_found() from None
 
 
-async def _authorize_callback(request: web.Request, deployment: Deployment) -> None:
-    """API token or the deployment's own token; on the container listener only the latter."""
-    if deployment_token_ok(request, deployment):
-        return
-    if not request.app[callback_only_key] and api_token_ok(
+async def _callback_target(request: web.Request, target_id: int) -> Deployment:
+    """The deployment a callback names, once the caller may touch it: an API token, or the
+    deployment's own token (on the container listener only the latter). Without either, the
+    answer is 401 whether or not the deployment exists, so ids are not revealed."""
+    try:
+        deployment = await request.app[store_key].run(queries.get, target_id)
+    except NotFound:
+        deployment = None
+    if deployment is not None and deployment_token_ok(request, deployment):
+        return deployment
+    if request.app[callback_only_key] or not api_token_ok(
             request, request.app[config_key].auth.api_tokens):
-        return
-    raise json_error(401, "This deployment's token or an API token is required",
-                     **{"WWW-Authenticate": "Bearer"})
+        raise json_error(401, "This deployment's token or an API token is required",
+                         **{"WWW-Authenticate": "Bearer"})
+    if deployment is None:
+        raise not_found()
+    return deployment
 
 
 @routes.post("/start")
@@ -114,8 +123,7 @@ async def update(request: web.Request) -> web.Response:
     body = await json_object(request)
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
-    deployment = await _deployment(request, target_id)
-    await _authorize_callback(request, deployment)
+    await _callback_target(request, target_id)
     store = request.app[store_key]
     status = Status.parse(new_results)
     try:
@@ -141,8 +149,7 @@ async def add_results(request: web.Request) -> web.Response:
     target_id = deployment_id(request)
     body = await json_object(request)
     results = text_field(body, "results", "Missing results data")
-    deployment = await _deployment(request, target_id)
-    await _authorize_callback(request, deployment)
+    await _callback_target(request, target_id)
     try:
         await request.app[store_key].run(queries.add_result, target_id, results)
     except NotFound:
@@ -164,10 +171,10 @@ async def results(request: web.Request) -> web.Response:
 async def deployments(request: web.Request) -> web.Response:
     """Deployments newest first, filtered by status and repository."""
     query = request.rel_url.query
-    try:
-        limit = int(query.get("limit", "50"))
-    except ValueError:
-        raise json_error(400, "'limit' must be an integer") from None
+    raw_limit = query.get("limit", "50")
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) < 6):
+        raise json_error(400, f"'limit' must be an integer between 1 and {MAX_LIMIT}")
+    limit = int(raw_limit)
     if not 1 <= limit <= MAX_LIMIT:
         raise json_error(400, f"'limit' must be between 1 and {MAX_LIMIT}")
     status = None
@@ -175,7 +182,11 @@ async def deployments(request: web.Request) -> web.Response:
         status = Status.parse(query["status"])
         if status is None:
             raise json_error(400, "'status' must be one of " + ", ".join(s.value for s in Status))
-    found = await request.app[store_key].run(queries.listing, limit, status, query.get("repo"))
+    before = query.get("before")
+    if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
+        raise json_error(400, "'before' must be a deployment id")
+    found = await request.app[store_key].run(queries.listing, limit, status, query.get("repo"),
+                                             int(before) if before else None)
     reasons = await waiting_reasons(request, found)
     return web.json_response({"deployments": [describe(d, reasons.get(d.id)) for d in found]})
 
@@ -200,9 +211,15 @@ async def cancel(request: web.Request) -> web.Response:
 @routes.post("/redeploy/{id}")
 async def redeploy(request: web.Request) -> web.Response:
     """Queue a new deployment of the same repository, branch and commit."""
-    require_api_token(request, request.app[config_key].auth.api_tokens)
+    config = request.app[config_key]
+    require_api_token(request, config.auth.api_tokens)
+    source = await _deployment(request, deployment_id(request))
+    try:  # the configuration may have changed since: the same checks as /start
+        check_url(source.url, config.runner.allowed_urls)
+    except Invalid as e:
+        raise json_error(400, str(e)) from None
     try:
-        deployment = await request.app[store_key].change(queries.redeploy, deployment_id(request))
+        deployment = await request.app[store_key].change(queries.redeploy, source.id)
     except NotFound:
         raise not_found() from None
     request.app[worker_key].wake()

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bot.api import callback_routes, routes
 from bot.config import Config
+from bot.auth import same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, github_key, metrics_key,
@@ -37,7 +38,8 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _application(config: Config, routes_: web.RouteTableDef, callback_only: bool) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[error_middleware, same_origin_middleware],
+                          client_max_size=MAX_BODY)
     app[config_key] = config
     app[callback_only_key] = callback_only
     app.add_routes(routes_)

@@ -45,3 +45,19 @@ def deployment_token_ok(request: web.Request, deployment: Deployment) -> bool:
     if token is None or not deployment.token_hash:
         return False
     return hmac.compare_digest(token_hash(token), deployment.token_hash)
+
+
+@web.middleware
+async def same_origin_middleware(request: web.Request, handler):
+    """Refuse state-changing requests that a browser sends from another site's page.
+
+    Without API tokens the API is open on loopback, and any page a user visits could otherwise
+    POST to it (a form or a text/plain fetch needs no preflight). Scripts, curl and containers
+    send no Origin, so they are unaffected."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        origin = request.headers.get("Origin")
+        fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
+        own = f"{request.scheme}://{request.host}"
+        if fetch_site not in ("same-origin", "none") or (origin and origin != own):
+            raise json_error(403, "Cross-site requests are refused")
+    return await handler(request)

@@ -27,7 +27,8 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPException as e:
         if e.content_type == "application/json" or e.empty_body or e.status < 400:
             raise
-        raise json_error(e.status, e.reason) from None
+        kept = {name: e.headers[name] for name in ("Allow", "WWW-Authenticate") if name in e.headers}
+        raise json_error(e.status, e.reason, **kept) from None
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         raise json_error(500, "Internal server error") from None

@@ -4,7 +4,7 @@ import json
 
 from aiohttp import web
 
-from bot.api import describe
+from bot.api import describe, waiting_reasons
 from bot.errors import not_found
 from bot.keys import store_key
 from bot.requests import deployment_id
@@ -16,6 +16,7 @@ routes = web.RouteTableDef()
 # Output is stored in batches every 0.25 s (runner.output); looking more often finds nothing new.
 POLL_SECONDS = 0.25
 BATCH = 500
+KEEPALIVE_SECONDS = 15
 
 
 def _event(kind: str, data, event_id: int | None = None) -> bytes:
@@ -40,19 +41,28 @@ async def deployment_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
-    shown = None
+    shown, quiet_since = None, asyncio.get_running_loop().time()
     while True:
+        # The deployment before its results: what was stored with its final status is then
+        # read before `end` is sent.
+        deployment = await store.run(queries.get, target_id)
+        status = describe(deployment, (await waiting_reasons(request, [deployment])).get(target_id))
+        wrote = status != shown
+        if wrote:
+            await response.write(_event("status", status))
+            shown = status
         results = await store.run(queries.results_after, target_id, after, BATCH)
         for result_id, text in results:
             await response.write(_event("log", text, result_id))
             after = result_id
-        deployment = await store.run(queries.get, target_id)
-        status = describe(deployment)
-        if status != shown:
-            await response.write(_event("status", status))
-            shown = status
         if deployment.state.finished and len(results) < BATCH:
             await response.write(_event("end", {"status": deployment.status}))
             return response
+        now = asyncio.get_running_loop().time()
+        if wrote or results:
+            quiet_since = now
+        elif now - quiet_since > KEEPALIVE_SECONDS:
+            await response.write(b": keep-alive\n\n")  # proxies drop silent streams
+            quiet_since = now
         if len(results) < BATCH:
             await asyncio.sleep(POLL_SECONDS)

@@ -24,6 +24,8 @@ MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 NULL_SHA = "0" * 40
 COUNTED_EVENTS = ("ping", "push", "pull_request")
 SHA = re.compile(r"[0-9a-f]{40}")
+EVENT_NAME = re.compile(r"[a-z_]{1,64}")
+DELIVERY_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 @dataclasses.dataclass
@@ -101,8 +103,10 @@ async def on_pull_request(event: sansio.Event, config: Config, decision: Decisio
 
 def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Event:
     headers = request.headers
-    if not headers.get("X-GitHub-Event") or not headers.get("X-GitHub-Delivery"):
-        raise json_error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
+    if not (EVENT_NAME.fullmatch(headers.get("X-GitHub-Event", ""))
+            and DELIVERY_ID.fullmatch(headers.get("X-GitHub-Delivery", ""))):
+        raise json_error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required "
+                              "(an event name and a delivery id)")
     if secret and not headers.get("X-Hub-Signature-256"):
         # SHA-1 signatures (X-Hub-Signature) alone are not accepted.
         raise json_error(401, "X-Hub-Signature-256 is required")
@@ -110,9 +114,10 @@ def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Even
         event = sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure:
         raise json_error(401, "Webhook signature does not match") from None
-    except BadRequest:
+    except (BadRequest, ValueError, LookupError, RecursionError):
+        # ValueError covers bad JSON and bad text; LookupError an unknown charset.
         raise json_error(400, "Webhook body must be JSON (Content-Type: application/json)") from None
-    if not isinstance(event.data, dict) or len(event.delivery_id) > 64:
+    if not isinstance(event.data, dict):
         raise json_error(400, "Webhook body must be a JSON object")
     return event
 
@@ -148,6 +153,7 @@ async def _receive(request: web.Request) -> web.Response:
         raise json_error(400, f"Malformed {event.event} payload") from None
     if not decision.message:
         action = event.data.get("action")
+        action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]
     delivery, new, superseded = await store.run(

@@ -238,3 +238,12 @@ def instance_id() -> str:
         setting, _ = Setting.get_or_create(key="instance_id",
                                            defaults={"value": uuid.uuid4().hex[:12]})
     return setting.value
+
+
+def latest_for(full_name: str, branch: str | None = None) -> Deployment | None:
+    """The newest deployment of a GitHub repository (owner/name, any case), optionally of a branch."""
+    query = (Deployment.select().where(fn.LOWER(Deployment.repo_full_name) == full_name.lower())
+             .order_by(Deployment.id.desc()).limit(1))
+    if branch:
+        query = query.where(Deployment.branch == branch)
+    return query.first()

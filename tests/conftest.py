@@ -38,6 +38,25 @@ def base_image(docker_client) -> str:
     return ensure_base_image(docker_client)
 
 
+# The SPEED instances the tests started; their containers and images go when the session ends
+# (never another SPEED's that shares the engine).
+TEST_INSTANCES: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_instances_from_the_engine():
+    yield
+    if not TEST_INSTANCES:
+        return
+    api = docker.from_env().api
+    for instance in TEST_INSTANCES:
+        for container in api.containers(all=True, filters={"label": f"speed.instance={instance}"}):
+            api.remove_container(container["Id"], force=True)
+        for image in api.images(f"speed-{instance}"):
+            for tag in image.get("RepoTags") or []:
+                api.remove_image(tag, force=True)
+
+
 @pytest.fixture(scope="session")
 def git_server(tmp_path_factory):
     server = GitServer(tmp_path_factory.mktemp("git"))
@@ -82,7 +101,9 @@ def make_client(aiohttp_client, tmp_path, docker_client, base_image):
     async def make(name: str = "speed", **overrides):
         directory = tmp_path / name
         directory.mkdir(exist_ok=True)
-        return await aiohttp_client(create_app(speed_config(directory, **overrides)))
+        client = await aiohttp_client(create_app(speed_config(directory, **overrides)))
+        TEST_INSTANCES.add(instance_of(client))
+        return client
 
     return make
 

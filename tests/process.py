@@ -42,10 +42,15 @@ class SpeedProcess:
                 raise RuntimeError(f"SPEED exited: {self.log_path.read_text()[-2000:]}")
             try:
                 requests.get(f"{self.base_url}/deployments", timeout=1)
+                self.instance = self._instance()
                 return
             except requests.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError("SPEED did not start within 30 s")
+
+    def _instance(self) -> str:
+        with sqlite3.connect(self.db_path) as db:
+            return db.execute("SELECT value FROM setting WHERE key = 'instance_id'").fetchone()[0]
 
     def kill9(self) -> None:
         assert self.process is not None

@@ -10,8 +10,8 @@ from tests.conftest import results_of, wait_for
 CLOSED = "http://127.0.0.1:9/none.git"  # allowed, but nothing listens: the clone fails at once
 TOKEN = "a-token-of-16-chars-or-more"
 STATUSES = {"Pending", "Running", "Succeeded", "Failed", "Cancelled"}
-FIELDS = {"id", "repo_name", "repo_branch", "status", "commit", "trigger", "progress", "reason",
-          "exit_code", "created_at", "started_at", "finished_at"}
+FIELDS = {"id", "repo_name", "repo_branch", "repo_full_name", "status", "commit", "trigger", "progress", "reason",
+          "exit_code", "created_at", "started_at", "finished_at", "phases", "waiting_reason"}
 # Path ids that can name no deployment: each must be a JSON 404, never a 500.
 BAD_IDS = ["1", "0", "-1", "9223372036854775808", "99999999999999999999999", "abc", "1.0",
            "0x1", "²", "１"]
@@ -184,7 +184,7 @@ async def test_results_are_one_string(client):
 
 
 @pytest.mark.parametrize("method, path, status", [
-    ("GET", "/nowhere", 404), ("POST", "/info/1/extra", 404), ("GET", "/", 404),
+    ("GET", "/nowhere", 404), ("POST", "/info/1/extra", 404),
     ("GET", "/start", 405), ("DELETE", "/deployments", 405),
 ])
 async def test_unknown_routes_answer_json(client, method, path, status):
@@ -371,3 +371,22 @@ async def test_the_api_token_opens_mutating_endpoints_and_reads_stay_open(guarde
     assert "results by a stranger" in await results_of(guarded, guarded.target)
     for path in (f"/info/{guarded.target}", f"/results/{guarded.target}", "/deployments"):
         assert (await guarded.get(path)).status == 200
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "cross-site"},
+])
+async def test_cross_site_browser_posts_are_refused(client, headers):
+    response = await client.post("/start", data='{"url": "%s", "branch": "main"}' % CLOSED,
+                                 headers={"Content-Type": "text/plain", **headers})
+    assert response.status == 403
+    assert "error" in await response.json()
+    assert (await (await client.get("/deployments")).json())["deployments"] == []
+
+
+async def test_same_origin_posts_pass(client):
+    origin = str(client.make_url("")).rstrip("/")
+    response = await client.post("/start", json={"url": CLOSED, "branch": "main"},
+                                 headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"})
+    assert response.status == 201

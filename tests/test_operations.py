@@ -102,3 +102,14 @@ async def test_metrics_count_deployments_and_phases(client, repo):
     assert 'speed_deployments_finished_total{status="Failed"} 1.0' in text
     assert "speed_deployments_queued 0.0" in text
     assert 'speed_phase_duration_seconds_count{phase="build"} 1.0' in text
+
+
+async def test_redeploy_checks_the_url_against_the_current_configuration(make_client):
+    before = await make_client("shared")
+    deployment_id = await start(before, "http://127.0.0.1:9/none.git")
+    await before.post(f"/cancel/{deployment_id}")
+    await before.close()
+    after = await make_client("shared", runner__allowed_urls=["https://*"])
+    response = await after.post(f"/redeploy/{deployment_id}")
+    assert response.status == 400
+    assert "allowed_urls" in (await response.json())["error"]

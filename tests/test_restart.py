@@ -1,7 +1,7 @@
 """kill -9 of SPEED at any moment ends every deployment with its true outcome; nothing reruns."""
 import pytest
 
-from tests.conftest import BASE_IMAGE, DOCKERFILE, free_port
+from tests.conftest import BASE_IMAGE, DOCKERFILE, TEST_INSTANCES, free_port
 from tests.process import SpeedProcess
 
 pytestmark = pytest.mark.slow
@@ -20,6 +20,7 @@ def speed(tmp_path, docker_client, base_image):
     yield make
     for process in processes:
         process.stop()
+        TEST_INSTANCES.add(process.instance)
 
 
 def test_running_container_is_reattached_and_keeps_streaming(speed, repo):

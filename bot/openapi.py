@@ -1,0 +1,554 @@
+"""GET /openapi.json: the OpenAPI 3 document of SPEED's HTTP API.
+
+The document is built once, here, as plain data. Keep it in step with the handlers: the tests run
+schemathesis against the live server from what this route serves (tests/test_openapi.py).
+"""
+import copy
+
+from aiohttp import web
+
+from bot.keys import config_key
+
+routes = web.RouteTableDef()
+
+STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+SQLITE_MAX_INT = 2**63 - 1
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _nullable(kind: str, **more) -> dict:
+    return {"type": kind, "nullable": True, **more}
+
+
+def _errors(*codes: int) -> dict:
+    """The error responses an operation may give, every one {"error": "..."}; 500 on all."""
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+             409: "Conflict", 413: "PayloadTooLarge", 500: "InternalError"}
+    return {str(code): _ref("responses", names[code]) for code in (*codes, 500)}
+
+
+# Mutating endpoints: a bearer token when auth.api_tokens is set, nothing otherwise. The empty
+# requirement ({}) is that "nothing"; the document served by an instance with tokens leaves it out.
+OPTIONAL_BEARER = [{"bearerAuth": []}, {}]
+
+ID_PARAMETER = {
+    "name": "id", "in": "path", "required": True,
+    "description": "A deployment id: a positive decimal integer. Anything else (zero, a sign, "
+                   "letters, more than 19 digits) is answered 404 like an unknown id.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": SQLITE_MAX_INT},
+    "example": 1,
+}
+
+DEPLOYMENT = {
+    "type": "object",
+    "description": "A deployment as /info shows it.",
+    "additionalProperties": False,
+    "required": ["id", "repo_name", "repo_branch", "repo_full_name", "status", "commit", "trigger",
+                 "progress",
+                 "reason", "exit_code", "created_at", "started_at", "finished_at", "phases",
+                 "waiting_reason"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "repo_name": {"type": "string", "description": "The repository URL deployed."},
+        "repo_branch": {"type": "string"},
+        "repo_full_name": _nullable("string", description="owner/name on GitHub when a repos: "
+                                                          "rule covers the repository."),
+        "status": {"type": "string", "enum": STATUSES},
+        "commit": _nullable("string", description="The commit sha; null until it is known "
+                                                  "(a manual deployment's, once cloned)."),
+        "trigger": {"type": "string", "enum": ["manual", "push", "pull_request", "redeploy"]},
+        "progress": _nullable("string", description="The latest progress report (/update)."),
+        "reason": _nullable("string", description="Why it finished as it did, e.g. "
+                                                  "\"exit code 3\" or \"cancelled\"."),
+        "exit_code": _nullable("integer", description="The container's exit code."),
+        "created_at": {"type": "string", "format": "date-time",
+                       "description": "UTC, milliseconds, e.g. 2026-11-26T00:27:01.123Z."},
+        "started_at": _nullable("string", format="date-time"),
+        "finished_at": _nullable("string", format="date-time"),
+        "phases": {
+            "type": "object",
+            "description": "Seconds each phase took; null until the phase finished.",
+            "additionalProperties": False,
+            "required": ["clone", "build", "run"],
+            "properties": {phase: _nullable("number", minimum=0)
+                           for phase in ("clone", "build", "run")},
+        },
+        "waiting_reason": _nullable("string", description="For a Pending deployment in /info "
+                                    "and /deployments: its place in the queue and the limit "
+                                    "holding it; null otherwise."),
+    },
+}
+
+# One event of the stream (before OpenAPI 3.2's itemSchema, the schema of an event stream is
+# read as describing each event): `data` is JSON text.
+SSE_EVENT = {
+    "type": "object", "additionalProperties": False, "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "log", "end"]},
+        "data": {"type": "string", "description": "status: the deployment as /info shows it; "
+                                                  "log: the result's text as a JSON string; "
+                                                  "end: {\"status\": ...}."},
+        "id": {"type": "string", "pattern": "^[0-9]+$",
+               "description": "A log event's result id (Last-Event-ID on reconnection)."},
+    },
+}
+
+HTML_PAGE = {"description": "An HTML page.",
+             "content": {"text/html": {"schema": {"type": "string"}}}}
+
+COMPONENTS = {
+    "securitySchemes": {
+        "bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "`Authorization: Bearer <token>`: one of `auth.api_tokens`. Required "
+                           "on POST /start, /update, /add_results/{id}, /cancel/{id} and "
+                           "/redeploy/{id} when `auth.api_tokens` is set; without configured "
+                           "tokens these endpoints are open (SPEED then listens on loopback "
+                           "only). /update and /add_results/{id} also take the deployment's own "
+                           "token (`SPEED_TOKEN` in its container).",
+        },
+    },
+    "schemas": {
+        "Error": {
+            "type": "object", "additionalProperties": False, "required": ["error"],
+            "properties": {"error": {"type": "string", "description": "What went wrong."}},
+        },
+        "Message": {
+            "type": "object", "additionalProperties": False, "required": ["message"],
+            "properties": {"message": {"type": "string"}},
+        },
+        "Created": {
+            "type": "object", "additionalProperties": False, "required": ["id"],
+            "properties": {"id": {"type": "integer", "minimum": 1,
+                                  "description": "The new deployment's id."}},
+        },
+        "Deployment": DEPLOYMENT,
+        "Health": {
+            "type": "object", "additionalProperties": False, "required": ["status", "checks"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "checks": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["database", "docker"],
+                    "properties": {
+                        "database": {"type": "string", "description": "\"ok\" or \"failing: ...\""},
+                        "docker": {"type": "string", "description": "\"ok\" or \"failing: ...\""},
+                    },
+                },
+            },
+        },
+    },
+    "responses": {
+        "BadRequest": {
+            "description": "Malformed JSON, a body that is not an object, a missing or "
+                           "wrong-typed field (named in the message), or a refused value.",
+            "content": _json(_ref("schemas", "Error"))},
+        "Unauthorized": {
+            "description": "No valid token (only when tokens are required); for /webhook, a "
+                           "missing or wrong X-Hub-Signature-256.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}}},
+            "content": _json(_ref("schemas", "Error"))},
+        "Forbidden": {
+            "description": "Refused: a webhook while no secret is set and SPEED listens "
+                           "beyond loopback, or a static path that is a directory.",
+            "content": _json(_ref("schemas", "Error"))},
+        "NotFound": {
+            "description": "No deployment has that id (or the id is not a positive decimal "
+                           "integer).",
+            "content": _json(_ref("schemas", "Error"))},
+        "Conflict": {
+            "description": "The deployment cannot make that move (e.g. it already finished).",
+            "content": _json(_ref("schemas", "Error"))},
+        "PayloadTooLarge": {
+            "description": "The request body is over the limit (1 MiB; 25 MiB for /webhook).",
+            "content": _json(_ref("schemas", "Error"))},
+        "MethodNotAllowed": {
+            "description": "A method the path does not serve (with an `Allow` header).",
+            "content": _json(_ref("schemas", "Error"))},
+        "InternalError": {
+            "description": "An unexpected failure; it is logged, never echoed.",
+            "content": _json(_ref("schemas", "Error"))},
+    },
+}
+
+
+def _json_body(schema: dict, example: dict) -> dict:
+    return {"required": True,
+            "description": "A JSON object; fields not named here are ignored. The Content-Type "
+                           "header is not checked.",
+            "content": {"application/json": {"schema": schema, "example": example}}}
+
+
+PATHS = {
+    "/": {
+        "get": {
+            "operationId": "deployments_list_page", "tags": ["pages"],
+            "summary": "Deployments, newest first, as a page (filtered, a page at a time)",
+            "parameters": [
+                {"name": "status", "in": "query", "required": False, "allowEmptyValue": True,
+                 "description": "Only deployments in this status (any case; empty: all).",
+                 "schema": {"type": "string", "enum": STATUSES}},
+                {"name": "repo", "in": "query", "required": False, "allowEmptyValue": True,
+                 "description": "Only deployments whose repository URL contains this text.",
+                 "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "required": False, "allowEmptyValue": True,
+                 "description": "Deployments per page (empty: the default).",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                {"name": "before", "in": "query", "required": False, "allowEmptyValue": True,
+                 "description": "Only deployments older than this id: the next page.",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": SQLITE_MAX_INT}},
+            ],
+            "responses": {"200": HTML_PAGE, **_errors(400)},
+        },
+    },
+    "/start": {
+        "post": {
+            "operationId": "start", "tags": ["deployments"],
+            "summary": "Queue a deployment of a repository's branch",
+            "security": OPTIONAL_BEARER,
+            "requestBody": _json_body({
+                "type": "object", "required": ["url", "branch"],
+                "properties": {
+                    "url": {"type": "string", "minLength": 1, "maxLength": 2048,
+                            "description": "A repository URL that `runner.allowed_urls` "
+                                           "permits (https, http, ssh or git)."},
+                    "branch": {"type": "string", "minLength": 1, "maxLength": 255,
+                               "description": "A valid git branch name."},
+                },
+            }, {"url": "https://github.com/acme/app.git", "branch": "main"}),
+            "responses": {
+                "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
+                **_errors(400, 401, 413),
+            },
+        },
+    },
+    "/info/{id}": {
+        "get": {
+            "operationId": "info", "tags": ["deployments"], "summary": "One deployment",
+            "parameters": [ID_PARAMETER],
+            "responses": {
+                "200": {"description": "The deployment.",
+                        "content": _json(_ref("schemas", "Deployment"))},
+                **_errors(404),
+            },
+        },
+    },
+    "/update": {
+        "post": {
+            "operationId": "update", "tags": ["deployments"],
+            "summary": "Move a deployment to a status, or record a progress report",
+            "description": "A `new_results` that is a status word (Pending, Running, Succeeded, "
+                           "Failed, Cancelled; any case, surrounding spaces ignored) moves the "
+                           "deployment, legal moves only; any other text becomes its `progress` "
+                           "and is appended to its results.",
+            "security": OPTIONAL_BEARER,
+            "requestBody": _json_body({
+                "type": "object", "required": ["id", "new_results"],
+                "properties": {
+                    "id": {"type": "integer", "description": "The deployment's id."},
+                    "new_results": {"type": "string", "minLength": 1},
+                },
+            }, {"id": 1, "new_results": "migrations done"}),
+            "responses": {
+                "200": {"description": "Recorded.", "content": _json(_ref("schemas", "Message"))},
+                **_errors(400, 401, 404, 409, 413),
+            },
+        },
+    },
+    "/add_results/{id}": {
+        "post": {
+            "operationId": "add_results", "tags": ["deployments"],
+            "summary": "Append text to a deployment's results",
+            "security": OPTIONAL_BEARER,
+            "parameters": [ID_PARAMETER],
+            "requestBody": _json_body({
+                "type": "object", "required": ["results"],
+                "properties": {"results": {"type": "string", "minLength": 1}},
+            }, {"results": "smoke test passed"}),
+            "responses": {
+                "200": {"description": "Appended.", "content": _json(_ref("schemas", "Message"))},
+                **_errors(400, 401, 404, 413),
+            },
+        },
+    },
+    "/results/{id}": {
+        "get": {
+            "operationId": "results", "tags": ["deployments"],
+            "summary": "Everything recorded for a deployment, in order, as one string",
+            "parameters": [ID_PARAMETER],
+            "responses": {
+                "200": {"description": "Build log, container output and added results.",
+                        "content": _json({
+                            "type": "object", "additionalProperties": False,
+                            "required": ["results"],
+                            "properties": {"results": {"type": "string"}}})},
+                **_errors(404),
+            },
+        },
+    },
+    "/deployments": {
+        "get": {
+            "operationId": "deployments", "tags": ["deployments"],
+            "summary": "Deployments, newest first, filtered",
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                {"name": "status", "in": "query", "required": False,
+                 "description": "Only deployments in this status (any case).",
+                 "schema": {"type": "string", "enum": STATUSES}},
+                {"name": "repo", "in": "query", "required": False,
+                 "description": "Only deployments whose repository URL contains this text.",
+                 "schema": {"type": "string"}},
+                {"name": "before", "in": "query", "required": False,
+                 "description": "Only deployments older than this id (the next page).",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": SQLITE_MAX_INT}},
+            ],
+            "responses": {
+                "200": {"description": "The deployments.",
+                        "content": _json({
+                            "type": "object", "additionalProperties": False,
+                            "required": ["deployments"],
+                            "properties": {"deployments": {
+                                "type": "array", "maxItems": 500,
+                                "items": _ref("schemas", "Deployment")}}})},
+                **_errors(400),
+            },
+        },
+    },
+    "/cancel/{id}": {
+        "post": {
+            "operationId": "cancel", "tags": ["deployments"],
+            "summary": "Stop a queued or running deployment",
+            "security": OPTIONAL_BEARER,
+            "parameters": [ID_PARAMETER],
+            "responses": {
+                "200": {"description": "The deployment, now Cancelled.",
+                        "content": _json(_ref("schemas", "Deployment"))},
+                **_errors(401, 404, 409),
+            },
+        },
+    },
+    "/redeploy/{id}": {
+        "post": {
+            "operationId": "redeploy", "tags": ["deployments"],
+            "summary": "Queue a new deployment of the same repository, branch and commit",
+            "security": OPTIONAL_BEARER,
+            "parameters": [ID_PARAMETER],
+            "responses": {
+                "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
+                **_errors(401, 404),
+            },
+        },
+    },
+    "/deployments/{id}": {
+        "get": {
+            "operationId": "deployment_page", "tags": ["pages"],
+            "summary": "One deployment and its results as a page (GitHub's target_url)",
+            "parameters": [ID_PARAMETER],
+            "responses": {"200": HTML_PAGE, **_errors(404)},
+        },
+    },
+    "/deployments/{id}/events": {
+        "get": {
+            "operationId": "deployment_events", "tags": ["deployments"],
+            "summary": "Live progress as Server-Sent Events",
+            "description": "`status` events (data: the deployment as /info shows it), `log` "
+                           "events (data: one new result's text, JSON-encoded; id: the result's "
+                           "id) until the deployment finished, then one `end` event (data: "
+                           "`{\"status\": ...}`) and the stream closes. It stays open while the "
+                           "deployment is unfinished.",
+            "parameters": [
+                ID_PARAMETER,
+                {"name": "after", "in": "query", "required": False,
+                 "description": "Resume after this result id; anything but a decimal integer "
+                                "counts as 0.",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "description": "As `after`, and preferred to it (sent by EventSource on "
+                                "reconnection).",
+                 "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "An event stream.",
+                        "headers": {"Cache-Control": {"schema": {"type": "string",
+                                                                 "enum": ["no-cache"]}}},
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                **_errors(404),
+            },
+        },
+    },
+    "/webhook": {
+        "post": {
+            "operationId": "webhook", "tags": ["github"],
+            "summary": "Receive a GitHub webhook delivery",
+            "description": "Verified with `X-Hub-Signature-256` (HMAC-SHA256 of the body with "
+                           "`github.webhook_secret`) before anything else. Without a secret, "
+                           "deliveries are refused (403) unless SPEED listens on loopback only; "
+                           "with none set, a signed delivery cannot be verified (401). A "
+                           "redelivered `X-GitHub-Delivery` gets the first answer.",
+            "parameters": [
+                {"name": "X-GitHub-Event", "in": "header", "required": True,
+                 "description": "push and pull_request deploy; ping answers pong; others are "
+                                "ignored.",
+                 "schema": {"type": "string", "minLength": 1}, "example": "push"},
+                {"name": "X-GitHub-Delivery", "in": "header", "required": True,
+                 "description": "The delivery's GUID; stored, so a redelivery creates nothing "
+                                "new.",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                 "example": "72d3162e-cc78-11e3-81ab-4c9367dc0958"},
+                {"name": "X-Hub-Signature-256", "in": "header", "required": False,
+                 "description": "`sha256=<hex HMAC>`; required when `github.webhook_secret` is "
+                                "set (X-Hub-Signature, SHA-1, alone is not accepted).",
+                 "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}},
+            ],
+            "requestBody": {
+                "required": True,
+                "description": "GitHub's payload: JSON, or form-encoded with the JSON in "
+                               "`payload` (GitHub's two content types).",
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "description": "The event's payload "
+                                   "(GitHub documents each event's fields)."},
+                        "example": {"ref": "refs/heads/main",
+                                    "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                                    "repository": {"full_name": "acme/app", "clone_url":
+                                                   "https://github.com/acme/app.git"}}},
+                    "application/x-www-form-urlencoded": {
+                        "schema": {"type": "object", "required": ["payload"],
+                                   "properties": {"payload": {
+                                       "type": "string",
+                                       "description": "The JSON payload as text."}}}},
+                },
+            },
+            "responses": {
+                "200": {"description": "Nothing to deploy: `pong`, or `ignored: <why>`.",
+                        "content": _json(_ref("schemas", "Message"))},
+                "202": {"description": "A deployment was queued (or had been, for a "
+                                       "redelivery).",
+                        "content": _json(_ref("schemas", "Created"))},
+                **_errors(400, 401, 403, 413),
+            },
+        },
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "healthz", "tags": ["operations"],
+            "summary": "Whether the database and the container engine answer",
+            "responses": {
+                "200": {"description": "Healthy.", "content": _json(_ref("schemas", "Health"))},
+                "503": {"description": "Unhealthy; the failing check says why.",
+                        "content": _json(_ref("schemas", "Health"))},
+                **_errors(),
+            },
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics", "tags": ["operations"],
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {"description": "The Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                **_errors(),
+            },
+        },
+    },
+    "/badge/{owner}/{repo}.svg": {
+        "get": {
+            "operationId": "badge", "tags": ["pages"],
+            "summary": "A status badge for a repository",
+            "description": "The status of the newest deployment of the GitHub repository "
+                           "owner/repo (any case): passing, failing, running, cancelled, or "
+                           "unknown when it has none (as any other name has).",
+            "parameters": [
+                {"name": "owner", "in": "path", "required": True,
+                 "schema": {"type": "string", "minLength": 1}, "example": "acme"},
+                {"name": "repo", "in": "path", "required": True,
+                 "schema": {"type": "string", "minLength": 1}, "example": "app"},
+                {"name": "branch", "in": "query", "required": False,
+                 "description": "Only deployments of this branch.",
+                 "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "An SVG image.",
+                        "headers": {"Cache-Control": {"schema": {"type": "string",
+                                                                 "enum": ["no-cache"]}}},
+                        "content": {"image/svg+xml": {"schema": {"type": "string"}}}},
+                "404": {"description": "Not a badge path (a name with { or }).",
+                        "content": _json(_ref("schemas", "Error"))},
+                **_errors(),
+            },
+        },
+    },
+    "/static/{file}": {
+        "get": {
+            "operationId": "static", "tags": ["pages"],
+            "summary": "The pages' stylesheet and scripts",
+            "parameters": [
+                {"name": "file", "in": "path", "required": True,
+                 "schema": {"type": "string", "minLength": 1}, "example": "speed.css"},
+            ],
+            "responses": {
+                "200": {"description": "The file.",
+                        "content": {media: {"schema": {"type": "string"}} for media in
+                                    ("text/css", "application/javascript", "text/javascript")}},
+                **_errors(403, 404),
+            },
+        },
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi", "tags": ["operations"],
+            "summary": "This document",
+            "responses": {
+                "200": {"description": "The OpenAPI document.",
+                        "content": _json({"type": "object",
+                                          "required": ["openapi", "info", "paths"]})},
+                **_errors(),
+            },
+        },
+    },
+}
+
+DOCUMENT = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "SPEED",
+        "version": "1",
+        "description": "SPEED deploys a git repository's branch: it clones it, builds its "
+                       "Dockerfile, runs the image and records what it prints. Every error is "
+                       "JSON, `{\"error\": \"...\"}`; a method a path does not serve is answered "
+                       "405 with an `Allow` header, an unknown path 404.",
+    },
+    "tags": [{"name": "deployments"}, {"name": "github"}, {"name": "pages"},
+             {"name": "operations"}],
+    "paths": PATHS,
+    "components": COMPONENTS,
+}
+
+
+def _tokens_required(document: dict) -> dict:
+    """The document for an instance with auth.api_tokens: no anonymous alternative."""
+    required = copy.deepcopy(document)
+    for operations in required["paths"].values():
+        for operation in operations.values():
+            if "security" in operation:
+                operation["security"] = [s for s in operation["security"] if s]
+    return required
+
+
+DOCUMENT_WITH_TOKENS = _tokens_required(DOCUMENT)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """This instance's API as an OpenAPI 3 document."""
+    tokens = request.app[config_key].auth.api_tokens
+    return web.json_response(DOCUMENT_WITH_TOKENS if tokens else DOCUMENT)

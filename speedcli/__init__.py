@@ -1,0 +1,1 @@
+"""`speed`: the command-line client of SPEED's REST API, standard library only."""

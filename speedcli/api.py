@@ -1,0 +1,86 @@
+"""SPEED's REST API over urllib: JSON calls and the raw event stream."""
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from speedcli.errors import CliError, HttpError, Unreachable
+
+TIMEOUT = 30.0
+
+
+def reason(error: BaseException) -> str:
+    """A network failure in a few words ("Connection refused", "timed out")."""
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+        error = error.reason
+    elif isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(error.read())
+    except (ValueError, OSError, http.client.HTTPException):
+        body = None
+    message = body.get("error") if isinstance(body, dict) else None
+    return message if isinstance(message, str) and message else error.reason
+
+
+class Api:
+    """One SPEED server, with an optional API token."""
+
+    def __init__(self, base_url: str, token: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.call("GET", path, query=query)
+
+    def post(self, path: str, body: dict | None = None) -> Any:
+        return self.call("POST", path, body=body)
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             query: dict | None = None) -> Any:
+        """The decoded JSON answer of one request."""
+        response = self._open(method, path, body, query, TIMEOUT, "application/json")
+        try:
+            with response:
+                raw = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise Unreachable(self.base_url, reason(e)) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CliError(f"unexpected answer from {self.base_url}{path}: not JSON") from None
+
+    def stream(self, path: str, query: dict | None = None) -> http.client.HTTPResponse:
+        """An open text/event-stream response; the caller reads and closes it."""
+        # No read timeout: a queued deployment may legitimately stay silent for a long time.
+        return self._open("GET", path, None, query, None, "text/event-stream")
+
+    def _open(self, method: str, path: str, body: dict | None, query: dict | None,
+              timeout: float | None, accept: str) -> http.client.HTTPResponse:
+        headers = {"Accept": accept}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif method == "POST":
+            data = b""
+        query = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        try:
+            request = urllib.request.Request(url, data=data, method=method, headers=headers)
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            with e:
+                raise HttpError(e.code, _error_message(e)) from None
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise Unreachable(self.base_url, reason(e)) from None

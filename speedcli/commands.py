@@ -1,0 +1,65 @@
+"""One function per subcommand: call the API, print, return the exit code."""
+import argparse
+import sys
+
+from speedcli import render
+from speedcli.api import Api
+from speedcli.errors import CliError
+from speedcli.follow import follow
+
+
+def _field(body, name: str, kind: type = object):
+    if not (isinstance(body, dict) and name in body and isinstance(body[name], kind)):
+        raise CliError(f"unexpected answer from SPEED: no '{name}' in {str(body)[:80]}")
+    return body[name]
+
+
+def _deployment(body) -> dict:
+    if not isinstance(body, dict) or "status" not in body:
+        raise CliError(f"unexpected answer from SPEED: not a deployment: {str(body)[:80]}")
+    return body
+
+
+def _queued(api: Api, body, follow_it: bool) -> int:
+    deployment_id = _field(body, "id", int)
+    print(deployment_id, flush=True)
+    return follow(api, deployment_id) if follow_it else 0
+
+
+def start(api: Api, args: argparse.Namespace) -> int:
+    return _queued(api, api.post("/start", {"url": args.repo_url, "branch": args.branch}),
+                   args.follow)
+
+
+def redeploy(api: Api, args: argparse.Namespace) -> int:
+    return _queued(api, api.post(f"/redeploy/{args.id}"), args.follow)
+
+
+def info(api: Api, args: argparse.Namespace) -> int:
+    print(render.info(_deployment(api.get(f"/info/{args.id}"))))
+    return 0
+
+
+def results(api: Api, args: argparse.Namespace) -> int:
+    text = _field(api.get(f"/results/{args.id}"), "results", str)
+    # Exactly as recorded, but a terminal's prompt should not follow on the last line.
+    sys.stdout.write(text + ("\n" if text and not text.endswith("\n") and sys.stdout.isatty()
+                             else ""))
+    sys.stdout.flush()
+    return 0
+
+
+def logs(api: Api, args: argparse.Namespace) -> int:
+    return follow(api, args.id) if args.follow else results(api, args)
+
+
+def listing(api: Api, args: argparse.Namespace) -> int:
+    found = _field(api.get("/deployments", status=args.status, repo=args.repo, limit=args.limit),
+                   "deployments", list)
+    print(render.table([_deployment(d) for d in found]))
+    return 0
+
+
+def cancel(api: Api, args: argparse.Namespace) -> int:
+    print(render.info(_deployment(api.post(f"/cancel/{args.id}"))))
+    return 0

@@ -1,0 +1,64 @@
+"""Deployments as text: aligned `key: value` lines, a table, times and durations."""
+import datetime
+
+COLUMNS = ("ID", "STATUS", "REPO", "BRANCH", "COMMIT", "TRIGGER", "CREATED", "DURATION")
+
+
+def moment(iso: str | None) -> datetime.datetime | None:
+    """An API timestamp ("2026-11-26T00:12:03.123Z") as an aware datetime."""
+    return datetime.datetime.fromisoformat(iso) if iso else None
+
+
+def duration(seconds: float | None) -> str:
+    """4.2s, 3m05s, 1h02m; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one API timestamp to another."""
+    begun, ended = moment(start), moment(end)
+    return (ended - begun).total_seconds() if begun and ended else None
+
+
+def _value(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {duration(v) if key == 'phases' else _value(k, v)}"
+                         for k, v in value.items())
+    return str(value)
+
+
+def info(deployment: dict) -> str:
+    """Every field, one aligned `key: value` line each; waiting_reason only while Pending."""
+    shown = {key: value for key, value in deployment.items()
+             if key != "waiting_reason" or deployment.get("status") == "Pending"}
+    width = max((len(key) for key in shown), default=0) + 1
+    return "\n".join(f"{key + ':':<{width}} {_value(key, value)}" for key, value in shown.items())
+
+
+def _created(iso: str | None) -> str:
+    created = moment(iso)
+    return created.astimezone().strftime("%Y-%m-%d %H:%M:%S") if created else "-"
+
+
+def _row(d: dict) -> tuple[str, ...]:
+    return (str(d.get("id")), str(d.get("status")), str(d.get("repo_name")),
+            str(d.get("repo_branch")), (d.get("commit") or "-")[:7], str(d.get("trigger") or "-"),
+            _created(d.get("created_at")),
+            duration(between(d.get("started_at"), d.get("finished_at"))))
+
+
+def table(deployments: list[dict]) -> str:
+    """A header and one row per deployment, columns aligned; times are local."""
+    rows = [COLUMNS, *(_row(d) for d in deployments)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
