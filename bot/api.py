@@ -64,9 +64,10 @@ async def waiting_reasons(request: web.Request, deployments: list[Deployment]) -
             for place, deployment_id in enumerate(queue, start=1)}
 
 
-async def _deployment(request: web.Request, deployment_id_: int) -> Deployment:
+async def deployment_or_404(request: web.Request) -> Deployment:
+    """The deployment the {id} in the path names, or a 404 JSON error."""
     try:
-        return await request.app[store_key].run(queries.get, deployment_id_)
+        return await request.app[store_key].run(queries.get, deployment_id(request))
     except NotFound:
         raise not_found() from None
 
@@ -111,7 +112,7 @@ async def start(request: web.Request) -> web.Response:
 @routes.get("/info/{id}")
 async def info(request: web.Request) -> web.Response:
     """One deployment's fields."""
-    deployment = await _deployment(request, deployment_id(request))
+    deployment = await deployment_or_404(request)
     reasons = await waiting_reasons(request, [deployment])
     return web.json_response(describe(deployment, reasons.get(deployment.id)))
 
@@ -213,7 +214,7 @@ async def redeploy(request: web.Request) -> web.Response:
     """Queue a new deployment of the same repository, branch and commit."""
     config = request.app[config_key]
     require_api_token(request, config.auth.api_tokens)
-    source = await _deployment(request, deployment_id(request))
+    source = await deployment_or_404(request)
     try:  # the configuration may have changed since: the same checks as /start
         check_url(source.url, config.runner.allowed_urls)
     except Invalid as e:

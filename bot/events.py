@@ -4,12 +4,9 @@ import json
 
 from aiohttp import web
 
-from bot.api import describe, waiting_reasons
-from bot.errors import not_found
+from bot.api import deployment_or_404, describe, waiting_reasons
 from bot.keys import store_key
-from bot.requests import deployment_id
 from storage import deployments as queries
-from storage.deployments import NotFound
 
 routes = web.RouteTableDef()
 
@@ -31,11 +28,7 @@ async def deployment_events(request: web.Request) -> web.StreamResponse:
 
     `?after=N` or a `Last-Event-ID` header resumes after result N."""
     store = request.app[store_key]
-    target_id = deployment_id(request)
-    try:
-        deployment = await store.run(queries.get, target_id)
-    except NotFound:
-        raise not_found() from None
+    target_id = (await deployment_or_404(request)).id
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
     after = int(after) if after.isascii() and after.isdigit() and len(after) < 19 else 0
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",

@@ -6,12 +6,11 @@ import urllib.parse
 import jinja2
 from aiohttp import web
 
-from bot.api import MAX_LIMIT, describe, waiting_reasons
-from bot.errors import json_error, not_found
+from bot.api import MAX_LIMIT, deployment_or_404, describe, waiting_reasons
+from bot.errors import json_error
 from bot.keys import config_key, store_key
-from bot.requests import deployment_id
 from storage import deployments as queries
-from storage.deployments import SQLITE_MAX_INT, NotFound
+from storage.deployments import SQLITE_MAX_INT
 from storage.models import Deployment, utcnow
 from storage.status import Status
 
@@ -164,11 +163,8 @@ async def deployments_page(request: web.Request) -> web.Response:
 async def deployment_page(request: web.Request) -> web.Response:
     """One deployment: its fields, phase timings and full results, live while it runs."""
     store = request.app[store_key]
-    target_id = deployment_id(request)
-    try:
-        deployment = await store.run(queries.get, target_id)
-    except NotFound:
-        raise not_found() from None
+    deployment = await deployment_or_404(request)
+    target_id = deployment.id
     # Read after the deployment: a stream resuming after the last id misses nothing.
     results = await store.run(queries.results_after, target_id, 0, SQLITE_MAX_INT)
     reasons = await waiting_reasons(request, [deployment])

@@ -1,6 +1,5 @@
 """SPEED as a real process (python main.py), for tests that kill it."""
 import json
-import os
 import pathlib
 import signal
 import sqlite3

@@ -27,6 +27,23 @@ async def fake():
 
 
 @pytest.fixture
+async def app_fake():
+    """The stand-in GitHub, knowing a GitHub App (id 4242) by its public key."""
+    github = FakeGitHub(app_id=4242, app_public_key_pem=make_app_key()[1])
+    await github.start()
+    yield github
+    await github.close()
+
+
+@pytest.fixture
+def app_settings(app_fake) -> dict:
+    """SPEED's configuration as that GitHub App."""
+    return dict(github__webhook_secret=SECRET, github__app_id="4242",
+                github__private_key=make_app_key()[0].decode(), github__api_url=app_fake.url,
+                server__public_url=PUBLIC_URL, repos=RULES)
+
+
+@pytest.fixture
 def github_client(make_client, fake, git_server):
     """SPEED with a webhook secret, a token, and the stand-in GitHub."""
 
@@ -307,54 +324,39 @@ async def test_private_repository_clones_with_the_token_which_never_shows(github
         assert git_server.private_token not in shown
 
 
-async def test_github_app_reports_with_installation_tokens(make_client, project, git_server):
-    private_pem, public_pem = make_app_key()
-    fake = FakeGitHub(app_id=4242, app_public_key_pem=public_pem)
-    await fake.start()
-    try:
-        full_name, url, sha = project("acme")
-        fake.add_installation(99, [full_name])
-        client = await make_client(github__webhook_secret=SECRET, github__app_id="4242",
-                                   github__private_key=private_pem.decode(),
-                                   github__api_url=fake.url, server__public_url=PUBLIC_URL,
-                                   repos=RULES)
-        response = await deliver(client, "push", push_payload(full_name, url, after=sha,
-                                                              installation_id=99))
-        await wait_finished(client, (await response.json())["id"])
-        statuses = await fake.wait_for_statuses(full_name, sha, 3)
-        assert statuses[-1]["state"] == "success"
-        status_calls = [c for c in fake.calls if "/statuses/" in c.path]
-        tokens = {c.headers["authorization"].split()[-1] for c in status_calls}
-        assert len(tokens) == 1 and fake.installation_tokens[tokens.pop()] == 99
-        assert len([c for c in fake.calls if c.path.endswith("/access_tokens")]) == 1  # cached
-    finally:
-        await fake.close()
+async def test_github_app_reports_with_installation_tokens(app_fake, app_settings, make_client,
+                                                           project):
+    full_name, url, sha = project("acme")
+    app_fake.add_installation(99, [full_name])
+    client = await make_client(**app_settings)
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha,
+                                                          installation_id=99))
+    await wait_finished(client, (await response.json())["id"])
+    statuses = await app_fake.wait_for_statuses(full_name, sha, 3)
+    assert statuses[-1]["state"] == "success"
+    status_calls = [c for c in app_fake.calls if "/statuses/" in c.path]
+    tokens = {c.headers["authorization"].split()[-1] for c in status_calls}
+    assert len(tokens) == 1 and app_fake.installation_tokens[tokens.pop()] == 99
+    assert len([c for c in app_fake.calls if c.path.endswith("/access_tokens")]) == 1  # cached
 
 
-async def test_missed_deliveries_are_redelivered_on_start(make_client, project):
-    private_pem, public_pem = make_app_key()
-    fake = FakeGitHub(app_id=4242, app_public_key_pem=public_pem)
-    await fake.start()
-    try:
-        full_name, url, sha = project("acme")
-        fake.add_installation(99, [full_name])
-        payload = push_payload(full_name, url, after=sha, installation_id=99)
-        body = encode(payload)
-        missed = fake.add_delivery(1, str(uuid.uuid4()), "push", None, 502, payload,
+async def test_missed_deliveries_are_redelivered_on_start(app_fake, app_settings, make_client,
+                                                        project):
+    full_name, url, sha = project("acme")
+    app_fake.add_installation(99, [full_name])
+    payload = push_payload(full_name, url, after=sha, installation_id=99)
+    body = encode(payload)
+    missed = app_fake.add_delivery(1, str(uuid.uuid4()), "push", None, 502, payload,
                                    delivery_headers("push", body, SECRET), body=body)
-        client_box = {}
-        fake.on_redeliver = lambda delivery: fake.deliver(
-            delivery, str(client_box["client"].make_url("/webhook")))
-        client_box["client"] = await make_client(
-            github__webhook_secret=SECRET, github__app_id="4242",
-            github__private_key=private_pem.decode(), github__api_url=fake.url, repos=RULES)
-        await fake.wait_until(lambda: fake.redelivery_requests)
-        await fake.settle()
-        assert fake.redelivery_requests == [missed.id]
-        [deployment] = await deployments(client_box["client"])
-        assert deployment["commit"] == sha
-    finally:
-        await fake.close()
+    speed = {}
+    app_fake.on_redeliver = lambda delivery: app_fake.deliver(
+        delivery, str(speed["client"].make_url("/webhook")))
+    speed["client"] = await make_client(**app_settings)
+    await app_fake.wait_until(lambda: app_fake.redelivery_requests)
+    await app_fake.settle()
+    assert app_fake.redelivery_requests == [missed.id]
+    [deployment] = await deployments(speed["client"])
+    assert deployment["commit"] == sha
 
 
 async def test_page_escapes_what_the_container_prints(github_client, project):

@@ -1,7 +1,6 @@
 """The deployment pipeline on a real engine: outcomes, environment, callbacks, limits, clean-up."""
 import asyncio
 
-import pytest
 
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
 

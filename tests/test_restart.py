@@ -1,7 +1,9 @@
 """kill -9 of SPEED at any moment ends every deployment with its true outcome; nothing reruns."""
+import time
+
 import pytest
 
-from tests.conftest import BASE_IMAGE, DOCKERFILE, TEST_INSTANCES, free_port
+from tests.conftest import DOCKERFILE, TEST_INSTANCES, free_port
 from tests.process import SpeedProcess
 
 pytestmark = pytest.mark.slow
@@ -108,7 +110,6 @@ def test_kill_at_any_moment_ends_with_the_true_outcome(speed, repo, kill_after):
     bot = speed()
     url, _ = repo("echo one\nsleep 0.5\necho two\nexit 4\n")
     deployment_id = bot.start_deployment(url)
-    import time
     time.sleep(kill_after)  # sampling a moment of the deployment's life, not waiting out a race
     bot.kill9()
     bot.start()
