@@ -42,9 +42,6 @@ class RunnerSettings:
     reuse_images: bool = True
 
 
-def _source_key(url: str) -> str:
-    """A label-safe name for the repository an image was built from."""
-    return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
 def token_hash(token: str) -> str:
@@ -128,9 +125,8 @@ class Pipeline:
         commit = deployment.commit
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token)
-        source = {"speed.commit": commit or "", "speed.source": _source_key(url)}
         if commit and self.settings.reuse_images and await self.backend.reuse_image(
-                {**self.labels(), **source}, self._image(deployment.id)):
+                self._image_label(url, commit), self._image(deployment.id)):
             now = utcnow()
             await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=now,
                                  built_at=now)
@@ -142,10 +138,14 @@ class Pipeline:
         await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=utcnow())
         await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
         await self.backend.build(source_dir, self._image(deployment.id),
-                                 {**self.labels(deployment.id), **source, "speed.commit": commit},
-                                 recorder.write)
+                                 self._image_label(url, commit), recorder.write)
         await self.store.run(queries.update, deployment.id, built_at=utcnow())
         return commit
+
+    def _image_label(self, url: str, commit: str) -> dict[str, str]:
+        """What an image is built of, in one label: the legacy builder spends a step per label."""
+        source = hashlib.sha256(url.encode()).hexdigest()[:24]
+        return {"speed.image": f"{self.settings.instance}.{source}.{commit}"}
 
     async def reattach(self, deployment: Deployment, run: Run) -> None:
         """Follow a deployment whose container outlived an earlier SPEED process."""
