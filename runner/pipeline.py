@@ -42,8 +42,6 @@ class RunnerSettings:
     reuse_images: bool = True
 
 
-
-
 def token_hash(token: str) -> str:
     """The stored form of a deployment token."""
     return hashlib.sha256(token.encode()).hexdigest()
