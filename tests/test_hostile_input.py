@@ -1,0 +1,90 @@
+"""Attacks that broke comparable systems get a clear refusal and reach nothing they aim at."""
+import http.server
+import threading
+
+import pytest
+
+from tests.conftest import results_of, wait_finished
+from tests.webhooks import sign
+
+GITHUB_VECTOR_SECRET = "It's a Secret to Everybody"
+GITHUB_VECTOR_BODY = b"Hello, World!"
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a redirect to `target` (if set) and remembers it was asked."""
+
+    target = ""
+    seen: list
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        if self.target:
+            self.send_response(301)
+            self.send_header("Location", self.target + self.path)
+        else:
+            self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def listener():
+    """A loopback HTTP listener that records requests; redirects when given a target."""
+    servers = []
+
+    def make(target: str = "") -> tuple[str, list]:
+        seen: list = []
+        handler = type("Handler", (_Recorder,), {"target": target, "seen": seen})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", seen
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+async def test_clone_url_redirecting_to_loopback_is_not_followed(make_client, listener):
+    """Gogs-style SSRF: an allowed URL that redirects git to an internal address."""
+    canary_url, canary_seen = listener()
+    redirect_url, redirect_seen = listener(target=canary_url)
+    client = await make_client(runner__allowed_urls=[f"{redirect_url}/*"])
+    response = await client.post("/start", json={"url": f"{redirect_url}/repo.git", "branch": "main"})
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(client, deployment_id)
+    assert info["status"] == "Failed"
+    assert redirect_seen, "git asked the allowed host"
+    assert canary_seen == [], "git followed the redirect to the internal listener"
+    assert "returned error: 301" in await results_of(client, deployment_id)
+
+
+async def test_githubs_published_signature_vector_is_accepted(make_client):
+    """The vector from GitHub's docs passes verification (then fails as non-JSON, a 400)."""
+    client = await make_client(github__webhook_secret=GITHUB_VECTOR_SECRET)
+    signature = sign(GITHUB_VECTOR_BODY, GITHUB_VECTOR_SECRET)
+    assert signature == ("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    response = await client.post("/webhook", data=GITHUB_VECTOR_BODY, headers={
+        "X-GitHub-Event": "ping", "X-GitHub-Delivery": "vector-1",
+        "X-Hub-Signature-256": signature, "Content-Type": "application/json"})
+    assert response.status == 400
+    assert "JSON" in (await response.json())["error"]
+    forged = await client.post("/webhook", data=GITHUB_VECTOR_BODY + b" ", headers={
+        "X-GitHub-Event": "ping", "X-GitHub-Delivery": "vector-2",
+        "X-Hub-Signature-256": signature, "Content-Type": "application/json"})
+    assert forged.status == 401
+
+
+async def test_oversized_webhook_body_is_refused_before_it_is_read(make_client):
+    """Argo CD-style memory exhaustion: a body over GitHub's 25 MB cap is a 413 from its length."""
+    client = await make_client(github__webhook_secret="a-secret")
+    body = b"x" * (30 * 1024 * 1024)
+    response = await client.post("/webhook", data=body, headers={
+        "X-GitHub-Event": "push", "X-GitHub-Delivery": "big-1", "Content-Type": "application/json",
+        "X-Hub-Signature-256": sign(body, "a-secret")})
+    assert response.status == 413
+    assert "error" in await response.json()
