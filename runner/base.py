@@ -51,13 +51,12 @@ class Backend(abc.ABC):
         """The host address at which containers reach SPEED."""
 
     @abc.abstractmethod
-    async def build(self, context: str, tag: str, labels: Mapping[str, str],
-                    output: OutputSink) -> str:
+    async def build(self, context: str, tag: str, output: OutputSink) -> str:
         """Build the Dockerfile at the root of context as tag, streaming the log; return the image id."""
 
     @abc.abstractmethod
-    async def reuse_image(self, labels: Mapping[str, str], tag: str) -> bool:
-        """Tag the newest image carrying all the labels as tag; False if there is none."""
+    async def reuse_image(self, candidates: list[str], tag: str) -> bool:
+        """Tag the first candidate image that still exists as tag; False if none does."""
 
     @abc.abstractmethod
     async def create(self, name: str, image: str, env: Mapping[str, str],

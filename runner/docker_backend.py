@@ -136,22 +136,21 @@ class DockerBackend(Backend):
                 self._builds -= 1
                 self._images_idle.notify_all()
 
-    async def reuse_image(self, labels: Mapping[str, str], tag: str) -> bool:
+    async def reuse_image(self, candidates: list[str], tag: str) -> bool:
         api = await self._api()
-        selector = [f"{key}={value}" for key, value in labels.items()]
+        repository, _, name = tag.rpartition(":")
         async with self._using_images():
-            with _engine_errors(RunFailed, "list images"):
-                images = await asyncio.to_thread(api.images, filters={"label": selector})
-            if not images:
-                return False
-            newest = max(images, key=lambda image: image["Created"])
-            repository, _, name = tag.rpartition(":")
-            with _engine_errors(RunFailed, "tag image"):
-                await asyncio.to_thread(api.tag, newest["Id"], repository, name)
-        return True
+            for candidate in candidates:
+                try:
+                    with _engine_errors(RunFailed, "tag image"):
+                        await asyncio.to_thread(api.tag, candidate, repository, name)
+                    return True
+                except RunFailed as e:
+                    if not isinstance(e.__cause__, NotFound):
+                        raise
+        return False
 
-    async def build(self, context: str, tag: str, labels: Mapping[str, str],
-                    output: OutputSink) -> str:
+    async def build(self, context: str, tag: str, output: OutputSink) -> str:
         if not os.path.isfile(os.path.join(context, "Dockerfile")):
             raise BuildFailed("no Dockerfile at the repository root")
         api = await self._api()
@@ -159,8 +158,8 @@ class DockerBackend(Backend):
         async with self._using_images():
             with _engine_errors(BuildFailed, "build"):
                 stream = await asyncio.to_thread(
-                    api.build, path=context, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-                    decode=True, pull=False)
+                    api.build, path=context, tag=tag, rm=True, forcerm=True, decode=True,
+                    pull=False)
                 async for chunk in _iterate(stream):
                     if "stream" in chunk:
                         await output(chunk["stream"])

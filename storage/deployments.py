@@ -189,6 +189,13 @@ def append_output(deployment_id: int, text: str, log_bytes: int, cursor: int | N
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
 
 
+def built_before(deployment_id: int, url: str, commit: str, limit: int = 5) -> list[int]:
+    """Earlier deployments that built or reused an image of this url and commit, newest first."""
+    return [i for (i,) in Deployment.select(Deployment.id).where(
+        Deployment.url == url, Deployment.commit == commit, Deployment.built_at.is_null(False),
+        Deployment.id < deployment_id).order_by(Deployment.id.desc()).limit(limit).tuples()]
+
+
 def results_after(deployment_id: int, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
     """The deployment's results recorded after result id `after`: (id, text) in order."""
     return list(Result.select(Result.id, Result.text)
