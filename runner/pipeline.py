@@ -108,7 +108,7 @@ class Pipeline:
                 await self._start_container(deployment, commit, run, recorder)
                 await self._follow(deployment.id, run, recorder, after_ns=None)
         except RunnerError as e:
-            await self._fail(deployment.id, run, recorder, e)
+            await self._fail(deployment.id, recorder, e)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             await self._finish_up(deployment.id, run, recorder)
@@ -151,7 +151,7 @@ class Pipeline:
             async with self._deadline(deployment, run, recorder):
                 await self._follow(deployment.id, run, recorder, after_ns=deployment.log_cursor)
         except RunnerError as e:
-            await self._fail(deployment.id, run, recorder, e)
+            await self._fail(deployment.id, recorder, e)
         finally:
             await self._finish_up(deployment.id, run, recorder)
 
@@ -223,7 +223,7 @@ class Pipeline:
             reason = f"out of memory ({reason})"
         await self._finish(deployment_id, Status.FAILED, reason, exit_code=state.exit_code)
 
-    async def _fail(self, deployment_id: int, run: Run, recorder: OutputRecorder,
+    async def _fail(self, deployment_id: int, recorder: OutputRecorder,
                     error: RunnerError) -> None:
         log.warning("deployment failed: %s", error.message, extra={"deployment": deployment_id})
         if error.log:
