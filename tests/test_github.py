@@ -396,3 +396,29 @@ async def test_no_token_in_logs(github_client, project, caplog, fake):
         await client.app[reporter_key].idle()
     assert caplog.records
     assert TOKEN not in caplog.text and SECRET not in caplog.text
+
+
+async def test_reports_wait_out_a_secondary_rate_limit(github_client, project, fake):
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    fake.fail_next(2, 403, headers={"retry-after": "1"},
+                   body={"message": "You have exceeded a secondary rate limit"})
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    assert (await wait_finished(client, (await response.json())["id"]))["status"] == "Succeeded"
+    await client.app[reporter_key].idle()
+    states = [s["state"] for s in fake.statuses_for(full_name, sha)]
+    assert states[-1] == "success"
+    assert sum(call.failed for call in fake.calls) == 2
+    assert len(states) <= 1000  # GitHub's budget of statuses per commit and context
+
+
+async def test_reports_survive_github_timing_out(github_client, project, fake):
+    client = await github_client(github__request_timeout=0.5)
+    full_name, url, sha = project("acme")
+    fake.delay = 5  # every answer comes too late
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    assert (await wait_finished(client, (await response.json())["id"]))["status"] == "Succeeded"
+    assert client.app[reporter_key].failures >= 1
+    fake.delay = 0
+    await client.app[reporter_key].idle()
+    assert fake.statuses_for(full_name, sha)[-1]["state"] == "success"
