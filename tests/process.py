@@ -86,6 +86,25 @@ class SpeedProcess:
             db.row_factory = sqlite3.Row
             return dict(db.execute("SELECT * FROM deployment WHERE id = ?", (deployment_id,)).fetchone())
 
+    def check_invariants(self, docker_client) -> None:
+        """After any fault: the database is intact, every finished deployment says when, and
+        every container of this instance belongs to exactly one unfinished deployment."""
+        with sqlite3.connect(self.db_path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            rows = {i: (status, finished) for i, status, finished in
+                    db.execute("SELECT id, status, finished_at FROM deployment")}
+        for status, finished in rows.values():
+            assert (status in ("Succeeded", "Failed", "Cancelled")) == (finished is not None)
+
+        def containers_belong():
+            found = docker_client.api.containers(
+                all=True, filters={"label": f"speed.instance={self.instance}"})
+            owners = [int(c["Labels"]["speed.deployment"]) for c in found]
+            return len(owners) == len(set(owners)) and all(
+                owner in rows and rows[owner][1] is None for owner in owners)
+
+        self.wait_until(containers_belong, timeout=30)  # clean-up follows the final status
+
     def wait_until(self, check, timeout: float = 60.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

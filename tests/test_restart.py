@@ -21,6 +21,8 @@ def speed(tmp_path, docker_client, base_image):
 
     yield make
     for process in processes:
+        if process.process.poll() is None:
+            process.check_invariants(docker_client)
         process.stop()
         TEST_INSTANCES.add(process.instance)
 
