@@ -83,16 +83,22 @@ async def test_healthz_answers_when_database_and_engine_do(client):
     assert await response.json() == {"status": "ok", "checks": {"database": "ok", "docker": "ok"}}
 
 
-async def test_healthz_is_503_without_an_engine(make_client, monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+async def test_without_an_engine_healthz_is_503_and_work_waits_for_it(make_client, repo,
+                                                                       monkeypatch, tmp_path):
+    socket = tmp_path / "engine" / "docker.sock"  # the engine "appears" when this link does
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
     client = await make_client()
     response = await client.get("/healthz")
     body = await response.json()
     assert response.status == 503
     assert body["checks"]["database"] == "ok" and body["checks"]["docker"].startswith("failing")
-    # Queued work waits for the engine instead of failing.
-    deployment_id = await start(client, "http://127.0.0.1:9/none.git")
+    url, _ = repo("echo ran once the engine answered\n")
+    deployment_id = await start(client, url)
     assert (await (await client.get(f"/info/{deployment_id}")).json())["status"] == "Pending"
+    socket.parent.mkdir()
+    socket.symlink_to("/var/run/docker.sock")
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    assert (await client.get("/healthz")).status == 200
 
 
 async def test_metrics_count_deployments_and_phases(client, repo):
