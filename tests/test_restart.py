@@ -132,3 +132,20 @@ def test_sigterm_exits_cleanly_and_the_next_start_takes_over(speed, repo):
     info = bot.wait_finished(deployment_id)
     assert info["status"] == "Succeeded"
     assert bot.results(deployment_id).count("finished-work\n") == 1
+
+
+@pytest.mark.parametrize("kill_at_line", [200, 1800, 3400])
+def test_kill_during_output_writes_loses_and_repeats_nothing(speed, repo, kill_at_line):
+    """kill -9 while output batches are being written: after restart every line is stored once."""
+    bot = speed()
+    url, _ = repo("i=0\nwhile [ $i -lt 4000 ]; do\n  echo \"line $i\"; i=$((i+1))\n"
+                  "  [ $((i % 200)) -eq 0 ] && sleep 0.1\ndone\nexit 5\n")
+    deployment_id = bot.start_deployment(url)
+    bot.wait_output(deployment_id, f"line {kill_at_line}\n")
+    bot.kill9()
+    bot.start()
+    info = bot.wait_finished(deployment_id)
+    results = bot.results(deployment_id)
+    assert (info["status"], info["exit_code"]) == ("Failed", 5), results[-500:]
+    lines = [line for line in results.splitlines() if line.startswith("line ")]
+    assert lines == [f"line {n}" for n in range(4000)]
