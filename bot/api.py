@@ -4,11 +4,12 @@ import datetime
 from aiohttp import web
 
 from bot.auth import api_token_ok, deployment_token_ok, require_api_token
+from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
 from bot.requests import deployment_id, int_field, json_object, text_field
 from bot.rules import full_name_of
-from bot.validation import Invalid, check_branch, check_url
+from bot.validation import Invalid, check_source
 from storage import deployments as queries
 from storage.deployments import IllegalTransition, NotFound
 from storage.models import Deployment
@@ -32,19 +33,19 @@ def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
     """A deployment as the API shows it."""
     d = deployment
     return {
-        "id": deployment.id,
-        "repo_name": deployment.url,
-        "repo_branch": deployment.branch,
-        "repo_full_name": deployment.repo_full_name,
-        "status": deployment.status,
-        "commit": deployment.commit,
-        "trigger": deployment.trigger,
-        "progress": deployment.progress,
-        "reason": deployment.reason,
-        "exit_code": deployment.exit_code,
-        "created_at": _iso(deployment.created_at),
-        "started_at": _iso(deployment.started_at),
-        "finished_at": _iso(deployment.finished_at),
+        "id": d.id,
+        "repo_name": d.url,
+        "repo_branch": d.branch,
+        "repo_full_name": d.repo_full_name,
+        "status": d.status,
+        "commit": d.commit,
+        "trigger": d.trigger,
+        "progress": d.progress,
+        "reason": d.reason,
+        "exit_code": d.exit_code,
+        "created_at": _iso(d.created_at),
+        "started_at": _iso(d.started_at),
+        "finished_at": _iso(d.finished_at),
         "phases": {"clone": _seconds(d.started_at, d.cloned_at),
                    "build": _seconds(d.cloned_at, d.built_at),
                    "run": _seconds(d.container_started_at, d.finished_at)},
@@ -91,6 +92,14 @@ async def _callback_target(request: web.Request, target_id: int) -> Deployment:
     return deployment
 
 
+def _refuse_invalid(config: Config, url: str, branch: str) -> None:
+    """A 400 naming the problem unless url and branch may be deployed."""
+    try:
+        check_source(url, branch, config.runner.allowed_urls)
+    except Invalid as e:
+        raise json_error(400, str(e)) from None
+
+
 @routes.post("/start")
 async def start(request: web.Request) -> web.Response:
     """Queue a deployment of a repository's branch."""
@@ -98,11 +107,7 @@ async def start(request: web.Request) -> web.Response:
     require_api_token(request, config.auth.api_tokens)
     body = await json_object(request)
     url, branch = text_field(body, "url"), text_field(body, "branch")
-    try:
-        check_url(url, config.runner.allowed_urls)
-        check_branch(branch)
-    except Invalid as e:
-        raise json_error(400, str(e)) from None
+    _refuse_invalid(config, url, branch)
     deployment = await request.app[store_key].change(
         queries.create, url, branch, repo_full_name=full_name_of(config, url))
     request.app[worker_key].wake()
@@ -215,10 +220,8 @@ async def redeploy(request: web.Request) -> web.Response:
     config = request.app[config_key]
     require_api_token(request, config.auth.api_tokens)
     source = await deployment_or_404(request)
-    try:  # the configuration may have changed since: the same checks as /start
-        check_url(source.url, config.runner.allowed_urls)
-    except Invalid as e:
-        raise json_error(400, str(e)) from None
+    # The configuration may have changed since: the same checks as /start.
+    _refuse_invalid(config, source.url, source.branch)
     try:
         deployment = await request.app[store_key].change(queries.redeploy, source.id)
     except NotFound:

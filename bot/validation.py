@@ -75,6 +75,12 @@ def _names_host(pattern: str, host: str) -> bool:
     return pattern_host == host and host in pattern
 
 
+def check_source(url: str, branch: str, allowed: tuple[str, ...]) -> None:
+    """Raise Invalid unless url and branch may be deployed."""
+    check_url(url, allowed)
+    check_branch(branch)
+
+
 def check_branch(branch: str) -> str:
     """Return branch if git accepts it as a branch name (check-ref-format --branch rules)."""
     if not branch:

@@ -11,7 +11,7 @@ from bot.errors import json_error
 from bot.keys import config_key, metrics_key, store_key, worker_key
 from bot.requests import read_body
 from bot.rules import deploys_branch, rule_for
-from bot.validation import Invalid, check_branch, check_url
+from bot.validation import Invalid, check_source
 from storage import deployments as queries
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def _deployment(config: Config, full_name: str, url: str, branch: str, commit: s
     if not SHA.fullmatch(commit or ""):
         raise Ignored(f"{commit!r} is not a commit sha")
     try:
-        check_url(url, config.runner.allowed_urls)
-        check_branch(branch)
+        check_source(url, branch, config.runner.allowed_urls)
     except Invalid as e:
         raise Ignored(str(e)) from None
     return dict(url=url, branch=branch, commit=commit, repo_full_name=full_name, **fields)
