@@ -181,8 +181,8 @@ class Pipeline:
             "SPEED_COMMIT": commit,
         }
         name = f"speed-{self.settings.instance}-{deployment.id}"
-        for leftover in await self.backend.find(self.labels(deployment.id)):
-            await self.backend.cleanup(leftover)
+        # A container left by a crash before its id was stored is removed by reconcile, before
+        # the requeue: nothing to look for on this path.
         run.container_id = await self.backend.create(
             name, self._image(deployment.id), env, self.labels(deployment.id), self.settings.limits)
         # The id is stored before the container starts: after a crash, a stored id means the
