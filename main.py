@@ -8,6 +8,7 @@ from aiohttp import web
 from bot.app import create_app
 from bot.config import ConfigError, load
 from bot.logs import configure_logging
+from storage.store import StorageFull
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger("speed").info("listening on http://%s:%s", config.server.host,
                                     config.server.port)
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                print=None, access_log_format='%r %s %b %Tfs')
+    try:
+        web.run_app(create_app(config), host=config.server.host, port=config.server.port,
+                    print=None, access_log_format='%r %s %b %Tfs')
+    except StorageFull as e:
+        print(f"speed: {e}; free some space and start again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,8 @@
 """python -m bench: time SPEED's deployments and API against raw git clone + docker build + run."""
+import asyncio
 import concurrent.futures
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -8,15 +10,19 @@ import sys
 import tempfile
 import time
 
+import aiohttp
 import docker
 import requests
+import yaml
 
 from tests.conftest import DOCKERFILE, free_port
 from tests.gitserver import GitServer
 from tests.images import ensure_base_image
 from tests.process import SpeedProcess
+from tests.webhooks import delivery_headers, encode, push_payload
 
 ROUNDS = 10
+WEBHOOK_SECRET = "bench-webhook-secret"
 RESULTS = pathlib.Path(__file__).parent / "results.json"
 
 
@@ -70,14 +76,56 @@ def request_latencies(bot: SpeedProcess, url: str, count: int = 200) -> dict:
             "p99_ms": round(percentile(samples, 99) * 1000, 2)}
 
 
+def webhook_latencies(bot: SpeedProcess, url: str, commit: str, count: int = 500) -> dict:
+    """Reply latency of `count` signed push deliveries sent at once, each queueing a deployment."""
+
+    async def burst() -> tuple[list[float], list[int], float]:
+        bodies = [encode(push_payload("bench/app", url, ref=f"refs/heads/burst-{n}", after=commit))
+                  for n in range(count)]
+        signed = [(body, delivery_headers("push", body, WEBHOOK_SECRET)) for body in bodies]
+        # No connection limit: GitHub opens a connection per delivery.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def deliver(body: bytes, headers: dict) -> tuple[float, int]:
+                started = time.perf_counter()
+                async with session.post(f"{bot.base_url}/webhook", data=body,
+                                        headers=headers) as response:
+                    assert response.status == 202, await response.text()
+                    answer = await response.json()
+                return time.perf_counter() - started, answer["id"]
+
+            started = time.perf_counter()
+            samples, ids = zip(*await asyncio.gather(*(deliver(*d) for d in signed)))
+            return list(samples), list(ids), time.perf_counter() - started
+
+    samples, ids, wall = asyncio.run(burst())
+    for deployment_id in ids:  # leave nothing running behind
+        bot.call("POST", f"/cancel/{deployment_id}")
+    for deployment_id in ids:
+        bot.wait_finished(deployment_id)
+    return {"deliveries": count, "p50_ms": round(percentile(samples, 50) * 1000, 2),
+            "p99_ms": round(percentile(samples, 99) * 1000, 2),
+            "max_ms": round(max(samples) * 1000, 2), "burst_s": round(wall, 3)}
+
+
+def accept_webhooks(bot: SpeedProcess) -> None:
+    """Give the bench's SPEED a webhook secret and a rule deploying pushes to burst-* branches."""
+    config = yaml.safe_load(bot.config_path.read_text())
+    config["github"] = {"webhook_secret": WEBHOOK_SECRET}
+    config["repos"] = [{"match": "bench/*", "branches": ["burst-*"]}]
+    bot.config_path.write_text(yaml.safe_dump(config))
+
+
 def main() -> int:
     ensure_base_image(docker.from_env())
+    load = os.getloadavg()[0]  # the machine is shared: how busy it was says how far to trust this
     with tempfile.TemporaryDirectory() as scratch:
         work = pathlib.Path(scratch)
         git = GitServer(work / "git")
         url = git.url("bench/app")
         git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
         bot = SpeedProcess(work, free_port(), free_port(), max_concurrent=1)
+        accept_webhooks(bot)
         bot.start()
         try:
             speed_deployment(bot, url)  # warm both caches alike
@@ -85,17 +133,20 @@ def main() -> int:
             raw, speed, repeat = [], [], []
             for n in range(1, ROUNDS + 1):
                 # A new commit each round: both sides clone and build it.
-                git.commit("bench/app", {"round.txt": str(n)})
+                commit = git.commit("bench/app", {"round.txt": str(n)})
                 raw.append(raw_deployment(url, work, n))
                 speed.append(speed_deployment(bot, url))
                 # The same commit again: SPEED reuses its image, the raw commands redo it all.
                 repeat.append(speed_deployment(bot, url))
             latency = request_latencies(bot, url)
+            # The newest commit, built already: the first deployments run while the burst lasts.
+            webhook = webhook_latencies(bot, url, commit)
         finally:
             bot.stop()
             git.close()
     raw_median = statistics.median(raw)
     results = {
+        "load_average_1m": round(load, 2),
         "rounds": ROUNDS,
         "raw_median_s": round(raw_median, 3),
         "speed_new_commit_median_s": round(statistics.median(speed), 3),
@@ -103,6 +154,7 @@ def main() -> int:
         "speed_repeat_commit_median_s": round(statistics.median(repeat), 3),
         "ratio_repeat_commit": round(statistics.median(repeat) / raw_median, 2),
         "start_latency": latency,
+        "webhook_latency": webhook,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)

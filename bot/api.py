@@ -9,7 +9,7 @@ from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
 from bot.requests import deployment_id, int_field, json_object, text_field
 from bot.rules import full_name_of
-from bot.validation import Invalid, check_source
+from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
 from storage.deployments import IllegalTransition, NotFound
 from storage.models import Deployment
@@ -92,10 +92,11 @@ async def _callback_target(request: web.Request, target_id: int) -> Deployment:
     return deployment
 
 
-def _refuse_invalid(config: Config, url: str, branch: str) -> None:
+async def _refuse_invalid(config: Config, url: str, branch: str) -> None:
     """A 400 naming the problem unless url and branch may be deployed."""
     try:
         check_source(url, branch, config.runner.allowed_urls)
+        await check_addresses(url, config.runner.allowed_urls)
     except Invalid as e:
         raise json_error(400, str(e)) from None
 
@@ -107,7 +108,7 @@ async def start(request: web.Request) -> web.Response:
     require_api_token(request, config.auth.api_tokens)
     body = await json_object(request)
     url, branch = text_field(body, "url"), text_field(body, "branch")
-    _refuse_invalid(config, url, branch)
+    await _refuse_invalid(config, url, branch)
     deployment = await request.app[store_key].change(
         queries.create, url, branch, repo_full_name=full_name_of(config, url))
     request.app[worker_key].wake()
@@ -221,7 +222,7 @@ async def redeploy(request: web.Request) -> web.Response:
     require_api_token(request, config.auth.api_tokens)
     source = await deployment_or_404(request)
     # The configuration may have changed since: the same checks as /start.
-    _refuse_invalid(config, source.url, source.branch)
+    await _refuse_invalid(config, source.url, source.branch)
     try:
         deployment = await request.app[store_key].change(queries.redeploy, source.id)
     except NotFound:

@@ -79,7 +79,8 @@ async def _github_context(app: web.Application) -> AsyncIterator[None]:
     if github is None:
         yield
         return
-    reporter = Reporter(config, store, github, on_failure=app[metrics_key].report_failures.inc)
+    # Patient: what GitHub accepted is recorded once a full disk has room again.
+    reporter = Reporter(config, store.patient(), github, on_failure=app[metrics_key].report_failures.inc)
     app[reporter_key] = reporter
     store.subscribe(reporter)
     catch_up = asyncio.create_task(_catch_up(reporter, github, store), name="speed-catch-up")
@@ -120,7 +121,7 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         limits=Limits(memory=runner.memory, cpus=runner.cpus, pids=runner.pids),
         timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
         keep_images=runner.keep_images, git_timeout=runner.git_timeout,
-        reuse_images=runner.reuse_images)
+        reuse_images=runner.reuse_images, allowed_urls=runner.allowed_urls)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]))
     app[worker_key] = worker

@@ -4,6 +4,8 @@ import logging
 
 from aiohttp import web
 
+from storage.store import StorageFull
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,11 @@ async def error_middleware(request: web.Request, handler):
             raise
         kept = {name: e.headers[name] for name in ("Allow", "WWW-Authenticate") if name in e.headers}
         raise json_error(e.status, e.reason, **kept) from None
+    except StorageFull:
+        # The transaction was rolled back: say so, so the caller knows to retry, not to check.
+        log.error("the database's disk is full: %s %s refused", request.method, request.path)
+        raise json_error(507, "Insufficient storage: the database's disk is full, so nothing was "
+                              "changed; retry once space is freed") from None
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         raise json_error(500, "Internal server error") from None

@@ -28,10 +28,11 @@ def _nullable(kind: str, **more) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    """The error responses an operation may give, every one {"error": "..."}; 500 on all."""
+    """The error responses an operation may give, every one {"error": "..."}; 500 and 507 on all."""
     names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-             409: "Conflict", 413: "PayloadTooLarge", 500: "InternalError"}
-    return {str(code): _ref("responses", names[code]) for code in (*codes, 500)}
+             409: "Conflict", 413: "PayloadTooLarge", 500: "InternalError",
+             507: "InsufficientStorage"}
+    return {str(code): _ref("responses", names[code]) for code in (*codes, 500, 507)}
 
 
 # Mutating endpoints: a bearer token when auth.api_tokens is set, nothing otherwise. The empty
@@ -174,6 +175,10 @@ COMPONENTS = {
             "content": _json(_ref("schemas", "Error"))},
         "InternalError": {
             "description": "An unexpected failure; it is logged, never echoed.",
+            "content": _json(_ref("schemas", "Error"))},
+        "InsufficientStorage": {
+            "description": "The database's disk is full: nothing was changed; retry once space "
+                           "is freed.",
             "content": _json(_ref("schemas", "Error"))},
     },
 }

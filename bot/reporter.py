@@ -1,5 +1,6 @@
 """Reports deployments back to GitHub: commit statuses and Deployments, in order, retried."""
 import asyncio
+import collections
 import dataclasses
 import datetime
 import logging
@@ -68,7 +69,8 @@ class Reporter:
 
     A report that fails is logged and retried with backoff for github.report_retry_for seconds;
     it never changes the deployment. A report that a newer one of the same deployment overtakes
-    while it is failing is dropped, so a late `pending` never lands after a final state.
+    while it is failing is dropped, so a late `pending` never lands after a final state. A post
+    that timed out may still be applied by GitHub later, though: see _settle.
     """
 
     def __init__(self, config: Config, store: Store, github: GitHub,
@@ -79,6 +81,10 @@ class Reporter:
         self._on_failure = on_failure
         self._queues: dict[int, list[Deployment]] = {}
         self._tasks: dict[int, asyncio.Task] = {}
+        # Per deployment: the commit statuses GitHub applied or may still apply, and whether
+        # one of them timed out (so GitHub may apply it after a later one).
+        self._posted: dict[int, collections.Counter] = {}
+        self._uncertain: set[int] = set()
         self.failures = 0
 
     def __call__(self, deployment: Deployment) -> None:
@@ -116,16 +122,23 @@ class Reporter:
             del self._tasks[deployment_id]
             if not queue:
                 self._queues.pop(deployment_id, None)
+                self._posted.pop(deployment_id, None)
+                self._uncertain.discard(deployment_id)
 
     async def _deliver(self, deployment: Deployment, newer: list[Deployment]) -> None:
         report = report_for(deployment)
         deadline = asyncio.get_running_loop().time() + self.config.github.report_retry_for
         delay = 1.0
+        posted = self._posted.setdefault(deployment.id, collections.Counter())
         while True:
             try:
                 await self._send(deployment, report)
+                posted[report.state, report.description] += 1
                 break
             except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerDisconnectedError)):
+                    posted[report.state, report.description] += 1  # it may still be applied
+                    self._uncertain.add(deployment.id)
                 self.failures += 1
                 self._on_failure()
                 log.warning("reporting %s to GitHub failed: %s", report.key, _describe(e),
@@ -142,16 +155,63 @@ class Reporter:
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF)
         await self.store.run(queries.update, deployment.id, reported=report.key)
+        if deployment.state.finished and deployment.id in self._uncertain:
+            await self._settle(deployment, report, posted)
+
+    async def _settle(self, deployment: Deployment, final: Report,
+                      posted: collections.Counter) -> None:
+        """Once every timed-out post has shown up on GitHub (or the retry window ends), make sure
+        the final state is the newest: a post GitHub applied late would leave `pending` on top."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.github.report_retry_for
+        delay = self.config.github.request_timeout
+        while True:
+            try:
+                shown = await self._statuses(deployment)
+                if shown and shown[0] != (final.state, final.description):
+                    log.info("a late report covered %s; posting it again", final.key,
+                             extra={"deployment": deployment.id})
+                    posted[final.state, final.description] += 1
+                    await self._post_status(deployment, final)
+                    continue
+                seen = collections.Counter(shown)
+                if all(seen[key] >= count for key, count in posted.items()):
+                    return
+            except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                log.warning("checking GitHub's statuses failed: %s", _describe(e),
+                            extra={"deployment": deployment.id})
+            if loop.time() + delay > deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _context(self, deployment: Deployment) -> str:
+        rule = rule_for(self.config, deployment.repo_full_name)
+        return rule.context if rule else "speed/deploy"
+
+    async def _statuses(self, deployment: Deployment) -> list[tuple[str, str]]:
+        """This deployment's context's statuses on its commit as GitHub lists them, newest first."""
+        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        listed = await self.github.api.getitem(
+            f"/repos/{deployment.repo_full_name}/commits/{deployment.commit}/statuses"
+            "?per_page=100", oauth_token=token)
+        context = self._context(deployment)
+        return [(s["state"], s["description"]) for s in listed if s["context"] == context]
+
+    async def _post_status(self, deployment: Deployment, report: Report) -> None:
+        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        await self.github.api.post(
+            f"/repos/{deployment.repo_full_name}/statuses/{deployment.commit}", oauth_token=token,
+            data={"state": report.state, "description": report.description,
+                  "target_url": f"{public_url(self.config)}/deployments/{deployment.id}",
+                  "context": self._context(deployment)})
 
     async def _send(self, deployment: Deployment, report: Report) -> None:
         rule = rule_for(self.config, deployment.repo_full_name)
-        context = rule.context if rule else "speed/deploy"
         repo = f"/repos/{deployment.repo_full_name}"
         target_url = f"{public_url(self.config)}/deployments/{deployment.id}"
+        await self._post_status(deployment, report)
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
-        await self.github.api.post(f"{repo}/statuses/{deployment.commit}", oauth_token=token, data={
-            "state": report.state, "target_url": target_url,
-            "description": report.description, "context": context})
         if not (rule and rule.environment):
             return
         github_id = deployment.github_deployment_id

@@ -7,12 +7,18 @@ from aiohttp import web
 from bot.errors import json_error, not_found
 
 MAX_BODY = 1024 * 1024
+# A body that does not declare its length (chunked) is buffered until it passes the limit, so it
+# gets a small one whatever the route allows: only GitHub sends more, and it declares the length.
+MAX_UNDECLARED_BODY = MAX_BODY
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed limit."""
+    declared = request.content_length
+    if declared is None:
+        limit = min(limit, MAX_UNDECLARED_BODY)
     too_large = json_error(413, f"Request body is larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
+    if declared is not None and declared > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(64 * 1024):

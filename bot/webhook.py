@@ -11,7 +11,7 @@ from bot.errors import json_error
 from bot.keys import config_key, metrics_key, store_key, worker_key
 from bot.requests import read_body
 from bot.rules import deploys_branch, rule_for
-from bot.validation import Invalid, check_source
+from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,13 @@ class Ignored(Exception):
     """The delivery asks for nothing; the message says why."""
 
 
-def _deployment(config: Config, full_name: str, url: str, branch: str, commit: str,
-                **fields) -> dict:
+async def _deployment(config: Config, full_name: str, url: str, branch: str, commit: str,
+                      **fields) -> dict:
     if not SHA.fullmatch(commit or ""):
         raise Ignored(f"{commit!r} is not a commit sha")
     try:
         check_source(url, branch, config.runner.allowed_urls)
+        await check_addresses(url, config.runner.allowed_urls)
     except Invalid as e:
         raise Ignored(str(e)) from None
     return dict(url=url, branch=branch, commit=commit, repo_full_name=full_name, **fields)
@@ -71,7 +72,7 @@ async def on_push(event: sansio.Event, config: Config, decision: Decision) -> No
         raise Ignored(f"repository {full_name} is not configured")
     if not deploys_branch(rule, branch):
         raise Ignored(f"branch {branch} is not deployed for {full_name}")
-    decision.deployment = _deployment(
+    decision.deployment = await _deployment(
         config, full_name, data["repository"]["clone_url"], branch, data["after"],
         trigger="push", installation_id=(data.get("installation") or {}).get("id"))
     decision.supersede = rule.cancel_superseded
@@ -92,7 +93,7 @@ async def on_pull_request(event: sansio.Event, config: Config, decision: Decisio
     head_repo = pull["head"].get("repo") or {}
     if head_repo.get("full_name") != full_name and not rule.forks:
         raise Ignored("pull requests from forks are not deployed (forks: false)")
-    decision.deployment = _deployment(
+    decision.deployment = await _deployment(
         config, full_name, head_repo["clone_url"], pull["head"]["ref"], pull["head"]["sha"],
         trigger="pull_request", pull_request=pull["number"],
         installation_id=(event.data.get("installation") or {}).get("id"))
@@ -155,15 +156,16 @@ async def _receive(request: web.Request) -> web.Response:
         action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]
-    delivery, new, superseded = await store.run(
+    delivery, new, created, superseded = await store.run(
         queries.record_delivery, event.delivery_id, event.event, decision.deployment,
         decision.message, decision.supersede)
     log.info("delivery %s (%s): %s%s", event.delivery_id, event.event, delivery.message,
              "" if new else " (redelivered)", extra={"deployment": delivery.deployment_id})
     if delivery.deployment_id is None:
         return web.json_response({"message": delivery.message})
-    if new:
-        store.announce(await store.run(queries.get, delivery.deployment_id), *superseded)
+    if created is not None:
+        # The row as created: asking for it again would queue behind every other delivery.
+        store.announce(created, *superseded)
         worker = request.app[worker_key]
         worker.wake()
         for older in superseded:

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
 import docker
 import requests
+import urllib3
 from docker.errors import APIError, DockerException, NotFound
 
 from runner.base import Backend, ContainerState, Limits, OutputSink
@@ -71,7 +72,8 @@ def _engine_errors(kind: type[RunnerError], action: str):
     """Turn the SDK's and the HTTP layer's errors into the runner's own."""
     try:
         yield
-    except (requests.ConnectionError, requests.Timeout) as e:
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError) as e:
         raise EngineUnavailable(f"the Docker engine does not answer ({action})") from e
     except DockerException as e:
         raise kind(f"{action} failed: {getattr(e, 'explanation', None) or e}") from e

@@ -7,20 +7,41 @@ import signal
 import urllib.parse
 
 from runner.errors import CheckoutFailed
+from runner.validation import Unresolved, addresses_of
 
 _MAX_MESSAGE = 4000
 
 
-def _environment(url: str, token: str | None) -> dict[str, str]:
-    scheme = urllib.parse.urlsplit(url).scheme or "ssh"
-    secret = {}
+async def pin(url: str, allowed: tuple[str, ...], timeout: float) -> tuple[str, ...]:
+    """Resolve url's host once, now, and check the answer again: DNS may answer otherwise than
+    when the deployment was requested (rebinding). Pass the result to checkout and resolve."""
+    try:
+        return await addresses_of(url, allowed, timeout)
+    except (ValueError, Unresolved) as e:  # Invalid, or a port that older SPEEDs let through
+        raise CheckoutFailed(f"not cloning: {str(e).removeprefix('url: ')}") from None
+
+
+def _environment(url: str, token: str | None, addresses: tuple[str, ...]) -> dict[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme or "ssh"
+    config = []
     if token:
         # In the environment, not the command line, where other users could read it.
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        secret = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                  "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+        config.append(("http.extraHeader", f"Authorization: Basic {basic}"))
+    if addresses and scheme in ("http", "https"):
+        # curl connects to the checked addresses and never resolves the name itself. The exact
+        # host works with any curl; "*" (curl >= 7.86) also covers hosts curl spells otherwise.
+        # ssh and git:// resolve on their own: for them the check in pin() is all there is.
+        port = parts.port or (443 if scheme == "https" else 80)
+        listed = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+        config += [("http.curloptResolve", f"{host}:{port}:{listed}")
+                   for host in (parts.hostname, "*")]
+    entries = {"GIT_CONFIG_COUNT": str(len(config))} if config else {}
+    for i, (key, value) in enumerate(config):
+        entries |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
     return {
-        **secret,
+        **entries,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/nonexistent"),  # ssh keys and known_hosts live there
         "GIT_TERMINAL_PROMPT": "0",
@@ -35,10 +56,10 @@ def _environment(url: str, token: str | None) -> dict[str, str]:
 
 
 async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None,
-               token: str | None = None) -> str:
+               token: str | None = None, addresses: tuple[str, ...] = ()) -> str:
     process = await asyncio.create_subprocess_exec(
         "git", "-c", "http.followRedirects=false", "-c", "core.hooksPath=/dev/null", *args,
-        cwd=cwd, env=_environment(url, token), stdin=asyncio.subprocess.DEVNULL,
+        cwd=cwd, env=_environment(url, token, addresses), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         # Its own process group: git's transport helpers (git remote-https) die with it.
         start_new_session=True)
@@ -61,23 +82,28 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
 
 
 async def checkout(url: str, branch: str, destination: str, timeout: float,
-                   commit: str | None = None, token: str | None = None) -> str:
-    """Clone branch from url into destination, at commit if given (else its tip); return the sha."""
+                   commit: str | None = None, token: str | None = None,
+                   addresses: tuple[str, ...] = ()) -> str:
+    """Clone branch from url into destination, at commit if given (else its tip); return the sha.
+    With addresses (from pin), git connects to those only."""
     await _git(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags",
-                "--branch", branch, "--", url, destination], url, timeout, token=token)
+                "--branch", branch, "--", url, destination], url, timeout, token=token,
+               addresses=addresses)
     head = (await _git(["rev-parse", "HEAD"], url, timeout, cwd=destination)).strip()
     if commit and head != commit:
         # The branch moved on since the push that asked for commit: fetch exactly that one.
         await _git(["fetch", "--quiet", "--depth", "1", "--no-tags", "origin", "--", commit],
-                   url, timeout, cwd=destination, token=token)
+                   url, timeout, cwd=destination, token=token, addresses=addresses)
         await _git(["checkout", "--quiet", "--detach", commit], url, timeout, cwd=destination)
         head = commit
     return head
 
 
-async def resolve(url: str, branch: str, timeout: float, token: str | None = None) -> str | None:
+async def resolve(url: str, branch: str, timeout: float, token: str | None = None,
+                  addresses: tuple[str, ...] = ()) -> str | None:
     """The commit at the tip of branch, asking the remote without cloning; None if it has none."""
-    listed = await _git(["ls-remote", "--", url, f"refs/heads/{branch}"], url, timeout, token=token)
+    listed = await _git(["ls-remote", "--", url, f"refs/heads/{branch}"], url, timeout, token=token,
+                        addresses=addresses)
     for line in listed.splitlines():
         sha, _, ref = line.partition("\t")
         if ref == f"refs/heads/{branch}":

@@ -1,5 +1,6 @@
 """Records build and container output in batches, capped, with secrets redacted."""
 import asyncio
+import re
 from typing import Awaitable, Callable
 
 # (deployment id, text, total bytes stored, stream cursor in ns or None) -> stored
@@ -19,6 +20,14 @@ class OutputRecorder:
         self._limit = limit
         self._stored = stored
         self._secrets: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
+        self._secret_characters: set[str] = set()
+        # Output arrives cut anywhere (Docker splits lines over 16 KB into frames, builds stream
+        # in chunks), so a secret may straddle two writes. A write ending in what could begin a
+        # secret is held, whole, until the next write tells or close. Whole writes keep the cursor
+        # exact: a batch's cursor is that of the last write it holds entirely, so a reattach after
+        # a crash replays a held write once, in full. (text, cursor), not yet redacted.
+        self._held: list[tuple[str, int | None]] = []
         self._buffer: list[str] = []
         self._buffered = 0
         self._cursor: int | None = None
@@ -33,12 +42,58 @@ class OutputRecorder:
 
     def redact(self, secret: str) -> None:
         """Never store this text: it is replaced wherever it appears in the output."""
-        self._secrets.append(secret)
+        if secret and secret not in self._secrets:
+            self._secrets.append(secret)
+            self._secret_characters.update(secret)
+            # Longest first: where two secrets start at one place, the longer goes whole.
+            self._pattern = re.compile("|".join(
+                re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)))
 
     async def write(self, text: str, cursor: int | None = None) -> None:
         """Take a piece of output; cursor is the stream position it ends at."""
+        self._held.append((text, cursor))
+        self._release(self._releasable())
+        if self._buffered >= FLUSH_BYTES:
+            await self.flush()
+        elif self._ticker is None:
+            self._ticker = asyncio.create_task(self._flush_soon())
+
+    def _releasable(self) -> int:
+        """How many held writes may go: none past where a secret may begin, none cutting one."""
+        joined = self._held[0][0] if len(self._held) == 1 else "".join(t for t, _ in self._held)
+        safe = len(joined) - self._open_tail(joined)
+        if safe == len(joined):
+            return len(self._held)
+        spans = [m.span() for m in self._pattern.finditer(joined)] if self._pattern else []
+        end = len(joined)
+        for count in range(len(self._held), 0, -1):
+            if end <= safe and not any(start < end < stop for start, stop in spans):
+                return count
+            end -= len(self._held[count - 1][0])
+        return 0
+
+    def _open_tail(self, text: str) -> int:
+        """The length of the longest end of text that is the beginning of a longer secret."""
+        if not text or text[-1] not in self._secret_characters:
+            return 0  # the common case: a line's end (no token holds a newline)
+        longest = 0
         for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
+            at = max(len(text) - len(secret) + 1, 0)
+            while (at := text.find(secret[0], at)) != -1:
+                if secret.startswith(text[at:]):
+                    longest = max(longest, len(text) - at)
+                    break  # the earliest match is this secret's longest
+                at += 1
+        return longest
+
+    def _release(self, count: int) -> None:
+        """Redact the first count held writes together and buffer them, capped."""
+        if not count:
+            return
+        released, self._held = self._held[:count], self._held[count:]
+        text = released[0][0] if count == 1 else "".join(piece for piece, _ in released)
+        if self._pattern:
+            text = self._pattern.sub(REDACTED, text)
         size = len(text.encode())
         room = self._limit - self._stored - self._buffered
         if size > room:
@@ -50,12 +105,10 @@ class OutputRecorder:
         else:
             self._buffer.append(text)
             self._buffered += size
-        if cursor is not None:
-            self._cursor = cursor
-        if self._buffered >= FLUSH_BYTES:
-            await self.flush()
-        elif self._ticker is None:
-            self._ticker = asyncio.create_task(self._flush_soon())
+        for _, cursor in reversed(released):
+            if cursor is not None:
+                self._cursor = cursor
+                break
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(FLUSH_SECONDS)
@@ -63,7 +116,7 @@ class OutputRecorder:
         await self.flush()
 
     async def flush(self) -> None:
-        """Store what is buffered now."""
+        """Store what is buffered now (held writes wait for more output or close)."""
         async with self._lock:
             if not self._buffer and self._cursor is None:
                 return
@@ -78,6 +131,7 @@ class OutputRecorder:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        self._release(len(self._held))  # no more output can complete a secret
         if self._dropped:
             self._buffer.append(f"\n[output truncated: {self._dropped} bytes over the "
                                 f"{self._limit}-byte limit were not stored]\n")

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from runner import git
 from runner.base import Backend, ContainerState, Limits
-from runner.errors import EngineUnavailable, RunnerError
+from runner.errors import CheckoutFailed, EngineUnavailable, RunnerError
 from runner.output import OutputRecorder
 from storage import deployments as queries
 from storage.deployments import IllegalTransition
@@ -22,6 +22,9 @@ from storage.status import Status
 from storage.store import Store
 
 log = logging.getLogger(__name__)
+
+# How often a deployment asks whether the engine is back after it went away.
+ENGINE_RETRY_SECONDS = 1.0
 
 # A token to clone a deployment's repository with (None: clone anonymously).
 Credentials = Callable[[Deployment], Awaitable[str | None]]
@@ -40,6 +43,7 @@ class RunnerSettings:
     keep_images: int
     git_timeout: float
     reuse_images: bool = True
+    allowed_urls: tuple[str, ...] = ()  # runner.allowed_urls, checked again at clone time
 
 
 def token_hash(token: str) -> str:
@@ -97,21 +101,39 @@ class Pipeline:
     async def deploy(self, deployment: Deployment, run: Run) -> None:
         """Carry out a freshly claimed deployment."""
         recorder = self._recorder(deployment)
-        os.makedirs(self.settings.workdir, mode=0o700, exist_ok=True)
-        workspace = tempfile.mkdtemp(prefix=f"deployment-{deployment.id}-", dir=self.settings.workdir)
+        workspace = None
         try:
             async with self._deadline(deployment, run, recorder):
-                commit = await self._prepare(deployment, recorder, workspace)
-                shutil.rmtree(workspace, ignore_errors=True)
-                if run.stopped:
-                    return
-                await self._start_container(deployment, commit, run, recorder)
+                try:
+                    workspace = self._workspace(deployment.id)
+                    commit = await self._prepare(deployment, recorder, workspace)
+                    shutil.rmtree(workspace, ignore_errors=True)
+                    if run.stopped:
+                        return
+                    await self._start_container(deployment, commit, run, recorder)
+                except RunnerError as e:
+                    if not await self._engine_lost(e):
+                        raise
+                    await self._engine_back(recorder, e)
+                    if not await self._container_started(run):
+                        await self._deploy_again(deployment.id, recorder)
+                        return
                 await self._follow(deployment.id, run, recorder, after_ns=None)
         except RunnerError as e:
             await self._fail(deployment.id, recorder, e)
         finally:
-            shutil.rmtree(workspace, ignore_errors=True)
+            if workspace:
+                shutil.rmtree(workspace, ignore_errors=True)
             await self._finish_up(deployment.id, run, recorder)
+
+    def _workspace(self, deployment_id: int) -> str:
+        """A private directory to clone into."""
+        try:
+            os.makedirs(self.settings.workdir, mode=0o700, exist_ok=True)
+            return tempfile.mkdtemp(prefix=f"deployment-{deployment_id}-", dir=self.settings.workdir)
+        except OSError as e:  # a full or read-only disk: the deployment fails saying so
+            raise CheckoutFailed(f"could not create a workspace in {self.settings.workdir}: "
+                                 f"{e.strerror}") from e
 
     async def _prepare(self, deployment: Deployment, recorder: OutputRecorder,
                        workspace: str) -> str:
@@ -120,9 +142,11 @@ class Pipeline:
         if token:
             recorder.redact(token)
         url, branch, timeout = deployment.url, deployment.branch, self.settings.git_timeout
+        # Checked again now, and git held to what was checked: DNS may have changed its answer.
+        addresses = await git.pin(url, self.settings.allowed_urls, timeout)
         commit = deployment.commit
         if commit is None and self.settings.reuse_images:
-            commit = await git.resolve(url, branch, timeout, token)
+            commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
         if commit and self.settings.reuse_images and await self.backend.reuse_image(
                 [self._image(built) for built in
                  await self.store.run(queries.built_before, deployment.id, url, commit)],
@@ -134,7 +158,8 @@ class Pipeline:
             return commit
         await recorder.write(f"[speed] cloning {url} (branch {branch})\n")
         source_dir = os.path.join(workspace, "src")
-        commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token)
+        commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
+                                    addresses=addresses)
         await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=utcnow())
         await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
         # No labels: the legacy builder spends a build step (~0.2 s) on each. The database knows
@@ -155,6 +180,46 @@ class Pipeline:
         finally:
             await self._finish_up(deployment.id, run, recorder)
 
+    async def _engine_lost(self, error: RunnerError) -> bool:
+        """Whether error came from the engine going away (a restart, a crash), not the deployment."""
+        if isinstance(error, EngineUnavailable):
+            return True
+        if isinstance(error, CheckoutFailed):
+            return False
+        try:
+            await self.backend.ping()  # a build or run step breaks off when its engine stops
+            return False
+        except EngineUnavailable:
+            return True
+
+    async def _engine_back(self, recorder: OutputRecorder, error: RunnerError) -> None:
+        """Wait (within the deployment's timeout) until the engine answers again."""
+        log.warning("%s; waiting for the engine", error.message)
+        await recorder.write(f"[speed] {error.message}; waiting for it to come back\n")
+        while True:
+            await asyncio.sleep(ENGINE_RETRY_SECONDS)
+            try:
+                await self.backend.ping()
+                break
+            except EngineUnavailable:
+                continue
+        await recorder.write("[speed] the Docker engine answers again\n")
+
+    async def _container_started(self, run: Run) -> bool:
+        if run.container_id is None:
+            return False
+        state = await self.backend.state(run.container_id)
+        return state is not None and not state.never_started
+
+    async def _deploy_again(self, deployment_id: int, recorder: OutputRecorder) -> None:
+        """Queue a deployment whose container never started afresh, leaving nothing behind."""
+        for container_id in await self.backend.find(self.labels(deployment_id)):
+            await self.backend.cleanup(container_id)
+        await recorder.close()
+        await self.store.change(queries.requeue, deployment_id,
+                                "[speed] the engine went away before the container started; "
+                                "deploying again")
+
     @contextlib.asynccontextmanager
     async def _deadline(self, deployment: Deployment, run: Run, recorder: OutputRecorder):
         """Fail the deployment and kill its container when runner.timeout runs out."""
@@ -163,7 +228,9 @@ class Pipeline:
                 yield
         except TimeoutError:
             if run.container_id:
-                await self.backend.kill(run.container_id)
+                # An engine that is away cannot kill it; the clean-up after the outcome retries.
+                with contextlib.suppress(RunnerError):
+                    await self.backend.kill(run.container_id)
             await recorder.close()
             await self._finish(deployment.id, Status.FAILED,
                                f"timed out after {self.settings.timeout:g} s")
@@ -197,20 +264,33 @@ class Pipeline:
 
     async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
                       after_ns: int | None) -> None:
+        """Record the container's output and its exit; the engine going away only pauses this."""
         assert run.container_id
-        state = await self.backend.state(run.container_id)
-        if state is None:
-            await recorder.close()
-            await self._finish(deployment_id, Status.FAILED, "interrupted: the container vanished",
-                               infrastructure_failure=True)
-            return
-        if not state.never_started:
-            async with contextlib.aclosing(self.backend.logs(run.container_id, after_ns)) as logs:
-                async for at, text in logs:
-                    await recorder.write(text, at)
-                    if recorder.full:
-                        break  # the rest would be dropped: stop reading, just wait for the exit
-            state = await self.backend.wait(run.container_id)
+        while True:
+            try:
+                state = await self.backend.state(run.container_id)
+                if state is None:
+                    await recorder.close()
+                    await self._finish(deployment_id, Status.FAILED,
+                                       "interrupted: the container vanished",
+                                       infrastructure_failure=True)
+                    return
+                if state.never_started:
+                    break
+                async with contextlib.aclosing(self.backend.logs(run.container_id, after_ns)) as logs:
+                    async for at, text in logs:
+                        await recorder.write(text, at)
+                        after_ns = at
+                        if recorder.full:
+                            break  # the rest would be dropped: stop reading, wait for the exit
+                if not recorder.full:
+                    now = await self.backend.state(run.container_id)
+                    if now is None or not now.exited:
+                        continue  # the stream ended, not the container: the engine restarted
+                state = await self.backend.wait(run.container_id)
+                break
+            except EngineUnavailable as e:
+                await self._engine_back(recorder, e)
         await recorder.close()
         await self._record_exit(deployment_id, state)
 
@@ -229,7 +309,10 @@ class Pipeline:
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
         await recorder.close()
-        await self._finish(deployment_id, Status.FAILED, error.message,
+        reason = error.message
+        if "no space left on device" in error.log.lower() and "no space" not in reason.lower():
+            reason += ": no space left on device"  # e.g. git says why only in its output
+        await self._finish(deployment_id, Status.FAILED, reason,
                            infrastructure_failure=isinstance(error, EngineUnavailable))
 
     async def _finish(self, deployment_id: int, status: Status, reason: str, **fields) -> None:

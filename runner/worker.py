@@ -21,9 +21,10 @@ class Worker:
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
                  max_concurrent: int, credentials: Credentials | None = None):
-        self.store = store
+        # Patient: a full database disk makes the queue and the deployments wait, never fail.
+        self.store = store.patient()
         self.backend = backend
-        self.pipeline = Pipeline(store, backend, settings, credentials)
+        self.pipeline = Pipeline(self.store, backend, settings, credentials)
         self.max_concurrent = max_concurrent
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
@@ -39,9 +40,13 @@ class Worker:
             return
         run.stopped = True
         if run.container_id:
-            # Killing lets the pipeline drain the container's last output before it finishes.
-            await self.backend.kill(run.container_id)
-        elif run.task:
+            try:
+                # Killing lets the pipeline drain the container's last output before it finishes.
+                await self.backend.kill(run.container_id)
+                return
+            except RunnerError as e:  # the engine is away: stop following; the sweep removes it
+                log.warning("could not kill: %s", e.message, extra={"deployment": deployment_id})
+        if run.task:
             run.task.cancel()
 
     async def serve(self, api_url: str) -> None:

@@ -26,7 +26,11 @@ command -v docker >/dev/null 2>&1 || { echo "ensure-docker: the docker client is
 mkdir -p /var/log
 echo "ensure-docker: starting dockerd (log: /var/log/dockerd.log)" >&2
 # setsid: the engine must outlive this script and the make that called it.
-setsid nohup dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+# --live-restore: containers keep running while the engine restarts (an upgrade, a crash), so
+# SPEED follows its deployments on once the engine is back instead of losing them.
+flags=(--live-restore)
+grep -qs '"live-restore"' /etc/docker/daemon.json && flags=()  # the flag may not repeat the file
+setsid nohup dockerd "${flags[@]}" >/var/log/dockerd.log 2>&1 < /dev/null &
 
 for _ in $(seq 1 120); do
   engine_answers && { echo "ensure-docker: engine is up" >&2; exit 0; }

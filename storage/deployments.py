@@ -66,14 +66,16 @@ def _supersede(newer: Deployment) -> list[Deployment]:
 
 
 def record_delivery(guid: str, event: str, deployment: dict | None, message: str,
-                    supersede: bool = False) -> tuple[Delivery, bool, list[Deployment]]:
+                    supersede: bool = False
+                    ) -> tuple[Delivery, bool, Deployment | None, list[Deployment]]:
     """Record a webhook delivery and the deployment it asks for, once per delivery id.
 
-    Returns the delivery, whether it is new, and the deployments it superseded (cancelled)."""
+    Returns the delivery, whether it is new, the deployment it created (if new), and the
+    deployments it superseded (cancelled)."""
     with _write():
         existing = Delivery.get_or_none(Delivery.guid == guid)
         if existing is not None:
-            return existing, False, []
+            return existing, False, None, []
         created, superseded = None, []
         if deployment is not None:
             created = Deployment.create(**deployment)
@@ -81,7 +83,7 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
                 superseded = _supersede(created)
         delivery = Delivery.create(guid=guid, event=event, deployment=created,
                                    status=202 if created else 200, message=message)
-    return delivery, True, superseded
+    return delivery, True, created, superseded
 
 
 def known_deliveries(guids: list[str]) -> set[str]:

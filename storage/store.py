@@ -1,6 +1,8 @@
 """Runs every query on one database thread, so the event loop never waits on the database."""
 import asyncio
 import functools
+import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -9,13 +11,54 @@ from storage.models import Deployment
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
+# A patient write retries after these many seconds, doubling up to the last.
+PATIENT_FIRST_DELAY = 0.1
+PATIENT_MAX_DELAY = 2.0
+
+
+class StorageFull(Exception):
+    """The database's disk is full: the query was rolled back and nothing changed."""
+
+    def __init__(self):
+        super().__init__("the database's disk is full")
+
+
+# SQLite's codes for "no room": a table or the WAL cannot grow, or the WAL index (the -shm file,
+# made when the database is opened) cannot.
+_NO_SPACE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE}
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether SQLite said it had no room anywhere in the chain: when COMMIT fails for lack of
+    space, SQLite rolls back by itself and peewee's own ROLLBACK then fails over the real cause."""
+    while error is not None:
+        if isinstance(error, sqlite3.Error) and error.sqlite_errorcode in _NO_SPACE:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _translated(query: Callable[[], T]) -> T:
+    try:
+        return query()
+    except Exception as e:
+        if _disk_full(e):
+            raise StorageFull() from e
+        raise
+
+
+def _name(query: Callable) -> str:
+    return getattr(query, "__name__", "a query")
+
 
 class Store:
     """The database, reached through one dedicated thread."""
 
     def __init__(self, url: str):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speed-db")
-        self._executor.submit(open_database, url).result()
+        self._executor.submit(_translated, functools.partial(open_database, url)).result()
         self._listeners: list[Callable[[Deployment], None]] = []
 
     def subscribe(self, listener: Callable[[Deployment], None]) -> None:
@@ -35,11 +78,52 @@ class Store:
                 listener(deployment)
 
     async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a query from storage on the database thread and return its result."""
+        """Run a query from storage on the database thread and return its result; StorageFull
+        when the disk had no room for it (then nothing was written)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(query, *args, **kwargs))
+        return await loop.run_in_executor(
+            self._executor, _translated, functools.partial(query, *args, **kwargs))
+
+    def patient(self) -> "PatientStore":
+        """This store for work that must not lose a write: see PatientStore."""
+        return PatientStore(self)
 
     def close(self) -> None:
         """Finish queued queries and close the connection."""
         self._executor.submit(lambda: database.close()).result()
         self._executor.shutdown(wait=True)
+
+
+class PatientStore:
+    """A store whose queries wait out a full disk: on StorageFull they retry with backoff until
+    the write goes through. The waiting is on the event loop, never on the database thread, so
+    reads and the API keep answering meanwhile; a deployment's output stream simply pauses."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def change(self, query: Callable[..., Deployment], *args: Any, **kwargs: Any) -> Deployment:
+        """Store.change, waiting for space."""
+        deployment = await self.run(query, *args, **kwargs)
+        self._store.announce(deployment)
+        return deployment
+
+    async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Store.run, waiting for space."""
+        delay, waited = PATIENT_FIRST_DELAY, False
+        while True:
+            try:
+                result = await self._store.run(query, *args, **kwargs)
+            except StorageFull:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # shutting down: give up rather than hold the shutdown until space returns
+                if not waited:
+                    log.warning("the database's disk is full; %s waits for space", _name(query))
+                    waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PATIENT_MAX_DELAY)
+                continue
+            if waited:
+                log.info("the database has space again; %s went through", _name(query))
+            return result

@@ -13,6 +13,9 @@ from bot.keys import worker_key
 from tests.gitserver import GitServer
 from tests.images import BASE_IMAGE, ensure_base_image
 
+# The invariant check after fault tests (the app_invariants fixture).
+pytest_plugins = ["tests.invariants"]
+
 DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY . /app\nCMD [\"sh\", \"/app/run.sh\"]\n"
 
 
@@ -95,7 +98,13 @@ def speed_config(tmp_path: pathlib.Path, **overrides):
 
 
 @pytest.fixture
-def make_client(aiohttp_client, tmp_path, docker_client, base_image):
+def speed_clients() -> list:
+    """The clients make_client made in this test, for the invariant check (tests/invariants.py)."""
+    return []
+
+
+@pytest.fixture
+def make_client(aiohttp_client, tmp_path, docker_client, base_image, speed_clients):
     """Start SPEED in this test's event loop with optional config overrides."""
 
     async def make(name: str = "speed", **overrides):
@@ -103,6 +112,7 @@ def make_client(aiohttp_client, tmp_path, docker_client, base_image):
         directory.mkdir(exist_ok=True)
         client = await aiohttp_client(create_app(speed_config(directory, **overrides)))
         TEST_INSTANCES.add(instance_of(client))
+        speed_clients.append(client)
         return client
 
     return make

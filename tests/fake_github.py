@@ -119,6 +119,7 @@ class FakeGitHub:
         self.app = web.Application(middlewares=[self._middleware])
         self.app.add_routes([
             web.post("/repos/{owner}/{repo}/statuses/{sha}", self._create_status),
+            web.get("/repos/{owner}/{repo}/commits/{sha}/statuses", self._list_statuses),
             web.post("/repos/{owner}/{repo}/deployments", self._create_deployment),
             web.post(r"/repos/{owner}/{repo}/deployments/{id:\d+}/statuses",
                      self._create_deployment_status),
@@ -326,6 +327,16 @@ class FakeGitHub:
             "node_id": f"SC_{sid}", "state": body["state"], "description": body.get("description"),
             "target_url": body.get("target_url"), "context": body.get("context") or "default",
             "created_at": now, "updated_at": now, "creator": BOT})
+
+    async def _list_statuses(self, request: web.Request) -> web.Response:
+        """GitHub's list of a commit's statuses: newest first, a page of at most per_page."""
+        self._repo_auth(request)
+        posted = self.statuses.get((self._full_name(request), request.match_info["sha"]), [])
+        per_page = min(int(request.query.get("per_page", 30)), 100)
+        return self._answer(200, [
+            {"state": body["state"], "description": body.get("description"),
+             "target_url": body.get("target_url"), "context": body.get("context") or "default"}
+            for body in reversed(posted)][:per_page])
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
         self._repo_auth(request)

@@ -1,4 +1,5 @@
 """SPEED as a real process (python main.py), for tests that kill it."""
+import contextlib
 import json
 import pathlib
 import signal
@@ -9,6 +10,9 @@ import time
 
 import requests
 import yaml
+
+from tests.conftest import TEST_INSTANCES, free_port
+from tests.invariants import Target, check
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -28,6 +32,7 @@ class SpeedProcess:
                        "allowed_urls": ["http://127.0.0.1:*"], "timeout": 120, **runner},
         }
         self.config_path.write_text(yaml.safe_dump(config))
+        self.timeout = config["runner"]["timeout"]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -86,24 +91,9 @@ class SpeedProcess:
             db.row_factory = sqlite3.Row
             return dict(db.execute("SELECT * FROM deployment WHERE id = ?", (deployment_id,)).fetchone())
 
-    def check_invariants(self, docker_client) -> None:
-        """After any fault: the database is intact, every finished deployment says when, and
-        every container of this instance belongs to exactly one unfinished deployment."""
-        with sqlite3.connect(self.db_path) as db:
-            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            rows = {i: (status, finished) for i, status, finished in
-                    db.execute("SELECT id, status, finished_at FROM deployment")}
-        for status, finished in rows.values():
-            assert (status in ("Succeeded", "Failed", "Cancelled")) == (finished is not None)
-
-        def containers_belong():
-            found = docker_client.api.containers(
-                all=True, filters={"label": f"speed.instance={self.instance}"})
-            owners = [int(c["Labels"]["speed.deployment"]) for c in found]
-            return len(owners) == len(set(owners)) and all(
-                owner in rows and rows[owner][1] is None for owner in owners)
-
-        self.wait_until(containers_belong, timeout=30)  # clean-up follows the final status
+    def target(self) -> Target:
+        """This instance as the invariant checker sees it."""
+        return Target(self.db_path, self.instance, self.timeout)
 
     def wait_until(self, check, timeout: float = 60.0):
         deadline = time.monotonic() + timeout
@@ -121,3 +111,25 @@ class SpeedProcess:
 
     def wait_output(self, deployment_id: int, text: str, timeout: float = 60.0) -> None:
         self.wait_until(lambda: text in self.results(deployment_id), timeout)
+
+
+@contextlib.contextmanager
+def speed_processes(tmp_path: pathlib.Path, docker_client):
+    """Yield make(**runner) starting SpeedProcesses; on exit check those running, stop all."""
+    processes = []
+
+    def make(**runner) -> SpeedProcess:
+        process = SpeedProcess(tmp_path, free_port(), free_port(), **runner)
+        process.start()
+        processes.append(process)
+        TEST_INSTANCES.add(process.instance)
+        return process
+
+    try:
+        yield make
+        for process in processes:
+            if process.process.poll() is None:
+                check(process.target(), docker_client)
+    finally:
+        for process in processes:
+            process.stop()

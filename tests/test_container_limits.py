@@ -1,5 +1,10 @@
 """Hostile containers are held by their limits: memory, processes, time, and output."""
+import pytest
+
 from tests.conftest import results_of, wait_finished
+
+# After every test the invariant of tests/invariants.py holds.
+pytestmark = pytest.mark.usefixtures("app_invariants")
 
 
 async def start(client, url: str) -> int:

@@ -44,6 +44,13 @@ def app_settings(app_fake) -> dict:
 
 
 @pytest.fixture
+def github_invariants(fake, app_invariants):
+    """After a fault test the invariant holds, GitHub's statuses included (tests/invariants.py)."""
+    # fake is set up before app_invariants, so it still answers while the check waits.
+    app_invariants.github = fake
+
+
+@pytest.fixture
 def github_client(make_client, fake, git_server):
     """SPEED with a webhook secret, a token, and the stand-in GitHub."""
 
@@ -265,6 +272,7 @@ async def test_newer_push_cancels_the_older_deployment(github_client, project, f
     assert fake.statuses_for(full_name, new_sha)[-1]["state"] == "success"
 
 
+@pytest.mark.usefixtures("github_invariants")
 async def test_reports_survive_github_failing_then_recovering(github_client, project, fake):
     client = await github_client()
     full_name, url, sha = project("acme")
@@ -369,6 +377,7 @@ async def test_page_escapes_what_the_container_prints(github_client, project):
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+@pytest.mark.usefixtures("github_invariants")
 async def test_reports_given_up_are_sent_after_a_restart(github_client, project, fake):
     client = await github_client(github__report_retry_for=0)
     full_name, url, sha = project("acme")
@@ -386,6 +395,7 @@ async def test_reports_given_up_are_sent_after_a_restart(github_client, project,
     assert [s["state"] for s in fake.statuses_for(full_name, sha)] == ["success"]
 
 
+@pytest.mark.usefixtures("github_invariants")
 async def test_no_token_in_logs(github_client, project, caplog, fake):
     client = await github_client()
     full_name, url, sha = project("acme", 'echo "$SPEED_TOKEN"\n')
@@ -398,6 +408,7 @@ async def test_no_token_in_logs(github_client, project, caplog, fake):
     assert TOKEN not in caplog.text and SECRET not in caplog.text
 
 
+@pytest.mark.usefixtures("github_invariants")
 async def test_reports_wait_out_a_secondary_rate_limit(github_client, project, fake):
     client = await github_client()
     full_name, url, sha = project("acme")
@@ -412,6 +423,7 @@ async def test_reports_wait_out_a_secondary_rate_limit(github_client, project, f
     assert len(states) <= 1000  # GitHub's budget of statuses per commit and context
 
 
+@pytest.mark.usefixtures("github_invariants")
 async def test_reports_survive_github_timing_out(github_client, project, fake):
     client = await github_client(github__request_timeout=0.5)
     full_name, url, sha = project("acme")

@@ -88,3 +88,17 @@ async def test_oversized_webhook_body_is_refused_before_it_is_read(make_client):
         "X-Hub-Signature-256": sign(body, "a-secret")})
     assert response.status == 413
     assert "error" in await response.json()
+
+
+async def test_unicode_branch_round_trips_exactly(make_client, repo):
+    """Valid non-ASCII branch names (composed and decomposed accents, an emoji) are neither refused
+    nor normalised: /info and the container's SPEED_BRANCH give back the very same string."""
+    client = await make_client()
+    for branch in ("feature/ünïcödé-🚀", "feature/u\u0308nicode"):
+        url, commit = repo('printf "branch=%s\\n" "$SPEED_BRANCH"\n', branch=branch)
+        response = await client.post("/start", json={"url": url, "branch": branch})
+        assert response.status == 201
+        deployment_id = (await response.json())["id"]
+        info = await wait_finished(client, deployment_id)
+        assert (info["status"], info["repo_branch"], info["commit"]) == ("Succeeded", branch, commit)
+        assert f"branch={branch}\n" in await results_of(client, deployment_id)

@@ -2,7 +2,12 @@
 import asyncio
 import uuid
 
+import pytest
+
 from tests.webhooks import delivery_headers, encode, push_payload
+
+# After every test the invariant of tests/invariants.py holds.
+pytestmark = pytest.mark.usefixtures("app_invariants")
 
 SECRET = "load-test-webhook-secret"
 CLOSED = "http://127.0.0.1:9/none.git"  # allowed, and fails at once: nothing heavy runs

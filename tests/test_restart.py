@@ -3,28 +3,17 @@ import time
 
 import pytest
 
-from tests.conftest import DOCKERFILE, TEST_INSTANCES, free_port
-from tests.process import SpeedProcess
+from tests.conftest import DOCKERFILE
+from tests.process import speed_processes
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def speed(tmp_path, docker_client, base_image):
-    processes = []
-
-    def make(**runner) -> SpeedProcess:
-        process = SpeedProcess(tmp_path, free_port(), free_port(), **runner)
-        process.start()
-        processes.append(process)
-        return process
-
-    yield make
-    for process in processes:
-        if process.process.poll() is None:
-            process.check_invariants(docker_client)
-        process.stop()
-        TEST_INSTANCES.add(process.instance)
+    """make(**runner) starts SPEED as a process; after the test the invariant holds for it."""
+    with speed_processes(tmp_path, docker_client) as make:
+        yield make
 
 
 def test_running_container_is_reattached_and_keeps_streaming(speed, repo):

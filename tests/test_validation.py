@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from bot.validation import MAX_BRANCH, Invalid, check_branch, check_url
+from runner.validation import MAX_BRANCH, Invalid, check_branch, check_url
 
 DEFAULT = ("https://*", "ssh://*")
 HTTPS = ("https://*",)
