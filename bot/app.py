@@ -16,6 +16,7 @@ from bot.keys import (backend_key, callback_only_key, config_key, github_key, me
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
 from bot.events import routes as event_routes
+from bot.login import read_guard_middleware, routes as login_routes
 from bot.openapi import routes as openapi_routes
 from bot.ops import routes as ops_routes
 from bot.pages import routes as page_routes
@@ -55,6 +56,8 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.add_routes(ops_routes)
     app.add_routes(event_routes)
     app.add_routes(openapi_routes)
+    app.add_routes(login_routes)
+    app.middlewares.append(read_guard_middleware)
     app[metrics_key] = Metrics()
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)

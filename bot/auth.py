@@ -1,6 +1,7 @@
 """Who may call what: API tokens for the API, deployment tokens for a container's own callbacks."""
 import hashlib
 import hmac
+from typing import Iterable
 
 from aiohttp import web
 
@@ -15,21 +16,47 @@ def bearer(request: web.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _matches_any(token: str, tokens: tuple[str, ...]) -> bool:
-    # Compare digests of equal length against every token, so timing says nothing about either.
-    digest = hashlib.sha256(token.encode()).digest()
-    found = False
-    for candidate in tokens:
-        found |= hmac.compare_digest(digest, hashlib.sha256(candidate.encode()).digest())
+SESSION_COOKIE = "speed_session"
+SESSION_SECONDS = 7 * 24 * 3600
+# Open whatever auth says: health checks, the API description, README badges, the login page and
+# what it loads. (/webhook checks its own signature; it is a POST.)
+_OPEN_PATHS = ("/healthz", "/openapi.json", "/login")
+_OPEN_PREFIXES = ("/static/", "/badge/")
+
+
+def _matching(presented: str, expected: Iterable[str]) -> str | None:
+    """The candidate that presented equals, if any."""
+    # Digests of equal length, compared against every candidate alike: timing tells nothing about
+    # how much of a guess was right, or which candidate it was.
+    digest = hashlib.sha256(presented.encode()).digest()
+    found = None
+    for candidate in expected:
+        if hmac.compare_digest(digest, hashlib.sha256(candidate.encode()).digest()):
+            found = candidate
     return found
 
 
+def known_token(presented: str, tokens: tuple[str, ...]) -> str | None:
+    """The API token presented is, if it is one."""
+    return _matching(presented, tokens)
+
+
+def session_value(token: str) -> str:
+    """What a login session's cookie holds for an API token: derived from it, never the token,
+    so a leaked cookie does not reveal the token, and removing the token ends its sessions."""
+    return hmac.new(token.encode(), b"speed-session", hashlib.sha256).hexdigest()
+
+
 def api_token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
-    """Whether the request may use the API: no tokens configured, or one of them presented."""
+    """Whether the request may use the API: no tokens configured, or one of them presented (as a
+    bearer token, or through a login session's cookie)."""
     if not tokens:
         return True
     token = bearer(request)
-    return token is not None and _matches_any(token, tokens)
+    if token is not None and known_token(token, tokens) is not None:
+        return True
+    session = request.cookies.get(SESSION_COOKIE)
+    return bool(session) and _matching(session, [session_value(t) for t in tokens]) is not None
 
 
 def require_api_token(request: web.Request, tokens: tuple[str, ...]) -> None:
@@ -45,6 +72,15 @@ def deployment_token_ok(request: web.Request, deployment: Deployment) -> bool:
     if token is None or not deployment.token_hash:
         return False
     return hmac.compare_digest(token_hash(token), deployment.token_hash)
+
+
+def reads_need_token(request: web.Request, tokens: tuple[str, ...], public_reads: bool) -> bool:
+    """Whether this read must present an API token (or a login session) and did not."""
+    if request.method not in ("GET", "HEAD") or not tokens or public_reads:
+        return False
+    if request.path in _OPEN_PATHS or request.path.startswith(_OPEN_PREFIXES):
+        return False
+    return not api_token_ok(request, tokens)
 
 
 @web.middleware

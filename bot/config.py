@@ -49,6 +49,9 @@ class RunnerConfig:
 @dataclasses.dataclass(frozen=True)
 class AuthConfig:
     api_tokens: tuple[str, ...] = ()
+    # With tokens, reads (deployments, results, pages, events, metrics) need one too, unless this
+    # says they are public. Without tokens everything is open (and SPEED listens on loopback only).
+    public_reads: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,14 +106,21 @@ HTML_PAGE = {"description": "An HTML page.",
 
 COMPONENTS = {
     "securitySchemes": {
+        "sessionCookie": {
+            "type": "apiKey", "in": "cookie", "name": "speed_session",
+            "description": "A browser's login session (POST /login with an API token). Accepted "
+                           "wherever an API token is.",
+        },
         "bearerAuth": {
             "type": "http", "scheme": "bearer",
             "description": "`Authorization: Bearer <token>`: one of `auth.api_tokens`. Required "
                            "on POST /start, /update, /add_results/{id}, /cancel/{id} and "
-                           "/redeploy/{id} when `auth.api_tokens` is set; without configured "
-                           "tokens these endpoints are open (SPEED then listens on loopback "
-                           "only). /update and /add_results/{id} also take the deployment's own "
-                           "token (`SPEED_TOKEN` in its container).",
+                           "/redeploy/{id} when `auth.api_tokens` is set, and then on reads "
+                           "too (deployments, results, pages, events, metrics) unless "
+                           "`auth.public_reads`; without configured tokens everything is open "
+                           "(SPEED then listens on loopback only). /update and "
+                           "/add_results/{id} also take the deployment's own token "
+                           "(`SPEED_TOKEN` in its container).",
         },
     },
     "schemas": {
@@ -508,6 +515,34 @@ PATHS = {
             },
         },
     },
+    "/login": {
+        "get": {
+            "operationId": "login_page", "tags": ["pages"],
+            "summary": "The sign-in form (with auth.api_tokens, reads need a token or a session)",
+            "parameters": [{"name": "next", "in": "query", "required": False,
+                            "description": "Where to go after signing in (a path here).",
+                            "schema": {"type": "string"}}],
+            "responses": {"200": HTML_PAGE, **_errors()},
+        },
+        "post": {
+            "operationId": "login", "tags": ["pages"],
+            "summary": "Exchange an API token for a session cookie (HttpOnly, SameSite=Strict)",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": {
+                    "token": {"type": "string"}, "next": {"type": "string"}}}}}},
+            "responses": {"303": {"description": "Signed in: on to `next` (a path here, else /)."},
+                          "401": {"description": "Not one of the API tokens: the form again.",
+                                  "content": HTML_PAGE["content"]},
+                          **_errors(400, 403, 413)},
+        },
+    },
+    "/logout": {
+        "post": {
+            "operationId": "logout", "tags": ["pages"],
+            "summary": "End the browser's session",
+            "responses": {"303": {"description": "Signed out: on to /login."}, **_errors(403)},
+        },
+    },
     "/openapi.json": {
         "get": {
             "operationId": "openapi", "tags": ["operations"],
@@ -539,21 +574,39 @@ DOCUMENT = {
 }
 
 
-def _tokens_required(document: dict) -> dict:
-    """The document for an instance with auth.api_tokens: no anonymous alternative."""
+# Reads that stay open with tokens (see bot/auth.py): health, this document, badges, sign-in.
+OPEN_READS = {"/healthz", "/openapi.json", "/login", "/static/{file}", "/badge/{owner}/{repo}.svg"}
+
+
+def _tokens_required(document: dict, private_reads: bool) -> dict:
+    """The document for an instance with auth.api_tokens: no anonymous alternative, and reads
+    secured too unless auth.public_reads."""
     required = copy.deepcopy(document)
-    for operations in required["paths"].values():
-        for operation in operations.values():
+    for path, operations in required["paths"].items():
+        for method, operation in operations.items():
             if "security" in operation:
                 operation["security"] = [s for s in operation["security"] if s]
+            elif private_reads and method == "get" and path not in OPEN_READS:
+                operation["security"] = [{"bearerAuth": []}]
+                operation["responses"]["401"] = _ref("responses", "Unauthorized")
+                if operation["responses"]["200"] == HTML_PAGE:
+                    operation["responses"]["303"] = {
+                        "description": "A browser (Accept: text/html) without a session: on to "
+                                       "/login?next=<this page>."}
+            if "security" in operation:
+                operation["security"].append({"sessionCookie": []})
     return required
 
 
-DOCUMENT_WITH_TOKENS = _tokens_required(DOCUMENT)
+DOCUMENT_WITH_TOKENS = _tokens_required(DOCUMENT, private_reads=True)
+DOCUMENT_WITH_PUBLIC_READS = _tokens_required(DOCUMENT, private_reads=False)
 
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     """This instance's API as an OpenAPI 3 document."""
-    tokens = request.app[config_key].auth.api_tokens
-    return web.json_response(DOCUMENT_WITH_TOKENS if tokens else DOCUMENT)
+    auth = request.app[config_key].auth
+    if not auth.api_tokens:
+        return web.json_response(DOCUMENT)
+    return web.json_response(DOCUMENT_WITH_PUBLIC_READS if auth.public_reads
+                             else DOCUMENT_WITH_TOKENS)

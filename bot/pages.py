@@ -115,7 +115,8 @@ def _view(request: web.Request, deployment: Deployment, reason: str | None) -> d
     return d
 
 
-def _render(name: str, **values) -> web.Response:
+def render(name: str, **values) -> web.Response:
+    """A page from templates/, with the pages' security headers."""
     html = templates.get_template(name).render(**values)
     return web.Response(text=html, content_type="text/html", headers=HEADERS)
 
@@ -152,7 +153,7 @@ async def deployments_page(request: web.Request) -> web.Response:
     rows = [_view(request, d, reasons.get(d.id)) for d in found]
     filters = {"status": status.value if status else "", "repo": repo,
                "limit": str(limit) if limit != PAGE_SIZE else ""}
-    return _render(
+    return render(
         "list.html", rows=rows, filters=filters, statuses=[s.value for s in Status],
         active=any(row["active"] for row in rows),
         older=_page_url(**filters, before=rows[-1]["id"]) if more else None,
@@ -168,7 +169,7 @@ async def deployment_page(request: web.Request) -> web.Response:
     # Read after the deployment: a stream resuming after the last id misses nothing.
     results = await store.run(queries.results_after, target_id, 0, SQLITE_MAX_INT)
     reasons = await waiting_reasons(request, [deployment])
-    return _render(
+    return render(
         "deployment.html", d=_view(request, deployment, reasons.get(deployment.id)),
         results="".join(text for _, text in results), after=results[-1][0] if results else 0,
         token_field=bool(request.app[config_key].auth.api_tokens))

@@ -151,10 +151,26 @@ async def _chunks(size: int):
 
 @pytest.mark.parametrize("send", ["sized", "chunked"])
 async def test_start_refuses_a_body_over_one_mebibyte(client, send):
+    """Attack: a REST body over 1 MiB (declared, or chunked without a length). Asserts: a JSON 413
+    naming the limit, and nothing stored."""
     data = b" " * (MAX_BODY + 1) if send == "sized" else _chunks(MAX_BODY)
     message = await error(await client.post("/start", data=data), 413)
     assert str(MAX_BODY) in message
     assert await listed(client) == []
+
+
+@pytest.mark.parametrize("send", ["sized", "chunked"])
+async def test_every_mutation_refuses_a_body_over_one_mebibyte(client, send):
+    """Attack: oversized bodies on the other mutating endpoints. Asserts: a JSON 413 each, and the
+    deployment they name is unchanged (no progress, no results added)."""
+    deployment_id = await start(client)
+    before = await results_of(client, deployment_id)
+    for path in ("/update", f"/add_results/{deployment_id}"):
+        data = b" " * (MAX_BODY + 1) if send == "sized" else _chunks(MAX_BODY)
+        await error(await client.post(path, data=data), 413)
+    assert (await info(client, deployment_id))["progress"] is None
+    assert await results_of(client, deployment_id) == before
+    assert [d["id"] for d in await listed(client)] == [deployment_id]
 
 
 async def test_start_accepts_a_body_of_exactly_one_mebibyte(client):
@@ -168,11 +184,43 @@ async def test_start_accepts_a_body_of_exactly_one_mebibyte(client):
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
 async def test_ids_that_name_no_deployment_are_a_json_404(client, bad_id):
+    """Attack: negative, huge, non-numeric and look-alike ids on every route that takes one.
+    Asserts: the same JSON 404 as an unknown id, never a 500 or a page."""
     for method, path, body in [("GET", "/info/{}", None), ("GET", "/results/{}", None),
                                ("POST", "/add_results/{}", {"results": "x"}),
-                               ("POST", "/cancel/{}", None)]:
+                               ("POST", "/cancel/{}", None), ("POST", "/redeploy/{}", None),
+                               ("GET", "/deployments/{}", None),
+                               ("GET", "/deployments/{}/events", None)]:
         response = await client.request(method, path.format(bad_id), json=body)
         assert await error(response, 404) == "Deployment not found", (method, path)
+
+
+async def raw_status(client, method: str, target: str) -> tuple[int, bytes]:
+    """Send a request line exactly as written (HTTP clients normalise "..") and read the answer."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: speed\r\nContent-Length: 2\r\n"
+                 "Connection: close\r\n\r\n{}".encode())
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("bad_id", ["..", "%2e%2e", "1%2F..", "1%2f%2e%2e", "%00", "1%00",
+                                    "..%2Fstart", "1;2", "1%20", "%201", "~1", "1/..", "."])
+async def test_path_like_ids_name_nothing(client, bad_id):
+    """Attack: ids that look like paths or smuggle separators (traversal, NUL, encoded slashes),
+    sent byte for byte. Asserts: a JSON 404 or 405 on every id route, never another route's
+    answer, and nothing is created or cancelled."""
+    deployment_id = await start(client)
+    for method, path in [("GET", "/info/{}"), ("GET", "/results/{}"), ("POST", "/cancel/{}"),
+                         ("POST", "/redeploy/{}"), ("POST", "/add_results/{}"),
+                         ("GET", "/deployments/{}"), ("GET", "/deployments/{}/events")]:
+        status, body = await raw_status(client, method, path.format(bad_id))
+        assert status in (404, 405), (method, path, status)
+        assert "error" in json.loads(body), (method, path, body[:200])
+    assert [d["id"] for d in await listed(client)] == [deployment_id]
+    assert (await info(client, deployment_id))["status"] != "Cancelled"
 
 
 async def test_results_are_one_string(client):
@@ -333,8 +381,9 @@ async def test_cancel_stops_a_running_clone_and_frees_its_slot(held):
 
 @pytest.fixture
 async def guarded(make_client, hang):
-    """SPEED with an API token, and one deployment that stays unfinished."""
-    client = await make_client(auth__api_tokens=[TOKEN])
+    """SPEED with an API token (reads public, so the tests can look), and one deployment that
+    stays unfinished. Private reads: tests/test_private_reads.py."""
+    client = await make_client(auth__api_tokens=[TOKEN], auth__public_reads=True)
     client.target = await start(client, hang.url(), headers={"Authorization": f"Bearer {TOKEN}"})
     return client
 
@@ -360,7 +409,7 @@ async def test_mutating_endpoints_need_the_api_token(guarded, endpoint, authoriz
     assert [d["id"] for d in await listed(guarded)] == [guarded.target]
 
 
-async def test_the_api_token_opens_mutating_endpoints_and_reads_stay_open(guarded):
+async def test_the_api_token_opens_mutating_endpoints_and_public_reads_stay_open(guarded):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     for endpoint in ("start", "cancel", "update", "add_results"):
         path, body = mutation(endpoint, guarded.target)

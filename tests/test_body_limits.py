@@ -1,4 +1,5 @@
-"""Huge request bodies are refused early with a JSON 413, and the server's memory stays flat."""
+"""Huge request bodies (Argo CD ran out of memory on huge webhook bodies) are refused early with a
+JSON 413, and the server's memory stays flat."""
 import asyncio
 import contextlib
 import hashlib
@@ -87,26 +88,30 @@ async def refused_with_flat_memory(bot: SpeedProcess, path: str, headers: dict[s
 
 
 async def test_chunked_huge_webhook_is_refused_early_and_memory_stays_flat(bot):
-    """Memory: a 30 MB chunked delivery (once buffered to 25 MB) gets its 413 early, memory flat."""
+    """Argo CD OOM: a signed 30 MB webhook sent chunked (no length). Asserts: a JSON 413 naming the
+    1 MiB cap before 4 MiB is sent, peak memory up < 10 MiB, the process alive."""
     error = await refused_with_flat_memory(bot, "/webhook", webhook_headers(HUGE))
     assert error == "Request body is larger than 1048576 bytes"
 
 
 async def test_huge_webhook_with_its_length_is_refused_unread(bot):
-    """Memory: a 30 MB delivery declaring its length gets its 413 unread, memory flat."""
+    """Argo CD OOM: a signed 30 MB webhook declaring its length. Asserts: a JSON 413 naming the
+    25 MiB cap before 4 MiB is sent, peak memory up < 10 MiB, the process alive."""
     headers = {**webhook_headers(HUGE), "Content-Length": str(HUGE)}
     error = await refused_with_flat_memory(bot, "/webhook", headers)
     assert error == f"Request body is larger than {25 * 1024 * 1024} bytes"
 
 
 async def test_chunked_huge_start_body_is_refused_early_and_memory_stays_flat(bot):
-    """Memory: a 30 MB chunked /start body gets its 413 after 1 MiB is read, memory flat."""
+    """Memory exhaustion: a 30 MB /start body sent chunked. Asserts: a JSON 413 naming the 1 MiB cap
+    before 4 MiB is sent, peak memory up < 10 MiB, the process alive."""
     error = await refused_with_flat_memory(bot, "/start", {"Content-Type": "application/json"})
     assert error == "Request body is larger than 1048576 bytes"
 
 
 async def test_huge_start_body_with_its_length_is_refused_unread(bot):
-    """Memory: a 30 MB /start body declaring its length gets its 413 unread, memory flat."""
+    """Memory exhaustion: a 30 MB /start body declaring its length. Asserts: a JSON 413 naming the
+    1 MiB cap before 4 MiB is sent, peak memory up < 10 MiB, the process alive."""
     headers = {"Content-Type": "application/json", "Content-Length": str(HUGE)}
     error = await refused_with_flat_memory(bot, "/start", headers)
     assert error == "Request body is larger than 1048576 bytes"

@@ -126,7 +126,8 @@ async def test_log_follows_the_end_only_while_the_reader_is_there(client, repo, 
 
 
 async def test_token_field_authorises_cancel_and_redeploy(make_client, repo, tab):
-    client = await make_client(auth__api_tokens=[TOKEN])
+    """With public reads, the page's token field is what lets its buttons act."""
+    client = await make_client(auth__api_tokens=[TOKEN], auth__public_reads=True)
     authorised = {"Authorization": f"Bearer {TOKEN}"}
     url, _ = repo("echo waiting\nsleep 600\n")
     deployment_id = await start(client, url, authorised)
@@ -186,3 +187,29 @@ async def test_ansi_renderer_keeps_colours_and_drops_other_sequences(client, tab
     await tab.add_script_tag(url="/static/ansi.js")
     for chunks, rendered in ANSI_CASES:
         assert await tab.evaluate(RENDER, chunks) == rendered, chunks
+
+
+async def test_private_dashboard_signs_in_then_shows_and_cancels(make_client, repo, tab):
+    """With private reads, Chromium is sent to sign in, comes back to the page it asked for, and
+    its session (an HttpOnly, SameSite=Strict cookie) is enough for the page's live log and its
+    Cancel button."""
+    client = await make_client(auth__api_tokens=[TOKEN])
+    authorised = {"Authorization": f"Bearer {TOKEN}"}
+    url, _ = repo("echo signed-in-and-watching\nsleep 600\n")
+    deployment_id = await start(client, url, authorised)
+    await tab.goto(str(client.make_url(f"/deployments/{deployment_id}")))
+    await expect(tab).to_have_url(re.compile(r"/login\?next="))
+    await tab.fill("input[name=token]", "not-the-right-token-at-all")
+    await tab.click("button:has-text('Sign in')")
+    await expect(tab.locator("#login-error")).to_be_visible()
+    await tab.fill("input[name=token]", TOKEN)
+    await tab.click("button:has-text('Sign in')")
+    await expect(tab).to_have_url(re.compile(rf"/deployments/{deployment_id}$"))
+    await expect(tab.locator("#log")).to_contain_text("signed-in-and-watching", timeout=BUILD)
+    cookies = await tab.context.cookies()
+    assert [(c["httpOnly"], c["sameSite"]) for c in cookies] == [(True, "Strict")]
+    assert TOKEN not in cookies[0]["value"]
+    await tab.click("#cancel")
+    await expect(tab.locator("#status")).to_have_text("Cancelled", timeout=30_000)
+    info = await (await client.get(f"/info/{deployment_id}", headers=authorised)).json()
+    assert info["status"] == "Cancelled"

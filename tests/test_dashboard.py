@@ -143,7 +143,8 @@ async def test_what_a_container_prints_is_escaped_in_list_and_page(client, repo)
 
 
 async def test_page_offers_a_token_field_when_tokens_are_configured(make_client):
-    client = await make_client(auth__api_tokens=["a-token-of-sixteen-chars"])
+    client = await make_client(auth__api_tokens=["a-token-of-sixteen-chars"],
+                               auth__public_reads=True)
     deployment_id = await record(client, ALPHA, "Failed")
     html = await page(client, f"/deployments/{deployment_id}")
     assert '<input type="password" id="token"' in html

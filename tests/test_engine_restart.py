@@ -62,8 +62,8 @@ async def output_contains(client, deployment_id: int, text: str) -> None:
 
 async def test_engine_restart_while_the_container_runs_keeps_every_line_and_the_exit_code(
         make_client, repo, engine, docker_client):
-    """dockerd restarts while a container runs: SPEED waits for it, follows on from where the
-    stream broke, stores each line once, and records the container's true exit code."""
+    """Fault: dockerd restarts while a container runs. Asserts: SPEED says it waits, stays
+    Running, then records exit 3, each line and one container start stored (no rerun)."""
     client = await make_client()
     # The container prints "after" and exits only when told to, once the engine is back.
     url, _ = repo("trap 'echo after; exit 3' USR1\necho before\nwhile true; do sleep 0.1; done\n")
@@ -85,8 +85,8 @@ async def test_engine_restart_while_the_container_runs_keeps_every_line_and_the_
 
 async def test_container_exiting_while_the_engine_is_away_gets_its_exit_code(
         make_client, repo, engine, docker_client):
-    """The container finishes while dockerd is down: once it is back, SPEED records the true exit
-    code (what the container printed while the engine was away, Docker itself may drop)."""
+    """Fault: the container exits 4 while dockerd is down. Asserts: SPEED says it waits, then
+    records Failed with exit code 4 (output printed meanwhile is unchecked: Docker may drop it)."""
     client = await make_client()
     url, _ = repo("trap 'exit 4' USR1\necho before\nwhile true; do sleep 0.1; done\n")
     deployment_id = await start(client, url)
@@ -105,8 +105,8 @@ async def test_container_exiting_while_the_engine_is_away_gets_its_exit_code(
 
 
 async def test_engine_restart_during_the_build_deploys_again(make_client, repo, engine):
-    """dockerd restarts in the middle of a build: the build is lost with the engine, so once it
-    answers again the deployment is built afresh and its container runs exactly once."""
+    """Fault: dockerd restarts during the image build. Asserts: it is deployed again ('deploying
+    again'), Succeeds with its output once, and a new deployment then Succeeds too."""
     client = await make_client()
     dockerfile = DOCKERFILE + "RUN echo building-slowly && sleep 2\n"
     url, _ = repo("echo ran\n", dockerfile=dockerfile)

@@ -50,7 +50,8 @@ def listener():
 
 
 async def test_clone_url_redirecting_to_loopback_is_not_followed(make_client, listener):
-    """Gogs-style SSRF: an allowed URL that redirects git to an internal address."""
+    """Gogs SSRF: an allowed clone URL answers 301 to a loopback listener. Asserts: the deployment
+    Fails, git's 'returned error: 301'; the allowed host was asked, the listener never was."""
     canary_url, canary_seen = listener()
     redirect_url, redirect_seen = listener(target=canary_url)
     client = await make_client(runner__allowed_urls=[f"{redirect_url}/*"])
@@ -64,7 +65,8 @@ async def test_clone_url_redirecting_to_loopback_is_not_followed(make_client, li
 
 
 async def test_githubs_published_signature_vector_is_accepted(make_client):
-    """The vector from GitHub's docs passes verification (then fails as non-JSON, a 400)."""
+    """GitHub's published test vector signs to its documented sha256 and passes verification (then a
+    400: the body is not JSON); the same signature over the body plus a space is a 401."""
     client = await make_client(github__webhook_secret=GITHUB_VECTOR_SECRET)
     signature = sign(GITHUB_VECTOR_BODY, GITHUB_VECTOR_SECRET)
     assert signature == ("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
@@ -80,7 +82,8 @@ async def test_githubs_published_signature_vector_is_accepted(make_client):
 
 
 async def test_oversized_webhook_body_is_refused_before_it_is_read(make_client):
-    """Argo CD-style memory exhaustion: a body over GitHub's 25 MB cap is a 413 from its length."""
+    """Argo CD OOM: a signed 30 MB webhook body declaring its length. Asserts: a 413 with a JSON
+    error (memory and bytes read are measured in tests/test_body_limits.py)."""
     client = await make_client(github__webhook_secret="a-secret")
     body = b"x" * (30 * 1024 * 1024)
     response = await client.post("/webhook", data=body, headers={

@@ -68,6 +68,8 @@ async def listed(client) -> list:
 
 @pytest.mark.parametrize("url", HOSTILE_URLS)
 async def test_hostile_url_is_refused_and_reaches_nothing(make_client, target, url):
+    """Attack: each HOSTILE_URLS entry (CVE-2019-10392, ext::, CVE-2017-1000117, file://,
+    credentials, internal hosts) at /start. Asserts: 400 'url: ...', nothing stored or hit."""
     values, hit = target
     client = await make_client(runner__allowed_urls=["*"])
     response = await client.post("/start", json={"url": url.format(**values), "branch": "main"})
@@ -79,6 +81,8 @@ async def test_hostile_url_is_refused_and_reaches_nothing(make_client, target, u
 
 @pytest.mark.parametrize("branch", HOSTILE_BRANCHES)
 async def test_hostile_branch_is_refused_and_runs_nothing(make_client, target, branch):
+    """Attack: each HOSTILE_BRANCHES entry (leading '-', $(...), backticks, ';', quotes, newline,
+    NUL, '..', 10,000 chars) at /start. Asserts: 400 'branch: ...', nothing stored or hit."""
     values, hit = target
     client = await make_client(runner__allowed_urls=["*"])
     response = await client.post("/start", json={"url": "https://example.com/app.git",
@@ -91,7 +95,8 @@ async def test_hostile_branch_is_refused_and_runs_nothing(make_client, target, b
 
 @pytest.mark.parametrize("url", HOSTILE_URLS)
 async def test_signed_push_with_a_hostile_clone_url_is_ignored(make_client, target, url):
-    """A correctly signed delivery (a compromised or careless sender) still cannot inject."""
+    """Attack: each HOSTILE_URLS entry as the clone_url of a correctly signed push. Asserts: 200
+    'ignored: url: ...', no deployment stored, no canary file, listener never contacted."""
     values, hit = target
     client = await make_client(runner__allowed_urls=["*"], github__webhook_secret=SECRET,
                                repos=[{"match": "acme/*"}])

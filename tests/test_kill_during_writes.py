@@ -74,7 +74,8 @@ def stored_lines(db_path, deployment_id: int) -> collections.Counter:
 @pytest.mark.parametrize("kill_after", [1, 100, 400])
 def test_kill_during_concurrent_result_writes_keeps_each_acknowledged_one_once(
         speed, repo, docker_client, kill_after):
-    """kill -9 x3 amid concurrent result writes: each 2xx stored once at the kill; true exit 3."""
+    """Fault: kill -9 x3 amid 16 threads posting /add_results and /update, the last racing the exit.
+    Asserts: each 2xx text on disk once at each kill and at the end; Failed, exit 3."""
     bot = speed()
     url, _ = repo(SCRIPT)
     deployment_id = bot.start_deployment(url)

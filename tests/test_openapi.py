@@ -124,16 +124,26 @@ async def test_document_is_valid_openapi_and_describes_every_route(client):
 
 async def test_security_is_optional_without_tokens_and_required_with_them(make_client):
     open_ = await document_of(await make_client("open"))
-    guarded = await document_of(await make_client("guarded", auth__api_tokens=[TOKEN]))
-    mutating = [("/start", "post"), ("/update", "post"), ("/add_results/{id}", "post"),
-                ("/cancel/{id}", "post"), ("/redeploy/{id}", "post")]
+    public = await document_of(await make_client("public", auth__api_tokens=[TOKEN],
+                                                 auth__public_reads=True))
+    private = await document_of(await make_client("private", auth__api_tokens=[TOKEN]))
+    mutating = {("/start", "post"), ("/update", "post"), ("/add_results/{id}", "post"),
+                ("/cancel/{id}", "post"), ("/redeploy/{id}", "post")}
+    reads = {("/", "get"), ("/info/{id}", "get"), ("/results/{id}", "get"),
+             ("/deployments", "get"), ("/deployments/{id}", "get"),
+             ("/deployments/{id}/events", "get"), ("/metrics", "get")}
+    token_or_session = [{"bearerAuth": []}, {"sessionCookie": []}]
     for path, method in mutating:
         assert open_["paths"][path][method]["security"] == [{"bearerAuth": []}, {}]
-        assert guarded["paths"][path][method]["security"] == [{"bearerAuth": []}]
-    for document in (open_, guarded):
+        assert public["paths"][path][method]["security"] == token_or_session
+        assert private["paths"][path][method]["security"] == token_or_session
+    for path, method in reads:
+        assert private["paths"][path][method]["security"] == token_or_session
+        assert "401" in private["paths"][path][method]["responses"]
+    for document, expected in ((open_, mutating), (public, mutating), (private, mutating | reads)):
         secured = {(path, method) for path, operations in document["paths"].items()
                    for method, operation in operations.items() if "security" in operation}
-        assert secured == set(mutating)
+        assert secured == expected
 
 
 async def test_refusals_without_a_token_keep_to_the_document(make_client, tarpit):

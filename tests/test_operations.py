@@ -85,6 +85,8 @@ async def test_healthz_answers_when_database_and_engine_do(client):
 
 async def test_without_an_engine_healthz_is_503_and_work_waits_for_it(make_client, repo,
                                                                        monkeypatch, tmp_path):
+    """Fault: the Docker engine is unreachable at start-up. Asserts: /healthz 503 naming docker,
+    a /start stays Pending, then Succeeds once the socket appears, and /healthz turns 200."""
     socket = tmp_path / "engine" / "docker.sock"  # the engine "appears" when this link does
     monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
     client = await make_client()
@@ -111,6 +113,8 @@ async def test_metrics_count_deployments_and_phases(client, repo):
 
 
 async def test_redeploy_checks_the_url_against_the_current_configuration(make_client):
+    """Attack: redeploying a URL stored under looser allowed_urls. Asserts: after a restart with
+    only https://* allowed, /redeploy is a 400 naming allowed_urls."""
     before = await make_client("shared")
     deployment_id = await start(before, "http://127.0.0.1:9/none.git")
     await before.post(f"/cancel/{deployment_id}")

@@ -161,7 +161,8 @@ async def test_name_that_does_not_resolve_is_accepted_then_fails_at_clone_time(m
 
 @pytest.mark.parametrize("scheme", ["http", "https", "ssh", "git"])
 async def test_pin_refuses_a_name_resolving_inside_for_every_transport(scheme):
-    """Clone-time check for all transports (ssh, git:// cannot be pinned): names, then literals."""
+    """SSRF at clone time, every transport: a name resolving inside is refused under a wildcard,
+    passes (nothing to pin) under a pattern naming it; a loopback literal is refused."""
     url = f"{scheme}://{internal_name(HOSTNAME)}/app.git"
     with pytest.raises(CheckoutFailed, match=f"^not cloning: {HOSTNAME} resolves to a loopback"):
         await git.pin(url, (f"{scheme}://*",), 5)

@@ -45,6 +45,18 @@ HTTPS = ("https://*",)
     ("https://api.localhost/x", HTTPS),
     ("https://10.0.0.5/x.git", HTTPS),
     ("https://192.168.1.1/x.git", HTTPS),
+    ("https://172.16.0.1/x.git", HTTPS),
+    ("https://172.31.255.254/x.git", HTTPS),
+    ("https://100.64.0.1/x.git", HTTPS),  # shared address space (carrier NAT, some metadata)
+    ("https://198.18.0.1/x.git", HTTPS),
+    ("https://224.0.0.1/x.git", HTTPS),
+    ("https://240.0.0.1/x.git", HTTPS),
+    ("https://0.1.2.3/x.git", HTTPS),
+    ("https://[fe80::1]/x.git", HTTPS),  # IPv6 link-local
+    ("https://[fc00::1]/x.git", HTTPS),  # IPv6 unique local
+    ("https://[fd00:ec2::254]/x.git", HTTPS),  # AWS's IPv6 metadata address
+    ("https://[::]/x.git", HTTPS),
+    ("https://[::ffff:169.254.169.254]/x.git", HTTPS),
     ("https://0.0.0.0/x.git", HTTPS),
     ("https://[::1]/x.git", HTTPS),
     ("https://[::ffff:127.0.0.1]/x.git", HTTPS),
@@ -58,6 +70,8 @@ HTTPS = ("https://*",)
     ("http://127.1:8000/x.git", ("http://127.*",)),
 ])
 def test_refused_urls(url, allowed):
+    """Attack: option injection (Jenkins CVE-2019-10392, CVE-2017-1000117), GitPython's ext::,
+    local paths, credentials, control chars, internal hosts. Asserts: Invalid('url: ...')."""
     with pytest.raises(Invalid, match="^url: "):
         check_url(url, allowed)
 
@@ -71,6 +85,7 @@ def test_refused_urls(url, allowed):
     ("https://github.com/" + "a" * (2048 - 19), DEFAULT),
 ])
 def test_accepted_urls(url, allowed):
+    """No over-blocking: ordinary URLs, and a loopback host a pattern names, pass unchanged."""
     assert check_url(url, allowed) == url
 
 
@@ -103,6 +118,8 @@ def accepts(name: str) -> bool:
 
 @pytest.mark.parametrize("name", BRANCHES, ids=[repr(name)[:40] for name in BRANCHES])
 def test_check_branch_accepts_what_git_accepts(name, tmp_path):
+    """Attack: branches with a leading '-', $(...), quotes, ';', '..', control chars, 10,000 chars.
+    Asserts: check_branch agrees with git check-ref-format; also refuses HEAD, @, over-long."""
     if len(name) > MAX_BRANCH or name in STRICTER:
         assert not accepts(name)
     else:
@@ -110,9 +127,11 @@ def test_check_branch_accepts_what_git_accepts(name, tmp_path):
 
 
 def test_git_itself_is_consulted(tmp_path):
+    """The oracle above is real git: it accepts 'main' and refuses 'a..b'."""
     assert git_accepts("main", tmp_path) and not git_accepts("a..b", tmp_path)
 
 
 @pytest.mark.parametrize("name", ["a\x00b", "\x00", "main\x00--upload-pack=x"])
 def test_check_branch_refuses_nul(name):
+    """Attack: a NUL byte in a branch name (argv would cut it). Asserts: refused, 'branch: ...'."""
     assert not accepts(name)

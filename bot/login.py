@@ -1,0 +1,69 @@
+"""Reads need an API token when tokens are set: a bearer header, or a browser's login session."""
+import urllib.parse
+
+from aiohttp import web
+
+from bot.auth import SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_token, session_value
+from bot.errors import json_error
+from bot.keys import config_key
+from bot.pages import render
+
+routes = web.RouteTableDef()
+
+
+@web.middleware
+async def read_guard_middleware(request: web.Request, handler):
+    """Refuse reads without a token (unless auth.public_reads); send browsers to sign in."""
+    auth = request.app[config_key].auth
+    if reads_need_token(request, auth.api_tokens, auth.public_reads):
+        if "text/html" in request.headers.get("Accept", ""):
+            raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
+        raise json_error(401, "A valid API token is required (Authorization: Bearer <token>)",
+                         **{"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+def _local(target: str) -> str:
+    """target if it is a path on this server, else "/": a login never sends anyone elsewhere."""
+    parts = urllib.parse.urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc \
+            or "\\" in target:
+        return "/"
+    return target
+
+
+@routes.get("/login")
+async def login_page(request: web.Request) -> web.Response:
+    """The sign-in form."""
+    return render("login.html", next=_local(request.query.get("next", "/")), failed=False)
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    """Exchange an API token for a session cookie that only this site's own pages send back."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise json_error(400, "Send the sign-in form: application/x-www-form-urlencoded with "
+                              "'token' (and 'next')")
+    form = await request.post()  # bounded by the app's client_max_size
+    target = _local(str(form.get("next", "/")))
+    tokens = request.app[config_key].auth.api_tokens
+    if not tokens:
+        raise web.HTTPSeeOther(target)  # nothing to sign in to
+    token = known_token(str(form.get("token", "")), tokens)
+    if token is None:
+        response = render("login.html", next=target, failed=True)
+        response.set_status(401)
+        return response
+    response = web.HTTPSeeOther(target)
+    https = request.secure or request.app[config_key].server.public_url.startswith("https://")
+    response.set_cookie(SESSION_COOKIE, session_value(token), max_age=SESSION_SECONDS, path="/",
+                        httponly=True, samesite="Strict", secure=https)
+    raise response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.Response:
+    """End the browser's session."""
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
