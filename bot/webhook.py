@@ -17,6 +17,7 @@ from storage import deployments as queries
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+SIGNATURE_256 = re.compile(r"sha256=[0-9a-fA-F]{64}")
 router = routing.Router()
 
 # GitHub caps a delivery at 25 MB; anything larger is refused before it is read whole.
@@ -107,9 +108,10 @@ def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Even
             and DELIVERY_ID.fullmatch(headers.get("X-GitHub-Delivery", ""))):
         raise json_error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required "
                               "(an event name and a delivery id)")
-    if secret and not headers.get("X-Hub-Signature-256"):
-        # SHA-1 signatures (X-Hub-Signature) alone are not accepted.
-        raise json_error(401, "X-Hub-Signature-256 is required")
+    if secret and not SIGNATURE_256.fullmatch(headers.get("X-Hub-Signature-256", "")):
+        # SHA-1 (X-Hub-Signature, or a sha1= value in this header) is not accepted, and nothing
+        # but hex reaches the comparison (compare_digest refuses non-ASCII text with an error).
+        raise json_error(401, "X-Hub-Signature-256 with a sha256= HMAC of the body is required")
     try:
         event = sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure:

@@ -23,6 +23,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # Repositories under /private/ need HTTP basic auth with this password (a GitHub-style token).
     private_token: str = ""
     seen_authorization: list
+    requests: list  # (path, headers) of every request, in order
 
     def do_GET(self):
         self._cgi()
@@ -35,6 +36,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _cgi(self):
         path, _, query = self.path.partition("?")
+        self.requests.append((path, dict(self.headers.items())))
         if path.startswith("/private/"):
             authorization = self.headers.get("Authorization", "")
             self.seen_authorization.append(authorization)
@@ -86,15 +88,22 @@ class GitServer:
         self.root = root
         self.work = root / "_work"
         self.seen_authorization: list[str] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
         self.private_token = "ghp_" + secrets.token_hex(16)
         handler = type("Handler", (_Handler,), {"root": root, "private_token": self.private_token,
-                                                "seen_authorization": self.seen_authorization})
+                                                "seen_authorization": self.seen_authorization,
+                                                "requests": self.requests})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}.git"
+
+    def headers_sent_to(self, name: str) -> list[dict[str, str]]:
+        """The headers of every request made of repository name so far, in order."""
+        prefix = f"/{name}.git/"
+        return [headers for path, headers in list(self.requests) if path.startswith(prefix)]
 
     def commit(self, name: str, files: dict[str, str], branch: str = "main",
                message: str = "commit") -> str:

@@ -1,11 +1,13 @@
 """GitHub loop: signed webhooks in, commit statuses and Deployments out, against the stand-in."""
 import asyncio
+import base64
 import uuid
+from typing import Callable
 
 import pytest
 
 from bot.keys import reporter_key
-from tests.conftest import DOCKERFILE, results_of, wait_finished
+from tests.conftest import DOCKERFILE, instance_of, results_of, wait_for, wait_finished
 from tests.fake_github import FakeGitHub
 from tests.webhooks import (delivery_headers, encode, make_app_key, ping_payload,
                             pull_request_payload, push_payload)
@@ -84,8 +86,9 @@ async def deliver(client, event: str, payload: dict, secret: str | None = SECRET
     return await client.post("/webhook", data=body, headers=sent)
 
 
-async def deployments(client) -> list[dict]:
-    return (await (await client.get("/deployments")).json())["deployments"]
+async def deployments(client, token: str | None = None) -> list[dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return (await (await client.get("/deployments", headers=headers)).json())["deployments"]
 
 
 async def test_push_deploys_the_sha_and_reports_pending_pending_success(github_client, project, fake):
@@ -140,6 +143,8 @@ async def test_push_deploys_exactly_the_pushed_commit(github_client, project, gi
 ])
 async def test_bad_deliveries_are_refused_and_record_nothing(github_client, project, secret,
                                                              headers, status):
+    """Attack: unsigned, forged (wrong secret), SHA-1-only deliveries get 401; no event header or
+    a non-JSON Content-Type 400. Asserts: that status, a JSON error, no deployment stored."""
     client = await github_client()
     full_name, url, sha = project("acme")
     body = encode(push_payload(full_name, url, after=sha))
@@ -152,6 +157,7 @@ async def test_bad_deliveries_are_refused_and_record_nothing(github_client, proj
 
 
 async def test_signature_of_another_body_is_refused(github_client, project):
+    """Attack: a valid signature of another body on a push. Asserts: 401, no deployment stored."""
     client = await github_client()
     full_name, url, sha = project("acme")
     signed = delivery_headers("push", b'{"zen": "other"}', SECRET)
@@ -162,6 +168,7 @@ async def test_signature_of_another_body_is_refused(github_client, project):
 
 
 async def test_malformed_json_is_a_400(github_client):
+    """Attack: a correctly signed delivery whose body is not JSON. Asserts: a 400."""
     client = await github_client()
     response = await client.post("/webhook", data=b"{not json", headers=delivery_headers(
         "push", b"{not json", SECRET))
@@ -175,12 +182,15 @@ async def test_ping_answers(github_client):
 
 
 async def test_without_a_secret_webhooks_are_refused_off_loopback(github_client, project):
+    """Attack: an unsigned push to a SPEED on 0.0.0.0 with no webhook secret configured.
+    Asserts: 403, no deployment stored."""
+    api_token = "a-long-enough-api-token"
     client = await github_client(github__webhook_secret="", server__host="0.0.0.0",
-                                 auth__api_tokens=["a-long-enough-api-token"])
+                                 auth__api_tokens=[api_token])
     full_name, url, sha = project("acme")
     response = await deliver(client, "push", push_payload(full_name, url, after=sha), secret=None)
     assert response.status == 403
-    assert await deployments(client) == []
+    assert await deployments(client, api_token) == []  # reads need a token once tokens are set
 
 
 @pytest.mark.parametrize("kind", ["tag", "deleted", "unconfigured repo", "unconfigured branch",
@@ -204,6 +214,8 @@ async def test_events_that_ask_for_nothing_are_ignored(github_client, project, k
 
 
 async def test_redelivered_event_creates_nothing_new(github_client, project):
+    """Fault: GitHub redelivers a handled delivery id ten times at once. Asserts: all ten 202
+    with the first delivery's deployment id; one deployment stored."""
     client = await github_client()
     full_name, url, sha = project("acme")
     payload, guid = push_payload(full_name, url, after=sha), str(uuid.uuid4())
@@ -216,6 +228,8 @@ async def test_redelivered_event_creates_nothing_new(github_client, project):
 
 
 async def test_ten_concurrent_copies_of_a_new_delivery_make_one_deployment(github_client, project):
+    """Fault: ten concurrent copies of one new delivery id. Asserts: every reply names deployment 1,
+    and exactly one deployment is stored."""
     client = await github_client()
     full_name, url, sha = project("acme")
     payload, guid = push_payload(full_name, url, after=sha), str(uuid.uuid4())
@@ -238,6 +252,8 @@ async def test_pull_request_deploys_the_head_sha(github_client, project, fake):
 
 
 async def test_fork_pull_requests_run_only_where_forks_are_allowed(github_client, project):
+    """Attack: a pull request from a stranger's fork. Asserts: under a rule without forks it is 200
+    'fork...' with nothing stored; under forks: true it deploys and the fork's code runs."""
     client = await github_client()
     fork_name, fork_url, sha = project("stranger", "echo fork code ran\n", branch="feature")
     refused = await deliver(client, "pull_request", pull_request_payload(
@@ -253,6 +269,117 @@ async def test_fork_pull_requests_run_only_where_forks_are_allowed(github_client
     deployment_id = (await allowed.json())["id"]
     assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
     assert "fork code ran" in await results_of(client, deployment_id)
+
+
+# The fork's run.sh: print its environment, then wait (bounded) until the test has inspected the
+# running container and lets it finish.
+FORK_SCRIPT = """echo env-begin
+env
+echo env-end
+echo fork-ready
+i=0
+while [ ! -e /tmp/release ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+echo fork code ran
+"""
+# What Docker sets when an image names no PATH.
+DOCKER_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SPEED_VARIABLES = {"SPEED_DEPLOYMENT_ID", "SPEED_API_URL", "SPEED_TOKEN", "SPEED_REPO_URL",
+                   "SPEED_BRANCH", "SPEED_COMMIT"}
+
+
+def basic_authorization(token: str) -> str:
+    """The Authorization header git sends when SPEED clones with token."""
+    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+async def fork_gets_no_credentials(client, git_server, docker_client, base: str,
+                                   credentials: Callable[[], list[str]],
+                                   installation_id: int | None) -> None:
+    """Deliver a same-repository pull request of base, then one from a fork of it; assert the
+    first cloned with SPEED's credentials (those credentials() lists) and the fork with none,
+    neither in git's requests nor in its container."""
+    # Control: a pull request within base clones with SPEED's credential, on every request.
+    sha = git_server.commit(base, {"Dockerfile": DOCKERFILE, "run.sh": "echo same-repo ran\n"},
+                            branch="feature")
+    response = await deliver(client, "pull_request", pull_request_payload(
+        base, git_server.url(base), number=1, head_sha=sha, head_ref="feature",
+        installation_id=installation_id))
+    assert response.status == 202
+    info = await wait_finished(client, (await response.json())["id"])
+    assert info["status"] == "Succeeded", info
+    sent = git_server.headers_sent_to(base)
+    assert sent and all(h.get("Authorization") in map(basic_authorization, credentials())
+                        for h in sent), sent
+
+    # The fork, of a stranger's: allowed (forks: true), so it is cloned and run.
+    fork = base.replace(base.split("/")[0], "stranger", 1)
+    fork_url = git_server.url(fork)
+    fork_sha = git_server.commit(fork, {"Dockerfile": DOCKERFILE, "run.sh": FORK_SCRIPT},
+                                 branch="feature")
+    response = await deliver(client, "pull_request", pull_request_payload(
+        base, git_server.url(base), number=2, head_sha=fork_sha, head_ref="feature",
+        head_full_name=fork, head_clone_url=fork_url, installation_id=installation_id))
+    assert response.status == 202
+    deployment_id = (await response.json())["id"]
+
+    async def ready():
+        return "fork-ready" in await results_of(client, deployment_id)
+
+    await wait_for(ready)
+    # The container as it runs: its environment is SPEED_* and what the image itself sets.
+    container = docker_client.containers.get(f"speed-{instance_of(client)}-{deployment_id}")
+    env = container.attrs["Config"]["Env"]
+    image = docker_client.api.inspect_image(container.attrs["Image"])
+    image_env = set(image["Config"]["Env"] or [])
+    assert {e.partition("=")[0] for e in env if e.startswith("SPEED_")} == SPEED_VARIABLES
+    assert {e for e in env if not e.startswith("SPEED_")} <= image_env | {DOCKER_PATH}, env
+    assert f"SPEED_REPO_URL={fork_url}" in env
+    secrets = [*credentials(), SECRET]
+    for secret in secrets:
+        for form in (secret, basic_authorization(secret).removeprefix("Basic ")):
+            assert not [e for e in env if form in e], form
+    container.exec_run(["touch", "/tmp/release"])
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert "fork code ran" in results
+    assert not [secret for secret in secrets if secret in results]
+    printed = results.partition("env-begin\n")[2].partition("env-end\n")[0].splitlines()
+    redacted = [line for line in printed if "[redacted]" in line]
+    assert printed and redacted == ["SPEED_TOKEN=[redacted]"], printed
+    # Every request git made of the fork went without an Authorization header.
+    sent = git_server.headers_sent_to(fork)
+    assert sent and not [h for h in sent if "authorization" in map(str.lower, h)], sent
+
+
+async def test_allowed_fork_is_cloned_without_the_github_token(github_client, git_server, fake,
+                                                              docker_client, base_image):
+    """Leak: SPEED's GitHub token sent to a fork's server or put in its container (forks: true).
+    Asserts: a same-repository pull request of a private repository clones with the token (on every
+    git request, and the git server enforces it); a fork's pull request of that repository runs,
+    but no git request for the fork carries an Authorization header, and the running container's
+    Config.Env holds only SPEED_* and the image's variables, none containing the token."""
+    client = await github_client(github__token=git_server.private_token, repos=[
+        {"match": "private/*", "pull_requests": True, "forks": True}])
+    fake.token = git_server.private_token
+    await fork_gets_no_credentials(client, git_server, docker_client,
+                                   f"private/fork-base-{uuid.uuid4().hex[:6]}",
+                                   lambda: [git_server.private_token], installation_id=None)
+
+
+async def test_allowed_fork_is_cloned_without_an_installation_token(app_fake, app_settings,
+                                                                   make_client, git_server,
+                                                                   docker_client, base_image):
+    """Leak: a GitHub App's installation token (the payload names the base repository's
+    installation) sent to a fork's server or put in its container (forks: true). Asserts: a
+    same-repository pull request clones with an installation token the App was issued, on every
+    git request; the fork's pull request runs, but no git request for the fork carries an
+    Authorization header, and its container's environment holds none of the issued tokens."""
+    base = f"open/fork-base-{uuid.uuid4().hex[:6]}"
+    app_fake.add_installation(99, [base])
+    client = await make_client(**{**app_settings, "github__web_url": git_server.base_url})
+    await fork_gets_no_credentials(client, git_server, docker_client, base,
+                                   lambda: list(app_fake.installation_tokens), installation_id=99)
 
 
 async def test_newer_push_cancels_the_older_deployment(github_client, project, fake, git_server):
@@ -274,6 +401,8 @@ async def test_newer_push_cancels_the_older_deployment(github_client, project, f
 
 @pytest.mark.usefixtures("github_invariants")
 async def test_reports_survive_github_failing_then_recovering(github_client, project, fake):
+    """Fault: GitHub answers 500 to the next two calls. Asserts: the deployment Succeeds, two calls
+    failed, the last status is success with no pending after it; the invariant incl. GitHub."""
     client = await github_client()
     full_name, url, sha = project("acme")
     fake.fail_next(2, 500)
@@ -316,6 +445,8 @@ async def test_manual_start_of_a_configured_repository_reports_too(github_client
 
 async def test_private_repository_clones_with_the_token_which_never_shows(github_client, git_server,
                                                                          base_image, fake):
+    """Leak: a private repository cloned with SPEED's GitHub token. Asserts: it deploys, and the
+    token is in neither its results, its /info nor its HTML page."""
     client = await github_client(github__token=git_server.private_token)
     fake.token = git_server.private_token
     full_name = f"private/app-{uuid.uuid4().hex[:6]}"
@@ -368,6 +499,7 @@ async def test_missed_deliveries_are_redelivered_on_start(app_fake, app_settings
 
 
 async def test_page_escapes_what_the_container_prints(github_client, project):
+    """Attack: a container prints a <script> tag. Asserts: the deployment page shows it escaped."""
     client = await github_client()
     full_name, url, sha = project("acme", "echo '<script>alert(1)</script>'\n")
     response = await deliver(client, "push", push_payload(full_name, url, after=sha))
@@ -379,6 +511,8 @@ async def test_page_escapes_what_the_container_prints(github_client, project):
 
 @pytest.mark.usefixtures("github_invariants")
 async def test_reports_given_up_are_sent_after_a_restart(github_client, project, fake):
+    """Fault: GitHub fails (500) past report_retry_for, recovers, SPEED restarts. Asserts: no
+    status while it failed; after the restart exactly one status, success, reaches GitHub."""
     client = await github_client(github__report_retry_for=0)
     full_name, url, sha = project("acme")
     fake.fail_next(1000, 500)
@@ -397,6 +531,8 @@ async def test_reports_given_up_are_sent_after_a_restart(github_client, project,
 
 @pytest.mark.usefixtures("github_invariants")
 async def test_no_token_in_logs(github_client, project, caplog, fake):
+    """Leak: GitHub answers 401 quoting part of the token. Asserts: neither the GitHub token nor the
+    webhook secret appears in SPEED's log records at DEBUG."""
     client = await github_client()
     full_name, url, sha = project("acme", 'echo "$SPEED_TOKEN"\n')
     fake.fail_next(1, 401, body={"message": f"Bad credentials {TOKEN[:4]}"})
@@ -410,6 +546,8 @@ async def test_no_token_in_logs(github_client, project, caplog, fake):
 
 @pytest.mark.usefixtures("github_invariants")
 async def test_reports_wait_out_a_secondary_rate_limit(github_client, project, fake):
+    """Fault: GitHub's secondary rate limit, 403 with retry-after: 1, twice. Asserts: Succeeded, two
+    calls failed, the last status is success, at most 1000 statuses (the wait is not timed)."""
     client = await github_client()
     full_name, url, sha = project("acme")
     fake.fail_next(2, 403, headers={"retry-after": "1"},
@@ -425,6 +563,8 @@ async def test_reports_wait_out_a_secondary_rate_limit(github_client, project, f
 
 @pytest.mark.usefixtures("github_invariants")
 async def test_reports_survive_github_timing_out(github_client, project, fake):
+    """Fault: GitHub answers after 5 s against a 0.5 s request timeout. Asserts: the deployment
+    Succeeds, a report failure is counted, once GitHub is prompt the last status is success."""
     client = await github_client(github__request_timeout=0.5)
     full_name, url, sha = project("acme")
     fake.delay = 5  # every answer comes too late
