@@ -3,12 +3,13 @@ import datetime
 
 from aiohttp import web
 
-from bot.auth import api_token_ok, deployment_token_ok, require_api_token
+from bot.auth import api_token_ok, bearer, deployment_token_ok, require_api_token
 from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
 from bot.requests import deployment_id, int_field, json_object, text_field
 from bot.rules import full_name_of
+from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
 from storage.deployments import IllegalTransition, NotFound
@@ -92,6 +93,13 @@ async def _callback_target(request: web.Request, target_id: int) -> Deployment:
     return deployment
 
 
+def _without_caller_token(request: web.Request, text: str) -> str:
+    """text with the caller's own token redacted: a container posting its environment back must
+    not store the token that lets anyone who reads the results act for it."""
+    token = bearer(request)
+    return text.replace(token, REDACTED) if token else text
+
+
 async def _refuse_invalid(config: Config, url: str, branch: str) -> None:
     """A 400 naming the problem unless url and branch may be deployed."""
     try:
@@ -131,6 +139,7 @@ async def update(request: web.Request) -> web.Response:
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
     await _callback_target(request, target_id)
+    new_results = _without_caller_token(request, new_results)
     store = request.app[store_key]
     status = Status.parse(new_results)
     try:
@@ -157,6 +166,7 @@ async def add_results(request: web.Request) -> web.Response:
     body = await json_object(request)
     results = text_field(body, "results", "Missing results data")
     await _callback_target(request, target_id)
+    results = _without_caller_token(request, results)
     try:
         await request.app[store_key].run(queries.add_result, target_id, results)
     except NotFound:

@@ -133,7 +133,8 @@ class OutputRecorder:
             self._ticker = None
         self._release(len(self._held))  # no more output can complete a secret
         if self._dropped:
-            self._buffer.append(f"\n[output truncated: {self._dropped} bytes over the "
+            # "at least": once full, the pipeline stops reading, so the rest is never counted.
+            self._buffer.append(f"\n[output truncated: at least {self._dropped} bytes over the "
                                 f"{self._limit}-byte limit were not stored]\n")
             self._dropped = 0
         await self.flush()

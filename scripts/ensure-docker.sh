@@ -30,7 +30,7 @@ echo "ensure-docker: starting dockerd (log: /var/log/dockerd.log)" >&2
 # SPEED follows its deployments on once the engine is back instead of losing them.
 flags=(--live-restore)
 grep -qs '"live-restore"' /etc/docker/daemon.json && flags=()  # the flag may not repeat the file
-setsid nohup dockerd "${flags[@]}" >/var/log/dockerd.log 2>&1 < /dev/null &
+setsid nohup dockerd "${flags[@]}" >>/var/log/dockerd.log 2>&1 < /dev/null &
 
 for _ in $(seq 1 120); do
   engine_answers && { echo "ensure-docker: engine is up" >&2; exit 0; }

@@ -1,7 +1,14 @@
 """Hostile containers are held by their limits: memory, processes, time, and output."""
+import contextlib
+import glob
+import os
+import re
+import time
+
 import pytest
 
 from tests.conftest import results_of, wait_finished
+from tests.process import speed_processes
 
 # After every test the invariant of tests/invariants.py holds.
 pytestmark = pytest.mark.usefixtures("app_invariants")
@@ -14,6 +21,8 @@ async def start(client, url: str) -> int:
 
 
 async def test_memory_hog_fails_as_out_of_memory(make_client, repo):
+    """Fault: a container exceeds its 32 MB memory limit. Asserts: the deployment is Failed with a
+    reason starting 'out of memory'."""
     client = await make_client(runner__memory="32m")
     # tail keeps a line-less stream in memory until the limit kills it.
     url, _ = repo("head -c 300000000 /dev/zero | tail -c 250000000 > /dev/null\n")
@@ -23,6 +32,8 @@ async def test_memory_hog_fails_as_out_of_memory(make_client, repo):
 
 
 async def test_fork_bomb_is_held_by_the_pids_limit(make_client, repo):
+    """Fault: a fork bomb under a 32-process limit and a 15 s timeout. Asserts: the deployment is
+    Failed, 'timed out after 15 s', and /healthz still answers 200 (the bot kept serving)."""
     client = await make_client(runner__pids=32, runner__timeout=15)
     url, _ = repo("bomb() { bomb | bomb & }\nbomb\nsleep 600\n")
     info = await wait_finished(client, await start(client, url), timeout=40)
@@ -33,6 +44,8 @@ async def test_fork_bomb_is_held_by_the_pids_limit(make_client, repo):
 
 
 async def test_flood_of_output_is_capped_and_the_exit_code_decides(make_client, repo):
+    """Fault: a container prints 50 MB against a 100 kB log cap, then exits 0. Asserts: Succeeded
+    (from the exit code), under 110,000 bytes stored, and a truncation marker in them."""
     client = await make_client(runner__max_log_bytes=100_000)
     url, _ = repo("yes 'a line of output that repeats' | head -c 50000000\nexit 0\n")
     deployment_id = await start(client, url)
@@ -41,3 +54,86 @@ async def test_flood_of_output_is_capped_and_the_exit_code_decides(make_client, 
     assert info["status"] == "Succeeded"
     assert len(results.encode()) < 110_000
     assert "[output truncated:" in results
+
+
+GIGABYTE = 1_000_000_000
+LOG_CAP = 1_000_000  # runner.max_log_bytes for the gigabyte flood
+ENGINE_LOG_CAP = 2 * 20 * 1024 * 1024  # Docker's json-file: max-file 2 x max-size 20m
+MEMORY_GROWTH = 64 * 1024 * 1024  # SPEED's allowed peak growth, far below the output
+DATABASE_SIZE = 16 * 1024 * 1024  # the database (with its WAL) after storing LOG_CAP bytes
+# Lines of 16 KiB (with the newline): Docker's frame size; longer lines cost the engine no more.
+FLOOD_SCRIPT = (f'yes "$(head -c 16383 /dev/zero | tr "\\0" a)" | head -c {GIGABYTE} && exit 3\n'
+                'exit 9\n')  # 3 only if head wrote the whole gigabyte
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (peak resident) of a process, in KiB."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
+def files_bytes(pattern: str) -> int:
+    """The total size of the files matching pattern (one may be rotated away meanwhile)."""
+    total = 0
+    for path in glob.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.path.getsize(path)
+    return total
+
+
+@pytest.mark.slow
+def test_a_gigabyte_of_output_is_capped_everywhere_and_the_exit_code_decides(
+        tmp_path, docker_client, base_image, repo):
+    """Fault: a container prints 1 GB (16 KiB lines) against a 1 MB log cap, then exits 3; SPEED
+    runs as a real process. Asserts: Failed with exit code 3 (the exit code decides, not the
+    flood); the stored results hold at most the cap before a truncation marker; SPEED's peak
+    memory (VmHWM) grew by under 64 MiB and its database stays under 16 MiB; the engine's json-file
+    log of the container, sampled all through the run until the outcome, never exceeds 2 x 20 MiB
+    although it rotated (so the gigabyte did pass through the engine), and the container is
+    configured so. The invariant holds afterwards (tests/invariants.py)."""
+    with speed_processes(tmp_path, docker_client) as make:
+        bot = make(max_log_bytes=LOG_CAP, timeout=300)
+        url, _ = repo(FLOOD_SCRIPT)
+        memory_before = memory_kib(bot.process.pid)
+        began = time.monotonic()
+        deployment_id = bot.start_deployment(url)
+        labels = [f"speed.instance={bot.instance}", f"speed.deployment={deployment_id}"]
+        log_path, log_config, engine_peak, rotated = None, None, 0, False
+        deadline = time.monotonic() + 240
+        while True:
+            info = bot.info(deployment_id)
+            if log_path is None:
+                found = docker_client.api.containers(all=True, filters={"label": labels})
+                if found:
+                    inspected = docker_client.api.inspect_container(found[0]["Id"])
+                    log_path = inspected["LogPath"]
+                    log_config = inspected["HostConfig"]["LogConfig"]
+            if log_path:  # sampled until the outcome is recorded; the container goes after it
+                engine_peak = max(engine_peak, files_bytes(log_path + "*"))
+                rotated = rotated or os.path.exists(log_path + ".1")
+            if info["status"] in ("Succeeded", "Failed", "Cancelled"):
+                break
+            assert time.monotonic() < deadline, f"not finished within 240 s: {info}"
+            time.sleep(0.1)  # the sampling period, not a wait for a race
+        elapsed = time.monotonic() - began
+        memory_after = memory_kib(bot.process.pid)
+        results = bot.results(deployment_id)
+        database = files_bytes(str(bot.db_path) + "*")
+
+    assert (info["status"], info["exit_code"]) == ("Failed", 3), (info, results[-500:])
+    assert info["reason"] == "exit code 3"
+    marker = re.search(r"\n\[output truncated: at least (\d+) bytes over the (\d+)-byte limit were not "
+                       r"stored\]\n", results)
+    assert marker, results[-500:]
+    assert int(marker.group(2)) == LOG_CAP and int(marker.group(1)) > 0
+    assert len(results[:marker.start()].encode()) <= LOG_CAP
+    assert len(results.encode()) < LOG_CAP + 1024  # the marker and the final status line
+    growth = (memory_after["VmHWM"] - memory_before["VmHWM"]) * 1024
+    assert growth < MEMORY_GROWTH, f"SPEED's peak memory grew by {growth} bytes"
+    assert database < DATABASE_SIZE, f"the database takes {database} bytes"
+    assert log_config == {"Type": "json-file", "Config": {"max-file": "2", "max-size": "20m"}}
+    assert rotated, "the engine's log never rotated: the flood did not reach it"
+    assert 0 < engine_peak <= ENGINE_LOG_CAP, f"the engine kept {engine_peak} bytes of log"
+    print(f"\n1 GB flood: {elapsed:.1f} s to the outcome; SPEED peak memory +{growth // 1024} KiB; "
+          f"database {database} bytes; engine log peak {engine_peak} bytes; marker: "
+          f"{marker.group(0).strip()}")

@@ -89,7 +89,7 @@ async def test_secret_across_the_byte_cap_cut_at_every_position():
     text = "x" * 100 + TOKEN + "y" * 50
     redacted = "x" * 100 + REDACTED + "y" * 50
     limit = 105  # the cap falls inside the token, and inside its replacement
-    marker = (f"\n[output truncated: {len(redacted) - limit} bytes over the {limit}-byte limit "
+    marker = (f"\n[output truncated: at least {len(redacted) - limit} bytes over the {limit}-byte limit "
               f"were not stored]\n")
     for cut in range(len(text) + 1):
         assert await record([text[:cut], text[cut:]], limit) == redacted[:limit] + marker, cut

@@ -1,6 +1,6 @@
 """The deployment pipeline on a real engine: outcomes, environment, callbacks, limits, clean-up."""
 import asyncio
-
+import secrets
 
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
 
@@ -18,6 +18,9 @@ def containers_of(docker_client, client, deployment_id: int) -> list[dict]:
 
 
 async def test_container_gets_its_environment_and_token_is_redacted(client, repo):
+    """Leak: a container prints its environment and its $SPEED_TOKEN. Asserts: it gets every
+    SPEED_* variable with the right values, and the stored results show the token only as
+    [redacted] (in the env listing and the echo alike)."""
     url, commit = repo('env | grep ^SPEED_ | sort\necho "token=$SPEED_TOKEN"\n', branch="release/1.x")
     deployment_id = await start(client, url, "release/1.x")
     info = await wait_finished(client, deployment_id)
@@ -44,6 +47,11 @@ echo "info: $(wget -q -O- "$SPEED_API_URL/info/$SPEED_DEPLOYMENT_ID" 2>&1)"
 
 
 async def test_container_calls_back_with_its_own_token_only(client, repo):
+    """Attack: a container calls back on $SPEED_API_URL with its own token for its own deployment,
+    with its token for another deployment's /add_results, with a forged token, and asks for /info.
+    Asserts: its own /add_results and /update (progress) are stored; the other deployment's results
+    stay untouched (401), the forged token gets 401 and stores nothing, and the bridge listener
+    serves nothing but the callbacks (404 for /info)."""
     other = await start(client, "http://127.0.0.1:9/none.git")
     await client.post(f"/cancel/{other}")
     url, _ = repo(CALLBACK_SCRIPT.replace("$OTHER", str(other)))
@@ -59,6 +67,97 @@ async def test_container_calls_back_with_its_own_token_only(client, repo):
     assert "forged\n" not in results
     # The listener on the bridge serves the two callbacks and nothing else.
     assert "info: wget: server returned error: HTTP/1.1 404" in results
+
+
+API_TOKEN = "api-token-" + secrets.token_urlsafe(24)
+API = {"Authorization": f"Bearer {API_TOKEN}"}
+
+# Every call takes the container's own token. $OTHER is the victim's id.
+TRESPASS_SCRIPT = """\
+post() { wget -q -O- --header "Authorization: Bearer $SPEED_TOKEN" --post-data "$2" "$SPEED_API_URL$1" 2>&1; }
+echo "update-other-status: $(post /update '{"id": $OTHER, "new_results": "Succeeded"}')"
+echo "update-other-progress: $(post /update '{"id": $OTHER, "new_results": "hijacked"}')"
+echo "add-other: $(post /add_results/$OTHER '{"results": "intrusion"}')"
+echo "cancel-other: $(post /cancel/$OTHER '{}')"
+echo "redeploy-other: $(post /redeploy/$OTHER '{}')"
+echo "start: $(post /start '{"url": "$URL", "branch": "main"}')"
+echo "own: $(post /add_results/$SPEED_DEPLOYMENT_ID '{"results": "own results"}')"
+echo trespassed
+sleep 600
+"""
+
+
+async def test_container_token_cannot_touch_another_deployment_nor_serve_as_an_api_token(
+        make_client, repo, docker_client):
+    """Attack: with auth.api_tokens set, a running container uses its own $SPEED_TOKEN against a
+    second, running deployment: from inside, through $SPEED_API_URL (/update with the other id,
+    a status and a progress report; /add_results, /cancel, /redeploy of the other; /start); then
+    the same token, read from the container's environment, against the main API (/update,
+    /add_results, /cancel and /redeploy of the other and of its own deployment, /start, and reads).
+    Asserts: from inside, the other's callbacks get 401 and the API's routes 404 on the bridge
+    listener, while its own /add_results works (the token is genuine); on the main API every one
+    gets 401 (the token is no API token, not even for its own deployment); afterwards the other
+    deployment's /info and results are exactly as before, and no deployment was added."""
+    client = await make_client(auth__api_tokens=[API_TOKEN])
+    victim_url, _ = repo("echo victim up\nsleep 600\n")
+    response = await client.post("/start", json={"url": victim_url, "branch": "main"}, headers=API)
+    other = (await response.json())["id"]
+
+    async def results(deployment_id: int) -> str:
+        response = await client.get(f"/results/{deployment_id}", headers=API)
+        return (await response.json())["results"]
+
+    async def info(deployment_id: int) -> dict:
+        return await (await client.get(f"/info/{deployment_id}", headers=API)).json()
+
+    def printed(deployment_id: int, text: str):
+        async def check():
+            return text in await results(deployment_id)
+        return check
+
+    await wait_for(printed(other, "victim up\n"))
+    other_before, other_results_before = await info(other), await results(other)
+    assert other_before["status"] == "Running"
+
+    url, _ = repo(TRESPASS_SCRIPT.replace("$OTHER", str(other)).replace("$URL", victim_url))
+    response = await client.post("/start", json={"url": url, "branch": "main"}, headers=API)
+    attacker = (await response.json())["id"]
+    await wait_for(printed(attacker, "trespassed\n"))
+    inside = await results(attacker)
+    for probe in ("update-other-status", "update-other-progress", "add-other"):
+        assert f"{probe}: wget: server returned error: HTTP/1.1 401" in inside, (probe, inside)
+    for probe in ("cancel-other", "redeploy-other", "start"):
+        assert f"{probe}: wget: server returned error: HTTP/1.1 404" in inside, (probe, inside)
+    assert 'own: {"message": "Results added successfully"}' in inside and "own results" in inside
+
+    container, = containers_of(docker_client, client, attacker)
+    env = docker_client.api.inspect_container(container["Id"])["Config"]["Env"]
+    token = next(e.split("=", 1)[1] for e in env if e.startswith("SPEED_TOKEN="))
+    as_container = {"Authorization": f"Bearer {token}"}
+    for method, path, body in [
+            ("POST", "/update", {"id": other, "new_results": "Cancelled"}),
+            ("POST", "/update", {"id": other, "new_results": "hijacked"}),
+            ("POST", f"/add_results/{other}", {"results": "intrusion"}),
+            ("POST", f"/cancel/{other}", None), ("POST", f"/redeploy/{other}", None),
+            ("POST", f"/cancel/{attacker}", None), ("POST", f"/redeploy/{attacker}", None),
+            ("POST", "/start", {"url": victim_url, "branch": "main"}),
+            ("GET", f"/info/{other}", None), ("GET", f"/results/{other}", None),
+            ("GET", "/deployments", None), ("GET", f"/deployments/{other}/events", None)]:
+        response = await client.request(method, path, json=body, headers=as_container)
+        assert response.status == 401, (method, path, body, await response.text())
+    # The same token does work for its own deployment's callback on the main API.
+    response = await client.post(f"/add_results/{attacker}", json={"results": "own again"},
+                                 headers=as_container)
+    assert response.status == 200
+
+    assert await info(other) == other_before
+    assert await results(other) == other_results_before
+    listed = await (await client.get("/deployments", headers=API)).json()
+    assert [d["id"] for d in listed["deployments"]] == [attacker, other]
+    for deployment_id in (attacker, other):
+        assert (await client.post(f"/cancel/{deployment_id}", headers=API)).status == 200
+        await wait_for(lambda: asyncio.to_thread(
+            lambda: containers_of(docker_client, client, deployment_id) == []))
 
 
 async def test_nonzero_exit_fails_with_the_code(client, repo):
@@ -108,6 +207,9 @@ async def test_build_error_fails_with_the_build_log(client, repo):
 
 
 async def test_timeout_kills_the_container(make_client, repo, docker_client):
+    """Fault: a container that never exits (sleep 600) under a 10 s runner.timeout. Asserts: Failed,
+    reason exactly 'timed out after 10 s', its output before the kill is stored, and its container
+    is removed."""
     client = await make_client(runner__timeout=10)
     url, _ = repo("echo started\nsleep 600\n")
     deployment_id = await start(client, url)
@@ -142,6 +244,9 @@ async def test_output_streams_while_running_and_cancel_stops_it(client, repo, do
 
 
 async def test_container_runs_unprivileged_with_limits(make_client, repo, docker_client):
+    """Attack surface: the container's configuration, as the engine reports it. Asserts: not
+    privileged, memory, CPU and process limits as configured, no-new-privileges, and no Docker
+    socket bound into it."""
     client = await make_client(runner__memory="64m", runner__cpus=0.5, runner__pids=64)
     url, _ = repo("echo up\nsleep 600\n")
     deployment_id = await start(client, url)
@@ -162,6 +267,8 @@ async def test_container_runs_unprivileged_with_limits(make_client, repo, docker
 
 
 async def test_stored_output_is_capped_with_a_marker(make_client, repo):
+    """Fault: 2000 lines against a 4096-byte runner.max_log_bytes. Asserts: Succeeded, a truncation
+    marker, the last line not stored, and under 5 KiB stored."""
     client = await make_client(runner__max_log_bytes=4096)
     url, _ = repo("i=0\nwhile [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done\n")
     deployment_id = await start(client, url)
