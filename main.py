@@ -10,6 +10,8 @@ from bot.config import ConfigError, load
 from bot.logs import configure_logging
 from storage.store import StorageFull
 
+SHUTDOWN_SECONDS = 3.0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SPEED deployment bot")
@@ -28,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("speed").info("listening on http://%s:%s", config.server.host,
                                     config.server.port)
     try:
+        # shutdown_timeout: open requests (live log streams) get a few seconds, not a minute.
         web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                    print=None, access_log_format='%r %s %b %Tfs')
+                    print=None, access_log_format='%r %s %b %Tfs', shutdown_timeout=SHUTDOWN_SECONDS)
     except StorageFull as e:
         print(f"speed: {e}; free some space and start again", file=sys.stderr)
         return 1

@@ -130,11 +130,18 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
     task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")
+
+    async def stop_taking_work(_: web.Application) -> None:
+        # At the start of shutdown, before open requests (a live log stream) are waited for:
+        # nothing new is claimed, and running containers are left for the next start.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+    app.on_shutdown.append(stop_taking_work)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await worker.close()
+    await stop_taking_work(app)
     for site_runner in listener:
         await site_runner.cleanup()
 

@@ -58,6 +58,9 @@ def _environment(url: str, token: str | None, addresses: tuple[str, ...]) -> dic
 async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None,
                token: str | None = None, addresses: tuple[str, ...] = ()) -> str:
     process = await asyncio.create_subprocess_exec(
+        # timeout(1) kills git's process group at the deadline even if SPEED died (kill -9)
+        # meanwhile: an orphaned clone must not hang on a stalled server for ever.
+        "timeout", "-s", "KILL", f"{timeout:g}",
         "git", "-c", "http.followRedirects=false", "-c", "core.hooksPath=/dev/null", *args,
         cwd=cwd, env=_environment(url, token, addresses), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

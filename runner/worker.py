@@ -2,7 +2,10 @@
 import asyncio
 import contextlib
 import dataclasses
+import glob
 import logging
+import os
+import shutil
 
 from runner.base import Backend
 from runner.errors import EngineUnavailable, RunnerError
@@ -14,6 +17,11 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 ENGINE_RETRY_SECONDS = 2.0
+
+
+def _remove_workspaces(workdir: str) -> None:
+    for leftover in glob.glob(os.path.join(glob.escape(workdir), "deployment-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 class Worker:
@@ -95,6 +103,8 @@ class Worker:
 
     async def reconcile(self) -> None:
         """Finish, reattach or requeue what a previous process left Running; sweep leftovers."""
+        # Nothing of this process clones yet: any workspace is a crashed process's half clone.
+        await asyncio.to_thread(_remove_workspaces, self.pipeline.settings.workdir)
         reattached = set()
         for deployment in await self.store.run(queries.in_status, Status.RUNNING):
             state = None

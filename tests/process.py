@@ -1,6 +1,8 @@
 """SPEED as a real process (python main.py), for tests that kill it."""
 import contextlib
+import dataclasses
 import json
+import os
 import pathlib
 import signal
 import sqlite3
@@ -15,6 +17,49 @@ from tests.conftest import TEST_INSTANCES, free_port
 from tests.invariants import Target, check
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class HostProcess:
+    """A process on this host, told apart from a later one that reuses its pid by its start time."""
+    pid: int
+    started: int  # clock ticks after boot (/proc/<pid>/stat field 22)
+    command: str
+
+    def running(self) -> bool:
+        """Whether it still runs: exists, is the same process, and is not a zombie."""
+        stat = _stat(self.pid)
+        return stat is not None and int(stat[19]) == self.started and stat[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None once the process is gone."""
+    try:
+        text = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()  # the command name may contain spaces or ")"
+
+
+def descendants(pid: int) -> list[HostProcess]:
+    """Every running process below pid (children, theirs, ...), whatever their session."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        stat = _stat(child)
+        if stat is None or stat[0] == "Z":
+            continue
+        try:
+            command = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        found.append(HostProcess(child, int(stat[19]), command.decode(errors="replace").strip()))
+        todo += children.get(child, [])
+    return found
 
 
 class SpeedProcess:
@@ -60,6 +105,30 @@ class SpeedProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+
+    def sigterm(self) -> float:
+        """Send SIGTERM; return when it was sent (time.monotonic()) for wait_exit."""
+        assert self.process is not None
+        sent = time.monotonic()
+        self.process.terminate()
+        return sent
+
+    def wait_exit(self, since: float, timeout: float = 20.0) -> tuple[int | None, float]:
+        """The exit code (None if still running after timeout) and the seconds from since to the
+        exit (or to giving up)."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=max(since + timeout - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - since
+
+    def git_processes(self) -> list[HostProcess]:
+        """The git processes this SPEED started that run now (git runs in a session of its own,
+        so these are found by parentage, not by process group)."""
+        assert self.process is not None
+        return [p for p in descendants(self.process.pid) if p.command.split(" ", 1)[0]
+                .rsplit("/", 1)[-1].startswith("git")]
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -127,9 +196,10 @@ def speed_processes(tmp_path: pathlib.Path, docker_client):
 
     try:
         yield make
-        for process in processes:
-            if process.process.poll() is None:
-                check(process.target(), docker_client)
+        running = [process for process in processes if process.process.poll() is None]
+        assert running, "no SPEED runs at the end of the test: the invariant cannot be checked"
+        for process in running:
+            check(process.target(), docker_client)
     finally:
         for process in processes:
             process.stop()
