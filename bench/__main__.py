@@ -76,6 +76,38 @@ def request_latencies(bot: SpeedProcess, url: str, count: int = 200) -> dict:
             "p99_ms": round(percentile(samples, 99) * 1000, 2)}
 
 
+def sequential_latencies(bot: SpeedProcess, url: str, count: int = 200) -> dict:
+    """Latency of POST /start from one keep-alive client, one request after another."""
+    samples, ids = [], []
+    with requests.Session() as session:
+        for _ in range(count):
+            started = time.perf_counter()
+            response = session.post(f"{bot.base_url}/start", json={"url": url, "branch": "main"},
+                                    timeout=10)
+            samples.append(time.perf_counter() - started)
+            assert response.status_code == 201
+            ids.append(response.json()["id"])
+            time.sleep(0.01)
+    for deployment_id in ids:  # leave nothing running behind
+        bot.call("POST", f"/cancel/{deployment_id}")
+    for deployment_id in ids:
+        bot.wait_finished(deployment_id)
+    return {"requests": count, "p50_ms": round(percentile(samples, 50) * 1000, 2),
+            "p99_ms": round(percentile(samples, 99) * 1000, 2)}
+
+
+def quiet_latencies(bot: SpeedProcess, sleeper_url: str, url: str) -> dict:
+    """sequential_latencies while the one worker slot holds a container that only sleeps: the
+    same requests and queue, but no deployment being carried out."""
+    sleeper = bot.start_deployment(sleeper_url)
+    bot.wait_until(lambda: bot.row(sleeper)["container_started_at"])
+    try:
+        return sequential_latencies(bot, url)
+    finally:
+        bot.call("POST", f"/cancel/{sleeper}")
+        bot.wait_finished(sleeper)
+
+
 def webhook_latencies(bot: SpeedProcess, url: str, commit: str, count: int = 500) -> dict:
     """Reply latency of `count` signed push deliveries sent at once, each queueing a deployment."""
 
@@ -124,6 +156,8 @@ def main() -> int:
         git = GitServer(work / "git")
         url = git.url("bench/app")
         git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
+        sleeper_url = git.url("bench/sleeper")
+        git.commit("bench/sleeper", {"Dockerfile": DOCKERFILE, "run.sh": "sleep 300\n"})
         bot = SpeedProcess(work, free_port(), free_port(), max_concurrent=1)
         accept_webhooks(bot)
         bot.start()
@@ -138,6 +172,9 @@ def main() -> int:
                 speed.append(speed_deployment(bot, url))
                 # The same commit again: SPEED reuses its image, the raw commands redo it all.
                 repeat.append(speed_deployment(bot, url))
+            quiet = quiet_latencies(bot, sleeper_url, url)
+            # Each request queues a deployment: the worker carries them out one after another.
+            deploying = sequential_latencies(bot, url)
             latency = request_latencies(bot, url)
             # The newest commit, built already: the first deployments run while the burst lasts.
             webhook = webhook_latencies(bot, url, commit)
@@ -153,6 +190,8 @@ def main() -> int:
         "ratio_new_commit": round(statistics.median(speed) / raw_median, 2),
         "speed_repeat_commit_median_s": round(statistics.median(repeat), 3),
         "ratio_repeat_commit": round(statistics.median(repeat) / raw_median, 2),
+        "start_latency_sequential_worker_quiet": quiet,
+        "start_latency_sequential_while_deploying": deploying,
         "start_latency": latency,
         "webhook_latency": webhook,
     }

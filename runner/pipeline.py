@@ -152,7 +152,7 @@ class Pipeline:
                  await self.store.run(queries.built_before, deployment.id, url, commit)],
                 self._image(deployment.id)):
             now = utcnow()
-            await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=now,
+            await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
                                  built_at=now)
             await recorder.write(f"[speed] reusing the image already built of {commit}\n")
             return commit
@@ -160,12 +160,12 @@ class Pipeline:
         source_dir = os.path.join(workspace, "src")
         commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
                                     addresses=addresses)
-        await self.store.run(queries.update, deployment.id, commit=commit, cloned_at=utcnow())
+        await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow())
         await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
         # No labels: the legacy builder spends a build step (~0.2 s) on each. The database knows
         # which deployment's image holds which commit.
         await self.backend.build(source_dir, self._image(deployment.id), recorder.write)
-        await self.store.run(queries.update, deployment.id, built_at=utcnow())
+        await self.store.run(queries.record, deployment.id, built_at=utcnow())
         return commit
 
     async def reattach(self, deployment: Deployment, run: Run) -> None:
@@ -254,7 +254,7 @@ class Pipeline:
             name, self._image(deployment.id), env, self.labels(deployment.id), self.settings.limits)
         # The id is stored before the container starts: after a crash, a stored id means the
         # container may have run, so it is reattached, never started twice.
-        await self.store.run(queries.update, deployment.id, container_id=run.container_id,
+        await self.store.run(queries.record, deployment.id, container_id=run.container_id,
                              token_hash=token_hash(token))
         if run.stopped:
             return
@@ -328,14 +328,15 @@ class Pipeline:
         """Store what output is left; remove the container and surplus images once finished."""
         with contextlib.suppress(Exception):
             await recorder.close()
-        deployment = await self.store.run(queries.get, deployment_id)
-        if not deployment.state.finished:
+        # One round trip for both questions, and ids rather than rows: listing a long queue as
+        # whole rows held the database thread (and the API behind it) for tens of milliseconds.
+        unfinished = await self.store.run(queries.unfinished_ids_once_finished, deployment_id)
+        if unfinished is None:
             return  # interrupted by shutdown: the next start reattaches or requeues it
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)
-            unfinished = await self.store.run(queries.in_status, Status.PENDING, Status.RUNNING)
             await self.backend.prune_images(self.image_repository, self.settings.keep_images,
-                                            spare={self._image(d.id) for d in unfinished})
+                                            spare={self._image(i) for i in unfinished})
         except RunnerError as e:
             log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})
