@@ -59,11 +59,16 @@ def api_token_ok(request: web.Request, tokens: tuple[str, ...]) -> bool:
     return bool(session) and _matching(session, [session_value(t) for t in tokens]) is not None
 
 
+def token_required() -> web.HTTPException:
+    """The 401 for a request that needed an API token and brought none that is valid."""
+    return json_error(401, "A valid API token is required (Authorization: Bearer <token>)",
+                      **{"WWW-Authenticate": "Bearer"})
+
+
 def require_api_token(request: web.Request, tokens: tuple[str, ...]) -> None:
     """Refuse the request unless api_token_ok."""
     if not api_token_ok(request, tokens):
-        raise json_error(401, "A valid API token is required (Authorization: Bearer <token>)",
-                         **{"WWW-Authenticate": "Bearer"})
+        raise token_required()
 
 
 def deployment_token_ok(request: web.Request, deployment: Deployment) -> bool:

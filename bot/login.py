@@ -3,7 +3,8 @@ import urllib.parse
 
 from aiohttp import web
 
-from bot.auth import SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_token, session_value
+from bot.auth import (SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_token,
+                      session_value, token_required)
 from bot.errors import json_error
 from bot.keys import config_key
 from bot.pages import render
@@ -18,8 +19,7 @@ async def read_guard_middleware(request: web.Request, handler):
     if reads_need_token(request, auth.api_tokens, auth.public_reads):
         if "text/html" in request.headers.get("Accept", ""):
             raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
-        raise json_error(401, "A valid API token is required (Authorization: Bearer <token>)",
-                         **{"WWW-Authenticate": "Bearer"})
+        raise token_required()
     return await handler(request)
 
 

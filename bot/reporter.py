@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 MAX_DESCRIPTION = 140
 MAX_BACKOFF = 60.0
 CATCH_UP_WINDOW = datetime.timedelta(days=1)
+# What a call to GitHub may fail with: its answers, the connection, the time limit.
+GITHUB_FAILURES = (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,7 @@ class Reporter:
                 await self._send(deployment, report)
                 posted[report.state, report.description] += 1
                 break
-            except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except GITHUB_FAILURES as e:
                 if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerDisconnectedError)):
                     posted[report.state, report.description] += 1  # it may still be applied
                     self._uncertain.add(deployment.id)
@@ -177,7 +179,7 @@ class Reporter:
                 seen = collections.Counter(shown)
                 if all(seen[key] >= count for key, count in posted.items()):
                     return
-            except (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except GITHUB_FAILURES as e:
                 log.warning("checking GitHub's statuses failed: %s", _describe(e),
                             extra={"deployment": deployment.id})
             if loop.time() + delay > deadline:
@@ -203,17 +205,18 @@ class Reporter:
         await self.github.api.post(
             f"/repos/{deployment.repo_full_name}/statuses/{deployment.commit}", oauth_token=token,
             data={"state": report.state, "description": report.description,
-                  "target_url": f"{public_url(self.config)}/deployments/{deployment.id}",
-                  "context": self._context(deployment)})
+                  "target_url": self._page(deployment), "context": self._context(deployment)})
+
+    def _page(self, deployment: Deployment) -> str:
+        return f"{public_url(self.config)}/deployments/{deployment.id}"
 
     async def _send(self, deployment: Deployment, report: Report) -> None:
-        rule = rule_for(self.config, deployment.repo_full_name)
-        repo = f"/repos/{deployment.repo_full_name}"
-        target_url = f"{public_url(self.config)}/deployments/{deployment.id}"
         await self._post_status(deployment, report)
-        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        rule = rule_for(self.config, deployment.repo_full_name)
         if not (rule and rule.environment):
             return
+        repo = f"/repos/{deployment.repo_full_name}"
+        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
         github_id = deployment.github_deployment_id
         if github_id is None:
             github_id = (await self.store.run(queries.get, deployment.id)).github_deployment_id
@@ -225,7 +228,8 @@ class Reporter:
             github_id = created["id"]
             await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
         await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
-                                   data={"state": report.deployment_state, "log_url": target_url,
+                                   data={"state": report.deployment_state,
+                                         "log_url": self._page(deployment),
                                          "description": report.description})
 
 

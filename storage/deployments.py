@@ -1,6 +1,7 @@
 """Every query on deployments and their results; each write is one short transaction."""
 import datetime
 import uuid
+from typing import Callable, TypeVar
 
 from peewee import SqliteDatabase, fn
 
@@ -9,6 +10,7 @@ from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -30,23 +32,22 @@ def _write():
     return database.atomic()
 
 
+def _found(deployment_id: int, read: Callable[[], T | None]) -> T:
+    """What read() finds for the deployment, or NotFound (also for ids SQLite cannot hold)."""
+    found = read() if 0 < deployment_id <= SQLITE_MAX_INT else None
+    if found is None:
+        raise NotFound(deployment_id)
+    return found
+
+
 def _get(deployment_id: int) -> Deployment:
-    if not 0 < deployment_id <= SQLITE_MAX_INT:
-        raise NotFound(deployment_id)
-    deployment = Deployment.get_or_none(Deployment.id == deployment_id)
-    if deployment is None:
-        raise NotFound(deployment_id)
-    return deployment
+    return _found(deployment_id, lambda: Deployment.get_or_none(Deployment.id == deployment_id))
 
 
 def _status(deployment_id: int) -> Status:
     """The deployment's status, or NotFound: a tenth of the cost of reading the whole row."""
-    if not 0 < deployment_id <= SQLITE_MAX_INT:
-        raise NotFound(deployment_id)
-    status = Deployment.select(Deployment.status).where(Deployment.id == deployment_id).scalar()
-    if status is None:
-        raise NotFound(deployment_id)
-    return Status(status)
+    return Status(_found(deployment_id, lambda: Deployment.select(Deployment.status)
+                         .where(Deployment.id == deployment_id).scalar()))
 
 
 def get(deployment_id: int) -> Deployment:

@@ -53,7 +53,17 @@ def _name(query: Callable) -> str:
     return getattr(query, "__name__", "a query")
 
 
-class Store:
+class _Changes:
+    """change(): run a query, then tell the listeners about the deployment it returns."""
+
+    async def change(self, query: Callable[..., Deployment], *args: Any, **kwargs: Any) -> Deployment:
+        """Run a query that creates or moves a deployment, then tell the listeners (reporters)."""
+        deployment = await self.run(query, *args, **kwargs)
+        self.announce(deployment)
+        return deployment
+
+
+class Store(_Changes):
     """The database, reached through one dedicated thread."""
 
     def __init__(self, url: str):
@@ -64,12 +74,6 @@ class Store:
     def subscribe(self, listener: Callable[[Deployment], None]) -> None:
         """Call listener with every deployment that change() creates or moves."""
         self._listeners.append(listener)
-
-    async def change(self, query: Callable[..., Deployment], *args: Any, **kwargs: Any) -> Deployment:
-        """Run a query that creates or moves a deployment, then tell the listeners (reporters)."""
-        deployment = await self.run(query, *args, **kwargs)
-        self.announce(deployment)
-        return deployment
 
     def announce(self, *deployments: Deployment) -> None:
         """Tell the listeners about deployments changed by another query."""
@@ -94,19 +98,14 @@ class Store:
         self._executor.shutdown(wait=True)
 
 
-class PatientStore:
+class PatientStore(_Changes):
     """A store whose queries wait out a full disk: on StorageFull they retry with backoff until
     the write goes through. The waiting is on the event loop, never on the database thread, so
     reads and the API keep answering meanwhile; a deployment's output stream simply pauses."""
 
     def __init__(self, store: Store):
         self._store = store
-
-    async def change(self, query: Callable[..., Deployment], *args: Any, **kwargs: Any) -> Deployment:
-        """Store.change, waiting for space."""
-        deployment = await self.run(query, *args, **kwargs)
-        self._store.announce(deployment)
-        return deployment
+        self.announce = store.announce
 
     async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Store.run, waiting for space."""

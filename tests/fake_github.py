@@ -131,6 +131,13 @@ class FakeGitHub:
         ])
         self._runner: web.AppRunner | None = None
 
+    async def __aenter__(self) -> "FakeGitHub":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
     async def start(self) -> None:
         """Serve on 127.0.0.1 on a free port and set url."""
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -30,11 +30,10 @@ CLONE = "http://git.test/acme/app.git"
 @pytest.fixture
 async def fake():
     """A running fake with a personal token and an App installed on acme/app."""
-    server = FakeGitHub(token=TOKEN, app_id=APP_ID, app_public_key_pem=make_app_key()[1])
-    server.add_installation(INSTALLATION, repos=[REPO])
-    await server.start()
-    yield server
-    await server.close()
+    async with FakeGitHub(token=TOKEN, app_id=APP_ID,
+                          app_public_key_pem=make_app_key()[1]) as server:
+        server.add_installation(INSTALLATION, repos=[REPO])
+        yield server
 
 
 @pytest.fixture

@@ -22,19 +22,15 @@ RULES = [{"match": "acme/*", "branches": ["main", "release/*"], "pull_requests":
 
 @pytest.fixture
 async def fake():
-    github = FakeGitHub(token=TOKEN)
-    await github.start()
-    yield github
-    await github.close()
+    async with FakeGitHub(token=TOKEN) as github:
+        yield github
 
 
 @pytest.fixture
 async def app_fake():
     """The stand-in GitHub, knowing a GitHub App (id 4242) by its public key."""
-    github = FakeGitHub(app_id=4242, app_public_key_pem=make_app_key()[1])
-    await github.start()
-    yield github
-    await github.close()
+    async with FakeGitHub(app_id=4242, app_public_key_pem=make_app_key()[1]) as github:
+        yield github
 
 
 @pytest.fixture

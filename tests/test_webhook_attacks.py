@@ -113,10 +113,8 @@ async def test_speed_compares_no_signature_itself(make_client, comparisons, monk
 
 @pytest.fixture
 async def fake():
-    github = FakeGitHub(token=TOKEN)
-    await github.start()
-    yield github
-    await github.close()
+    async with FakeGitHub(token=TOKEN) as github:
+        yield github
 
 
 @pytest.fixture
