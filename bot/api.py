@@ -1,4 +1,5 @@
 """The REST API of the seed: start, info, update, add_results, results; plus listing and cancel."""
+import contextlib
 import datetime
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from bot.rules import full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
-from storage.deployments import IllegalTransition, NotFound
+from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
 
@@ -74,23 +75,42 @@ async def deployment_or_404(request: web.Request) -> Deployment:
         raise not_found() from None
 
 
-async def _callback_target(request: web.Request, target_id: int) -> Deployment:
-    """The deployment a callback names, once the caller may touch it: an API token, or the
-    deployment's own token (on the container listener only the latter). Without either, the
-    answer is 401 whether or not the deployment exists, so ids are not revealed."""
+def _token_refused() -> web.HTTPException:
+    return json_error(401, "This deployment's token or an API token is required",
+                      **{"WWW-Authenticate": "Bearer"})
+
+
+async def _callback_target(request: web.Request, target_id: int) -> bool:
+    """Whether the caller may write to the deployment a callback names with its own token
+    (True: then only while it runs), or with an API token (False). Otherwise (on the
+    container listener, only the deployment's token will do) the answer is 401 whether or not
+    the deployment exists, so ids are not revealed."""
     try:
         deployment = await request.app[store_key].run(queries.get, target_id)
     except NotFound:
         deployment = None
     if deployment is not None and deployment_token_ok(request, deployment):
-        return deployment
-    if request.app[callback_only_key] or not api_token_ok(
+        return True
+    if request.app[callback_only_key] or not await api_token_ok(
             request, request.app[config_key].auth.api_tokens):
-        raise json_error(401, "This deployment's token or an API token is required",
-                         **{"WWW-Authenticate": "Bearer"})
+        raise _token_refused()
     if deployment is None:
         raise not_found()
-    return deployment
+    return False
+
+
+@contextlib.contextmanager
+def _callback_refusals(limit: int):
+    """The answers to a callback's write that the database refused."""
+    try:
+        yield
+    except NotFound:
+        raise not_found() from None
+    except Finished:  # it finished since the token was checked: the token is void now
+        raise _token_refused() from None
+    except ResultsFull:
+        raise json_error(413, f"This deployment's results reached runner.max_log_bytes "
+                              f"({limit} bytes); nothing was added") from None
 
 
 def _without_caller_token(request: web.Request, text: str) -> str:
@@ -113,7 +133,7 @@ async def _refuse_invalid(config: Config, url: str, branch: str) -> None:
 async def start(request: web.Request) -> web.Response:
     """Queue a deployment of a repository's branch."""
     config = request.app[config_key]
-    require_api_token(request, config.auth.api_tokens)
+    await require_api_token(request, config.auth.api_tokens)
     body = await json_object(request)
     url, branch = text_field(body, "url"), text_field(body, "branch")
     await _refuse_invalid(config, url, branch)
@@ -138,13 +158,15 @@ async def update(request: web.Request) -> web.Response:
     body = await json_object(request)
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
-    await _callback_target(request, target_id)
+    own_token = await _callback_target(request, target_id)
     new_results = _without_caller_token(request, new_results)
-    store = request.app[store_key]
+    store, limit = request.app[store_key], request.app[config_key].runner.max_log_bytes
     status = Status.parse(new_results)
     try:
         if status is None:
-            await store.run(queries.report_progress, target_id, new_results)
+            with _callback_refusals(limit):
+                await store.run(queries.report_progress, target_id, new_results, limit,
+                                unfinished_only=own_token)
         else:
             await store.change(queries.transition, target_id, status,
                                note=f"[speed] status set to {status.value} through /update")
@@ -165,12 +187,12 @@ async def add_results(request: web.Request) -> web.Response:
     target_id = deployment_id(request)
     body = await json_object(request)
     results = text_field(body, "results", "Missing results data")
-    await _callback_target(request, target_id)
+    own_token = await _callback_target(request, target_id)
     results = _without_caller_token(request, results)
-    try:
-        await request.app[store_key].run(queries.add_result, target_id, results)
-    except NotFound:
-        raise not_found() from None
+    limit = request.app[config_key].runner.max_log_bytes
+    with _callback_refusals(limit):
+        await request.app[store_key].run(queries.add_result, target_id, results, limit,
+                                          unfinished_only=own_token)
     return web.json_response({"message": "Results added successfully"})
 
 
@@ -211,7 +233,7 @@ async def deployments(request: web.Request) -> web.Response:
 @routes.post("/cancel/{id}")
 async def cancel(request: web.Request) -> web.Response:
     """Stop a queued or running deployment."""
-    require_api_token(request, request.app[config_key].auth.api_tokens)
+    await require_api_token(request, request.app[config_key].auth.api_tokens)
     target_id = deployment_id(request)
     try:
         deployment = await request.app[store_key].change(
@@ -229,7 +251,7 @@ async def cancel(request: web.Request) -> web.Response:
 async def redeploy(request: web.Request) -> web.Response:
     """Queue a new deployment of the same repository, branch and commit."""
     config = request.app[config_key]
-    require_api_token(request, config.auth.api_tokens)
+    await require_api_token(request, config.auth.api_tokens)
     source = await deployment_or_404(request)
     # The configuration may have changed since: the same checks as /start.
     await _refuse_invalid(config, source.url, source.branch)

@@ -8,14 +8,15 @@ from aiohttp import web
 
 from bot.api import callback_routes, routes
 from bot.config import Config
-from bot.auth import same_origin_middleware
+from bot.auth import host_guard_middleware, same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
-from bot.keys import (backend_key, callback_only_key, config_key, github_key, metrics_key,
-                      reporter_key, store_key, worker_key)
+from bot.keys import (backend_key, callback_only_key, config_key, feed_key, github_key,
+                      metrics_key, reporter_key, store_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
 from bot.events import routes as event_routes
+from bot.feed import Feed
 from bot.login import read_guard_middleware, routes as login_routes
 from bot.openapi import routes as openapi_routes
 from bot.ops import routes as ops_routes
@@ -23,8 +24,9 @@ from bot.pages import routes as page_routes
 from bot.redelivery import redeliver_missed
 from bot.reporter import Reporter
 from bot.rules import full_name_of_url
-from bot.webhook import routes as webhook_routes
+from bot.webhook import announce_webhook_policy, routes as webhook_routes
 from bot.requests import MAX_BODY
+from bot.server import name_the_server
 from runner.base import Backend, Limits
 from runner.docker_backend import DockerBackend
 from runner.pipeline import RunnerSettings
@@ -39,8 +41,10 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _application(config: Config, routes_: web.RouteTableDef, callback_only: bool) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, same_origin_middleware],
-                          client_max_size=MAX_BODY)
+    # The Host check comes first: a request for a name SPEED does not go by gets nothing else.
+    app = web.Application(middlewares=[error_middleware, host_guard_middleware,
+                                       same_origin_middleware], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(name_the_server)
     app[config_key] = config
     app[callback_only_key] = callback_only
     app.add_routes(routes_)
@@ -58,11 +62,13 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.add_routes(openapi_routes)
     app.add_routes(login_routes)
     app.middlewares.append(read_guard_middleware)
+    app.on_startup.append(announce_webhook_policy)
     app[metrics_key] = Metrics()
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_github_context)
     app.cleanup_ctx.append(_runner_context)
+    app.cleanup_ctx.append(_feed_context)
     return app
 
 
@@ -72,6 +78,15 @@ async def _storage_context(app: web.Application) -> AsyncIterator[None]:
     store.subscribe(app[metrics_key].observe)
     yield
     store.close()
+
+
+async def _feed_context(app: web.Application) -> AsyncIterator[None]:
+    """The live streams' one reader of the database; it reads only while a stream is open."""
+    feed = Feed(app)
+    app[feed_key] = feed
+    app[store_key].subscribe(feed.changed)
+    yield
+    feed.close()
 
 
 async def _github_context(app: web.Application) -> AsyncIterator[None]:

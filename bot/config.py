@@ -5,6 +5,7 @@ import math
 import os
 import re
 import typing
+import urllib.parse
 from typing import Any
 
 import yaml
@@ -106,7 +107,17 @@ class Config:
 
     @property
     def server_is_loopback(self) -> bool:
-        return _is_loopback(self.server.host)
+        return is_loopback(self.server.host)
+
+    @property
+    def accepts_unsigned_webhooks(self) -> bool:
+        """Whether webhooks without a signature are taken: only with no secret to check, and only
+        when nothing but this machine reaches SPEED (loopback, no tokens, no proxy in front)."""
+        # Tokens or a non-loopback public_url mean a proxy exposes SPEED: its loopback socket then
+        # carries strangers' requests, and an unsigned push could deploy any clone_url.
+        public_host = urllib.parse.urlsplit(public_url(self)).hostname or ""
+        return (not self.github.webhook_secret and self.server_is_loopback
+                and not self.auth.api_tokens and is_loopback(public_host))
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -184,7 +195,8 @@ def _build(cls: type, data: Any, prefix: str = ""):
     return cls(**values)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether host is this machine's loopback: localhost, 127.0.0.0/8 or ::1."""
     if host == "localhost":
         return True
     try:
@@ -199,7 +211,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.port: must be between 0 and 65535")
     if not 0 <= runner.callback_port <= 65535:
         raise ConfigError("runner.callback_port: must be between 0 and 65535")
-    if not config.auth.api_tokens and not _is_loopback(server.host):
+    if not config.auth.api_tokens and not is_loopback(server.host):
         raise ConfigError(f"server.host: listening on {server.host} without auth.api_tokens "
                           "would let anyone run code here; set tokens or listen on 127.0.0.1")
     if any(len(token) < 16 for token in config.auth.api_tokens):

@@ -36,6 +36,15 @@ async def error_middleware(request: web.Request, handler):
         log.error("the database's disk is full: %s %s refused", request.method, request.path)
         raise json_error(507, "Insufficient storage: the database's disk is full, so nothing was "
                               "changed; retry once space is freed") from None
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and _client_gone(request):
+            # The client hung up mid-request (a body cut short): routine, and nobody to answer.
+            log.info("client went away during %s %s", request.method, request.path)
+            raise json_error(400, "The request was cut short") from None
         log.exception("unhandled error in %s %s", request.method, request.path)
         raise json_error(500, "Internal server error") from None
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the request's own connection is closed (not some connection SPEED opened)."""
+    return request.transport is None or request.transport.is_closing()

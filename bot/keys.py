@@ -1,4 +1,6 @@
 """Typed application keys: all of the app's state lives under these."""
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from bot.config import Config
@@ -9,6 +11,9 @@ from runner.base import Backend
 from runner.worker import Worker
 from storage.store import Store
 
+if TYPE_CHECKING:
+    from bot.feed import Feed
+
 config_key = web.AppKey("config", Config)
 store_key = web.AppKey("store", Store)
 backend_key = web.AppKey("backend", Backend)
@@ -18,3 +23,5 @@ reporter_key = web.AppKey("reporter", Reporter)
 metrics_key = web.AppKey("metrics", Metrics)
 # True on the listener that containers reach: it serves only their callbacks, token always required.
 callback_only_key = web.AppKey("callback_only", bool)
+# Typed by annotation only: bot.feed reads the keys above, so importing it here would be a cycle.
+feed_key: web.AppKey["Feed"] = web.AppKey("feed")

@@ -3,11 +3,11 @@ import urllib.parse
 
 from aiohttp import web
 
-from bot.auth import (SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_token,
-                      session_value, token_required)
+from bot.auth import SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_token, token_required
 from bot.errors import json_error
-from bot.keys import config_key
+from bot.keys import config_key, store_key
 from bot.pages import render
+from storage import sessions
 
 routes = web.RouteTableDef()
 
@@ -16,7 +16,7 @@ routes = web.RouteTableDef()
 async def read_guard_middleware(request: web.Request, handler):
     """Refuse reads without a token (unless auth.public_reads); send browsers to sign in."""
     auth = request.app[config_key].auth
-    if reads_need_token(request, auth.api_tokens, auth.public_reads):
+    if await reads_need_token(request, auth.api_tokens, auth.public_reads):
         if "text/html" in request.headers.get("Accept", ""):
             raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
         raise token_required()
@@ -40,7 +40,7 @@ async def login_page(request: web.Request) -> web.Response:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    """Exchange an API token for a session cookie that only this site's own pages send back."""
+    """Exchange an API token for a random session cookie that only this site's pages send back."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise json_error(400, "Send the sign-in form: application/x-www-form-urlencoded with "
                               "'token' (and 'next')")
@@ -54,16 +54,20 @@ async def login(request: web.Request) -> web.Response:
         response = render("login.html", next=target, failed=True)
         response.set_status(401)
         return response
+    session = await request.app[store_key].run(sessions.create, token, SESSION_SECONDS)
     response = web.HTTPSeeOther(target)
     https = request.secure or request.app[config_key].server.public_url.startswith("https://")
-    response.set_cookie(SESSION_COOKIE, session_value(token), max_age=SESSION_SECONDS, path="/",
+    response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, path="/",
                         httponly=True, samesite="Strict", secure=https)
     raise response
 
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
-    """End the browser's session."""
+    """End the browser's session: deleted here, so a copy of the cookie no longer works either."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        await request.app[store_key].run(sessions.delete, session)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response

@@ -7,6 +7,7 @@ import copy
 
 from aiohttp import web
 
+from bot import feed
 from bot.keys import config_key
 
 routes = web.RouteTableDef()
@@ -34,6 +35,9 @@ def _errors(*codes: int) -> dict:
              507: "InsufficientStorage"}
     return {str(code): _ref("responses", names[code]) for code in (*codes, 500, 507)}
 
+
+# Seconds to wait before asking again.
+RETRY_AFTER = {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 
 # Mutating endpoints: a bearer token when auth.api_tokens is set, nothing otherwise. The empty
 # requirement ({}) is that "nothing"; the document served by an instance with tokens leaves it out.
@@ -375,7 +379,9 @@ PATHS = {
                            "events (data: one new result's text, JSON-encoded; id: the result's "
                            "id) until the deployment finished, then one `end` event (data: "
                            "`{\"status\": ...}`) and the stream closes. It stays open while the "
-                           "deployment is unfinished.",
+                           "deployment is unfinished. Open streams are capped: "
+                           f"{feed.MAX_PER_CLIENT} per client (an API token, a login session, "
+                           f"else an address) and {feed.MAX_STREAMS} in all.",
             "parameters": [
                 ID_PARAMETER,
                 {"name": "after", "in": "query", "required": False,
@@ -392,6 +398,14 @@ PATHS = {
                         "headers": {"Cache-Control": {"schema": {"type": "string",
                                                                  "enum": ["no-cache"]}}},
                         "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                "429": {"description": "This client has as many live streams open as it may "
+                                       "(one ends when its deployment finishes or its client "
+                                       "hangs up).",
+                        "headers": {"Retry-After": RETRY_AFTER},
+                        "content": _json(_ref("schemas", "Error"))},
+                "503": {"description": "As many live streams are open as SPEED serves.",
+                        "headers": {"Retry-After": RETRY_AFTER},
+                        "content": _json(_ref("schemas", "Error"))},
                 **_errors(404),
             },
         },

@@ -1,4 +1,5 @@
 """Reading and checking request bodies and path parameters."""
+import asyncio
 import json
 from typing import Any
 
@@ -10,10 +11,14 @@ MAX_BODY = 1024 * 1024
 # A body that does not declare its length (chunked) is buffered until it passes the limit, so it
 # gets a small one whatever the route allows: only GitHub sends more, and it declares the length.
 MAX_UNDECLARED_BODY = MAX_BODY
+# Seconds a client has to send a whole body: a body trickled in (or never finished) would
+# otherwise hold a connection and a handler for as long as the client likes.
+BODY_SECONDS = 30.0
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed limit."""
+    """The whole body, refused with 413 as soon as it is known to exceed limit, and with 408
+    unless it has all arrived within BODY_SECONDS."""
     declared = request.content_length
     if declared is None:
         limit = min(limit, MAX_UNDECLARED_BODY)
@@ -21,11 +26,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if declared is not None and declared > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        too_slow = json_error(408, f"The request body did not arrive within {BODY_SECONDS:g} s")
+        too_slow.force_close()  # the rest of the body may still come: never read it as a request
+        raise too_slow from None
     return b"".join(chunks)
 
 

@@ -124,6 +124,20 @@ def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Even
     return event
 
 
+async def announce_webhook_policy(app: web.Application) -> None:
+    """Say once, at start-up, whether webhooks are checked, refused or taken unsigned."""
+    config = app[config_key]
+    if config.github.webhook_secret:
+        log.info("webhooks: signatures are checked with github.webhook_secret")
+    elif config.accepts_unsigned_webhooks:
+        log.info("webhooks are accepted unsigned: github.webhook_secret is not set and SPEED "
+                 "is reachable from this machine only (loopback, no auth.api_tokens, a "
+                 "loopback server.public_url)")
+    else:
+        log.warning("webhooks are refused (403): github.webhook_secret is not set, and SPEED is "
+                    "reachable from elsewhere (auth.api_tokens, server.public_url or server.host)")
+
+
 @routes.post("/webhook")
 async def webhook(request: web.Request) -> web.Response:
     """Receive a GitHub delivery and count it by event and outcome."""
@@ -143,7 +157,7 @@ async def _receive(request: web.Request) -> web.Response:
     """Verify, decide, record once, wake the worker."""
     config = request.app[config_key]
     secret = config.github.webhook_secret or None
-    if secret is None and not config.server_is_loopback:
+    if secret is None and not config.accepts_unsigned_webhooks:
         raise json_error(403, "Webhooks are refused: github.webhook_secret is not set")
     event = _parse(request, await read_body(request, MAX_WEBHOOK_BODY), secret)
     decision = Decision()

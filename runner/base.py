@@ -51,8 +51,11 @@ class Backend(abc.ABC):
         """The host address at which containers reach SPEED."""
 
     @abc.abstractmethod
-    async def build(self, context: str, tag: str, output: OutputSink) -> str:
-        """Build the Dockerfile at the root of context as tag, streaming the log; return the image id."""
+    async def build(self, context: str, tag: str, output: OutputSink, limits: Limits) -> str:
+        """Build the Dockerfile at the root of context as tag, streaming the log; return the
+        image id. Every step runs within limits; nothing in context is read through a link or
+        without a bound; the log names no image. Cancelling the call stops the build at once
+        and leaves no image tagged."""
 
     @abc.abstractmethod
     async def reuse_image(self, candidates: list[str], tag: str) -> bool:

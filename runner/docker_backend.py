@@ -5,7 +5,7 @@ import contextlib
 import datetime
 import functools
 import ipaddress
-import os
+import re
 import threading
 from typing import AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
@@ -13,12 +13,25 @@ import docker
 import requests
 import urllib3
 from docker.errors import APIError, DockerException, NotFound
+from docker.types.daemon import CancellableStream
+from docker.utils import parse_bytes
 
+from runner import context as build_context
 from runner.base import Backend, ContainerState, Limits, OutputSink
+from runner.cgroups import BuildCgroups
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
 
 T = TypeVar("T")
 _DONE = object()
+_UNKNOWN = object()
+# Of Docker's default capabilities, those an application does not need: raw sockets (spoofing
+# on the shared bridge), device nodes, audit records and file capabilities.
+DROPPED_CAPABILITIES = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
+CPU_PERIOD = 100_000  # microseconds; the quota is cpus times this
+# The builder's lines that name images (" ---> 4c2743df7717", "Successfully tagged ..."): a
+# deployment that read them could build FROM another's image.
+_BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagged) \S+)\n?$",
+                            re.M)
 
 
 async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: None,
@@ -101,6 +114,7 @@ class DockerBackend(Backend):
         self._builds = 0
         self._pruning = False
         self._images_idle = asyncio.Condition()
+        self._cgroups: BuildCgroups | None | object = _UNKNOWN
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -152,26 +166,63 @@ class DockerBackend(Backend):
                         raise
         return False
 
-    async def build(self, context: str, tag: str, output: OutputSink) -> str:
-        if not os.path.isfile(os.path.join(context, "Dockerfile")):
-            raise BuildFailed("no Dockerfile at the repository root")
+    async def build(self, context: str, tag: str, output: OutputSink, limits: Limits) -> str:
         api = await self._api()
+        # Read from the checkout here, not by the SDK, which follows links (.dockerignore ->
+        # /dev/zero) and reads without bound.
+        archive = await asyncio.to_thread(build_context.archive, context)
+        params = {"t": tag, "rm": True, "forcerm": True, "pull": False,
+                  # Each step's container gets the limits the deployment's container gets.
+                  "memory": parse_bytes(limits.memory), "memswap": parse_bytes(limits.memory),
+                  "cpuperiod": CPU_PERIOD, "cpuquota": int(limits.cpus * CPU_PERIOD)}
+        cgroups = await self._build_cgroups(api, tag.rpartition(":")[0])
+        parent = cgroups and await asyncio.to_thread(cgroups.create, limits.pids)
+        if parent:
+            params["cgroupparent"] = parent
         image_id = None
-        async with self._using_images():
-            with _engine_errors(BuildFailed, "build"):
-                stream = await asyncio.to_thread(
-                    api.build, path=context, tag=tag, rm=True, forcerm=True, decode=True,
-                    pull=False)
-                async for chunk in _iterate(stream):
-                    if "stream" in chunk:
-                        await output(chunk["stream"])
-                    elif "error" in chunk:
-                        raise BuildFailed(f"build failed: {chunk['error'].strip()}")
-                    elif "aux" in chunk and "ID" in chunk["aux"]:
-                        image_id = chunk["aux"]["ID"]
+        try:
+            async with self._using_images():
+                with _engine_errors(BuildFailed, "build"):
+                    stream = await asyncio.to_thread(self._start_build, api, archive, params)
+                    # Leaving early (cancel, timeout) closes the connection: the engine then
+                    # stops the build at once, and tags nothing.
+                    async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
+                        async for chunk in chunks:
+                            if "stream" in chunk:
+                                text = _BUILDER_NAMES.sub("", chunk["stream"])
+                                if text:
+                                    await output(text)
+                            elif "error" in chunk:
+                                raise BuildFailed(f"build failed: {chunk['error'].strip()}")
+                            elif "aux" in chunk and "ID" in chunk["aux"]:
+                                image_id = chunk["aux"]["ID"]
+        finally:
+            archive.close()
+            if parent:
+                # Once the engine removed the steps' containers; nobody waits for it.
+                asyncio.get_running_loop().run_in_executor(None, cgroups.remove, parent)
         if image_id is None:
             raise BuildFailed("build failed: the engine reported no image")
         return image_id
+
+    @staticmethod
+    def _start_build(api: docker.APIClient, archive, params: dict) -> CancellableStream:
+        # The SDK's build() has no CPU quota or cgroup parent and hides the response it would
+        # take to stop the build: the same request, made here.
+        response = api._post(api._url("/build"), data=archive, params=params, stream=True,
+                             headers={"Content-Type": "application/tar"}, timeout=None)
+        api._raise_for_status(response)
+        return CancellableStream(api._stream_helper(response, decode=True), response)
+
+    async def _build_cgroups(self, api: docker.APIClient, prefix: str) -> BuildCgroups | None:
+        """The build cgroups of this engine, found once (leftovers of a crash swept then)."""
+        if self._cgroups is _UNKNOWN:
+            with _engine_errors(EngineUnavailable, "engine info"):
+                engine = await asyncio.to_thread(api.info)
+            self._cgroups = BuildCgroups.for_engine(engine, prefix)
+            if self._cgroups:
+                await asyncio.to_thread(self._cgroups.sweep)
+        return self._cgroups
 
     async def create(self, name: str, image: str, env: Mapping[str, str],
                      labels: Mapping[str, str], limits: Limits) -> str:
@@ -181,6 +232,7 @@ class DockerBackend(Backend):
                 mem_limit=limits.memory, memswap_limit=limits.memory,
                 nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
                 security_opt=["no-new-privileges"], network_mode=self._network, privileged=False,
+                cap_drop=list(DROPPED_CAPABILITIES),
                 # The engine's own copy of the output is bounded too; SPEED stores what it keeps.
                 log_config={"type": "json-file", "config": {"max-size": "20m", "max-file": "2"}})
             created = await asyncio.to_thread(
@@ -261,9 +313,11 @@ class DockerBackend(Backend):
             api = await self._api()
             with _engine_errors(RunFailed, "list images"):
                 images = await asyncio.to_thread(api.images, repository)
-            tags = [tag for image in images for tag in image.get("RepoTags") or []
-                    if tag.startswith(f"{repository}:") and tag.rpartition(":")[2].isdigit()]
-            tags.sort(key=lambda tag: int(tag.rpartition(":")[2]), reverse=True)
+            # Tags are <deployment id>-<random part> (earlier releases: <deployment id>).
+            numbered = [(int(match.group(1)), tag)
+                        for image in images for tag in image.get("RepoTags") or []
+                        if (match := re.fullmatch(re.escape(repository) + r":(\d+)(?:-\w+)?", tag))]
+            tags = [tag for _, tag in sorted(numbered, reverse=True)]
             # By tag: the build cache gives equal builds one image, and untagging one
             # deployment's image must leave the others'. Docker deletes the image with its last
             # tag, and never while a container still uses it.

@@ -1,10 +1,14 @@
-"""Records build and container output in batches, capped, with secrets redacted."""
+"""Records build and container output in batches, capped, quoted, with secrets redacted."""
 import asyncio
+import itertools
 import re
 from typing import Awaitable, Callable
 
-# (deployment id, text, total bytes stored, stream cursor in ns or None) -> stored
-Writer = Callable[[int, str, int, int | None], Awaitable[None]]
+from storage import quoting
+
+# (deployment id, text, stream cursor in ns or None, byte limit of all results or None for
+# SPEED's own note) -> (bytes of results stored in all, bytes of text that did not fit)
+Writer = Callable[[int, str, int | None, int | None], Awaitable[tuple[int, int]]]
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_SECONDS = 0.25
@@ -26,8 +30,10 @@ class OutputRecorder:
         # in chunks), so a secret may straddle two writes. A write ending in what could begin a
         # secret is held, whole, until the next write tells or close. Whole writes keep the cursor
         # exact: a batch's cursor is that of the last write it holds entirely, so a reattach after
-        # a crash replays a held write once, in full. (text, cursor), not yet redacted.
-        self._held: list[tuple[str, int | None]] = []
+        # a crash replays a held write once, in full. (text, cursor, SPEED's own), not yet
+        # redacted. The same holding keeps a line that may become "[speed]" until it is known.
+        self._held: list[tuple[str, int | None, bool]] = []
+        self._at_line_start = True
         self._buffer: list[str] = []
         self._buffered = 0
         self._cursor: int | None = None
@@ -49,9 +55,20 @@ class OutputRecorder:
             self._pattern = re.compile("|".join(
                 re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)))
 
+    def redacted(self, text: str) -> str:
+        """text without this deployment's secrets (for reasons and messages)."""
+        return self._pattern.sub(REDACTED, text) if self._pattern else text
+
+    async def say(self, line: str) -> None:
+        """Record a line of SPEED's own, as `[speed] line`."""
+        await self._take(f"{quoting.OWN} {line}\n", None, own=True)
+
     async def write(self, text: str, cursor: int | None = None) -> None:
         """Take a piece of output; cursor is the stream position it ends at."""
-        self._held.append((text, cursor))
+        await self._take(text, cursor, own=False)
+
+    async def _take(self, text: str, cursor: int | None, own: bool) -> None:
+        self._held.append((text, cursor, own))
         self._release(self._releasable())
         if self._buffered >= FLUSH_BYTES:
             await self.flush()
@@ -60,8 +77,9 @@ class OutputRecorder:
 
     def _releasable(self) -> int:
         """How many held writes may go: none past where a secret may begin, none cutting one."""
-        joined = self._held[0][0] if len(self._held) == 1 else "".join(t for t, _ in self._held)
-        safe = len(joined) - self._open_tail(joined)
+        joined = self._held[0][0] if len(self._held) == 1 else "".join(t for t, _, _ in self._held)
+        safe = len(joined) - max(self._open_tail(joined),
+                                 quoting.open_end(joined, self._at_line_start))
         if safe == len(joined):
             return len(self._held)
         spans = [m.span() for m in self._pattern.finditer(joined)] if self._pattern else []
@@ -86,12 +104,23 @@ class OutputRecorder:
                 at += 1
         return longest
 
+    def _quoted(self, released: list[tuple[str, int | None, bool]]) -> str:
+        """The released writes as one text, output lines that look like SPEED's own quoted."""
+        pieces = []
+        for own, run in itertools.groupby(released, key=lambda write: write[2]):
+            text = "".join(piece for piece, _, _ in run)  # `[spe` + `ed]` are judged together
+            if not own:
+                text = quoting.quote(text, self._at_line_start)
+            self._at_line_start = quoting.ends_at_line_start(text, self._at_line_start)
+            pieces.append(text)
+        return pieces[0] if len(pieces) == 1 else "".join(pieces)
+
     def _release(self, count: int) -> None:
-        """Redact the first count held writes together and buffer them, capped."""
+        """Quote and redact the first count held writes together and buffer them, capped."""
         if not count:
             return
         released, self._held = self._held[:count], self._held[count:]
-        text = released[0][0] if count == 1 else "".join(piece for piece, _ in released)
+        text = self._quoted(released)
         if self._pattern:
             text = self._pattern.sub(REDACTED, text)
         size = len(text.encode())
@@ -105,7 +134,7 @@ class OutputRecorder:
         else:
             self._buffer.append(text)
             self._buffered += size
-        for _, cursor in reversed(released):
+        for _, cursor, _ in reversed(released):
             if cursor is not None:
                 self._cursor = cursor
                 break
@@ -118,13 +147,17 @@ class OutputRecorder:
     async def flush(self) -> None:
         """Store what is buffered now (held writes wait for more output or close)."""
         async with self._lock:
-            if not self._buffer and self._cursor is None:
+            if not self._buffer:
                 return
             text, cursor = "".join(self._buffer), self._cursor
             self._buffer, self._buffered, self._cursor = [], 0, None
-            if text:
-                self._stored += len(text.encode())
-                await self._write(self._deployment_id, text, self._stored, cursor)
+            await self._store(text, cursor, self._limit)
+
+    async def _store(self, text: str, cursor: int | None, limit: int | None) -> None:
+        """Write to the database, which cuts at the limit: callbacks may have filled it."""
+        self._stored += len(text.encode())
+        self._stored, dropped = await self._write(self._deployment_id, text, cursor, limit)
+        self._dropped += dropped
 
     async def close(self) -> None:
         """Store everything left, with a marker saying how much the limit cut."""
@@ -132,9 +165,11 @@ class OutputRecorder:
             self._ticker.cancel()
             self._ticker = None
         self._release(len(self._held))  # no more output can complete a secret
+        await self.flush()
         if self._dropped:
             # "at least": once full, the pipeline stops reading, so the rest is never counted.
-            self._buffer.append(f"\n[output truncated: at least {self._dropped} bytes over the "
-                                f"{self._limit}-byte limit were not stored]\n")
+            marker = (f"\n[output truncated: at least {self._dropped} bytes over the "
+                      f"{self._limit}-byte limit were not stored]\n")
             self._dropped = 0
-        await self.flush()
+            async with self._lock:
+                await self._store(marker, None, None)  # SPEED's own: never cut

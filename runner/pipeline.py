@@ -57,6 +57,8 @@ class Run:
     def __init__(self, deployment_id: int):
         self.deployment_id = deployment_id
         self.container_id: str | None = None
+        self.image: str | None = None  # its image's name, once chosen
+        self.built = False  # whether that image exists: built, or an earlier one reused
         self.stopped = False
         self.task: asyncio.Task | None = None
 
@@ -82,16 +84,18 @@ class Pipeline:
     def image_repository(self) -> str:
         return f"speed-{self.settings.instance}"
 
-    def _image(self, deployment_id: int) -> str:
-        return f"{self.image_repository}:{deployment_id}"
+    def _new_image(self, deployment_id: int) -> str:
+        """A name for a deployment's image that no other deployment can guess: builds never
+        print it, and output that would is redacted."""
+        return f"{self.image_repository}:{deployment_id}-{secrets.token_hex(8)}"
 
     def _recorder(self, deployment: Deployment) -> OutputRecorder:
         return OutputRecorder(deployment.id, self._store_output, self.settings.max_log_bytes,
                               stored=deployment.log_bytes)
 
-    async def _store_output(self, deployment_id: int, text: str, stored: int,
-                            cursor: int | None) -> None:
-        await self.store.run(queries.append_output, deployment_id, text, stored, cursor)
+    async def _store_output(self, deployment_id: int, text: str, cursor: int | None,
+                            limit: int | None) -> tuple[int, int]:
+        return await self.store.run(queries.append_output, deployment_id, text, cursor, limit)
 
     def _remaining(self, deployment: Deployment) -> float:
         started = deployment.started_at or utcnow()
@@ -106,7 +110,7 @@ class Pipeline:
             async with self._deadline(deployment, run, recorder):
                 try:
                     workspace = self._workspace(deployment.id)
-                    commit = await self._prepare(deployment, recorder, workspace)
+                    commit = await self._prepare(deployment, run, recorder, workspace)
                     shutil.rmtree(workspace, ignore_errors=True)
                     if run.stopped:
                         return
@@ -135,12 +139,14 @@ class Pipeline:
             raise CheckoutFailed(f"could not create a workspace in {self.settings.workdir}: "
                                  f"{e.strerror}") from e
 
-    async def _prepare(self, deployment: Deployment, recorder: OutputRecorder,
+    async def _prepare(self, deployment: Deployment, run: Run, recorder: OutputRecorder,
                        workspace: str) -> str:
         """Clone and build the deployment's commit, or reuse the image built of it before."""
         token = await self.credentials(deployment) if self.credentials else None
         if token:
             recorder.redact(token)
+        run.image = self._new_image(deployment.id)
+        recorder.redact(run.image)  # an engine's error message may name it
         url, branch, timeout = deployment.url, deployment.branch, self.settings.git_timeout
         # Checked again now, and git held to what was checked: DNS may have changed its answer.
         addresses = await git.pin(url, self.settings.allowed_urls, timeout)
@@ -148,24 +154,25 @@ class Pipeline:
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
         if commit and self.settings.reuse_images and await self.backend.reuse_image(
-                [self._image(built) for built in
-                 await self.store.run(queries.built_before, deployment.id, url, commit)],
-                self._image(deployment.id)):
-            now = utcnow()
+                await self.store.run(queries.built_before, deployment.id, url, commit),
+                run.image):
+            run.built, now = True, utcnow()
             await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
-                                 built_at=now)
-            await recorder.write(f"[speed] reusing the image already built of {commit}\n")
+                                 built_at=now, image=run.image)
+            await recorder.say(f"reusing the image already built of {commit}")
             return commit
-        await recorder.write(f"[speed] cloning {url} (branch {branch})\n")
+        await recorder.say(f"cloning {url} (branch {branch})")
         source_dir = os.path.join(workspace, "src")
         commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
                                     addresses=addresses)
         await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow())
-        await recorder.write(f"[speed] checked out {commit}\n[speed] building\n")
+        await recorder.say(f"checked out {commit}")
+        await recorder.say("building")
         # No labels: the legacy builder spends a build step (~0.2 s) on each. The database knows
         # which deployment's image holds which commit.
-        await self.backend.build(source_dir, self._image(deployment.id), recorder.write)
-        await self.store.run(queries.record, deployment.id, built_at=utcnow())
+        await self.backend.build(source_dir, run.image, recorder.write, self.settings.limits)
+        run.built = True
+        await self.store.run(queries.record, deployment.id, built_at=utcnow(), image=run.image)
         return commit
 
     async def reattach(self, deployment: Deployment, run: Run) -> None:
@@ -195,7 +202,7 @@ class Pipeline:
     async def _engine_back(self, recorder: OutputRecorder, error: RunnerError) -> None:
         """Wait (within the deployment's timeout) until the engine answers again."""
         log.warning("%s; waiting for the engine", error.message)
-        await recorder.write(f"[speed] {error.message}; waiting for it to come back\n")
+        await recorder.say(f"{error.message}; waiting for it to come back")
         while True:
             await asyncio.sleep(ENGINE_RETRY_SECONDS)
             try:
@@ -203,7 +210,7 @@ class Pipeline:
                 break
             except EngineUnavailable:
                 continue
-        await recorder.write("[speed] the Docker engine answers again\n")
+        await recorder.say("the Docker engine answers again")
 
     async def _container_started(self, run: Run) -> bool:
         if run.container_id is None:
@@ -251,14 +258,14 @@ class Pipeline:
         # A container left by a crash before its id was stored is removed by reconcile, before
         # the requeue: nothing to look for on this path.
         run.container_id = await self.backend.create(
-            name, self._image(deployment.id), env, self.labels(deployment.id), self.settings.limits)
+            name, run.image, env, self.labels(deployment.id), self.settings.limits)
         # The id is stored before the container starts: after a crash, a stored id means the
         # container may have run, so it is reattached, never started twice.
         await self.store.run(queries.record, deployment.id, container_id=run.container_id,
                              token_hash=token_hash(token))
         if run.stopped:
             return
-        await recorder.write("[speed] starting the container\n")
+        await recorder.say("starting the container")
         await self.backend.start(run.container_id)
         await self.store.change(queries.update, deployment.id, container_started_at=utcnow())
 
@@ -309,7 +316,7 @@ class Pipeline:
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
         await recorder.close()
-        reason = error.message
+        reason = recorder.redacted(error.message)
         if "no space left on device" in error.log.lower() and "no space" not in reason.lower():
             reason += ": no space left on device"  # e.g. git says why only in its output
         await self._finish(deployment_id, Status.FAILED, reason,
@@ -330,13 +337,16 @@ class Pipeline:
             await recorder.close()
         # One round trip for both questions, and ids rather than rows: listing a long queue as
         # whole rows held the database thread (and the API behind it) for tens of milliseconds.
-        unfinished = await self.store.run(queries.unfinished_ids_once_finished, deployment_id)
+        unfinished = await self.store.run(queries.unfinished_images_once_finished, deployment_id)
         if unfinished is None:
             return  # interrupted by shutdown: the next start reattaches or requeues it
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)
+            if run.image and not run.built:
+                # A build stopped at its very end may have tagged its image after all.
+                await self.backend.cleanup(image=run.image)
             await self.backend.prune_images(self.image_repository, self.settings.keep_images,
-                                            spare={self._image(i) for i in unfinished})
+                                            spare=unfinished)
         except RunnerError as e:
             log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})

@@ -14,9 +14,11 @@ MAX_BRANCH = 255
 # How long a request waits for its URL's host to resolve. Longer: a slow resolver holds up /start
 # and webhooks; a name that does not resolve in time is checked again when it is cloned.
 LOOKUP_TIMEOUT = 2.0
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
-# git check-ref-format's rules for one branch name (see git-check-ref-format(1)).
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+# Space and every Unicode control character (category Cc: C0, DEL and C1 — U+009B is a CSI that
+# terminals act on, U+0085 a line break), however git itself would take them.
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+# git check-ref-format's rules for one branch name (see git-check-ref-format(1)), plus C1.
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f~^:?*\[\\]")
 
 
 class Invalid(ValueError):
@@ -41,7 +43,8 @@ def check_url(url: str, allowed: tuple[str, ...]) -> str:
     if len(url) > MAX_URL:
         raise Invalid(f"url: longer than {MAX_URL} characters")
     if _CONTROL.search(url):
-        raise Invalid("url: must not contain spaces or control characters")
+        raise Invalid("url: must not contain spaces or control characters "
+                      "(U+0000-U+001F, U+007F-U+009F)")
     if url.startswith("-"):
         raise Invalid("url: must not begin with '-'")
     if "::" in url.split("/", 1)[0]:
@@ -158,8 +161,8 @@ def check_branch(branch: str) -> str:
     if branch.startswith("-"):
         raise Invalid("branch: must not begin with '-'")
     if _REF_FORBIDDEN.search(branch):
-        raise Invalid("branch: contains a character git forbids in branch names "
-                      "(control characters, space, ~ ^ : ? * [ \\)")
+        raise Invalid("branch: contains a character refused in branch names "
+                      "(control characters U+0000-U+001F, U+007F-U+009F, space, ~ ^ : ? * [ \\)")
     if (".." in branch or "@{" in branch or "//" in branch or branch == "@" or branch == "HEAD"
             or branch.startswith("/") or branch.endswith("/") or branch.endswith(".")):
         raise Invalid("branch: not a valid git branch name")

@@ -4,6 +4,7 @@ import sys
 
 from speedcli import errors, parser
 from speedcli.api import Api
+from speedcli.safe import field
 from speedcli.settings import server
 
 
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(Api(*server(args)), args)
     except errors.CliError as e:
-        print(f"speed: {e}", file=sys.stderr)
+        # The message quotes the server (its error text, a bad status line): one escaped line.
+        print(f"speed: {field(str(e))}", file=sys.stderr)
         return errors.ERROR
     except KeyboardInterrupt:
         return errors.INTERRUPTED

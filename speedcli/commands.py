@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from speedcli import render
+from speedcli import render, safe
 from speedcli.api import Api
 from speedcli.errors import CliError
 from speedcli.follow import follow
@@ -41,10 +41,14 @@ def info(api: Api, args: argparse.Namespace) -> int:
 
 
 def results(api: Api, args: argparse.Namespace) -> int:
-    text = _field(api.get(f"/results/{args.id}"), "results", str)
-    # Exactly as recorded, but a terminal's prompt should not follow on the last line.
-    sys.stdout.write(text + ("\n" if text and not text.endswith("\n") and sys.stdout.isatty()
-                             else ""))
+    recorded = _field(api.get(f"/results/{args.id}"), "results", str)
+    terminal = sys.stdout.isatty()
+    # As recorded, but with what could drive the terminal escaped (colours kept on a terminal).
+    logs = safe.LogText(terminal)
+    text = logs.feed(recorded) + logs.flush()
+    # A terminal's prompt should not follow on the last line, nor in the log's last colour.
+    sys.stdout.write(text + logs.reset() + ("\n" if text and not text.endswith("\n") and terminal
+                                            else ""))
     sys.stdout.flush()
     return 0
 

@@ -1,4 +1,5 @@
 """Follow a deployment live: its log on stdout, its phase on stderr, its outcome as exit code."""
+import contextlib
 import json
 import queue
 import sys
@@ -8,6 +9,7 @@ from typing import TextIO
 from speedcli.api import Api
 from speedcli.errors import CliError, exit_code
 from speedcli.progress import Progress
+from speedcli.safe import LogText
 from speedcli.sse import Event
 from speedcli.stream import deployment_events
 
@@ -51,6 +53,8 @@ def follow(api: Api, deployment_id: int, out: TextIO = sys.stdout,
     progress = Progress(err, deployment_id, live=err.isatty())
     # Log text and the progress line share the screen only when both go to a terminal.
     shared = progress.live and out.isatty()
+    # Pieces of log text, escaped; a sequence split between two pieces is judged whole.
+    logs = LogText(terminal=out.isatty())
     at_line_start = True
     try:
         while True:
@@ -62,12 +66,14 @@ def follow(api: Api, deployment_id: int, out: TextIO = sys.stdout,
             if isinstance(item, BaseException):
                 raise item
             if item.kind == "log":
-                text = _decoded(item, str)
+                text = logs.feed(_decoded(item, str))
+                at_line_start = text.endswith("\n") if text else at_line_start
                 if shared:
                     progress.hide()
+                    # The progress line must not be drawn in a colour the log left on.
+                    text += logs.reset() if at_line_start else ""
                 out.write(text)
                 out.flush()
-                at_line_start = text.endswith("\n") if text else at_line_start
                 if shared and at_line_start:
                     progress.show()
             elif item.kind == "status":
@@ -77,10 +83,15 @@ def follow(api: Api, deployment_id: int, out: TextIO = sys.stdout,
                 progress.update(status)
             elif item.kind == "end":
                 final = str(_decoded(item, dict).get("status"))
-                if shared and not at_line_start:
-                    out.write("\n")
-                    out.flush()
+                rest = logs.flush()
+                at_line_start = rest.endswith("\n") if rest else at_line_start
+                out.write(rest + logs.reset() + ("\n" if shared and not at_line_start else ""))
+                out.flush()
                 progress.finish(final)
                 return exit_code(final)
     finally:
         progress.clear()
+        if reset := logs.reset():  # interrupted inside a colour: the error line must not be in it
+            with contextlib.suppress(OSError, ValueError):
+                out.write(reset)
+                out.flush()

@@ -4,6 +4,7 @@ import os
 from typing import TextIO
 
 from speedcli import render
+from speedcli.safe import field
 
 FINISHED = ("Succeeded", "Failed", "Cancelled")
 
@@ -70,7 +71,7 @@ class Progress:
         line = f"speed: deployment {self.deployment_id} {final}"
         line += f" after {render.duration(took)}" if took is not None else ""
         line += f" ({status['reason']})" if status.get("reason") else ""
-        self._write(line + "\n")
+        self._write(field(line) + "\n")  # the status and reason come from the server
 
     def clear(self) -> None:
         if self.drawn:
@@ -78,12 +79,13 @@ class Progress:
             self.drawn = 0
 
     def _text(self) -> str:
+        """The phase line, escaped: the phase (a status) and waiting_reason come from the server."""
         status = self.status or {}
         text = (f"speed: deployment {self.deployment_id} {self.phase} "
                 f"({render.duration(elapsed(status))})")
         if self.phase == "queued" and status.get("waiting_reason"):
             text += f": {status['waiting_reason']}"
-        return text
+        return field(text)
 
     def _draw(self) -> None:
         if self.hidden or self.status is None:

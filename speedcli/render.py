@@ -1,6 +1,8 @@
 """Deployments as text: aligned `key: value` lines, a table, times and durations."""
 import datetime
 
+from speedcli.safe import field
+
 COLUMNS = ("ID", "STATUS", "REPO", "BRANCH", "COMMIT", "TRIGGER", "CREATED", "DURATION")
 
 
@@ -38,10 +40,11 @@ def _value(key: str, value) -> str:
 
 def info(deployment: dict) -> str:
     """Every field, one aligned `key: value` line each; waiting_reason only while Pending."""
-    shown = {key: value for key, value in deployment.items()
+    # Keys and values both come from the server: escaped, one field can never become two lines.
+    shown = {field(key): field(_value(key, value)) for key, value in deployment.items()
              if key != "waiting_reason" or deployment.get("status") == "Pending"}
     width = max((len(key) for key in shown), default=0) + 1
-    return "\n".join(f"{key + ':':<{width}} {_value(key, value)}" for key, value in shown.items())
+    return "\n".join(f"{key + ':':<{width}} {value}" for key, value in shown.items())
 
 
 def _created(iso: str | None) -> str:
@@ -50,6 +53,12 @@ def _created(iso: str | None) -> str:
 
 
 def _row(d: dict) -> tuple[str, ...]:
+    """One table row, each cell escaped: a cell can neither end the row nor move the cursor."""
+    return tuple(field(cell) for cell in _cells(d))
+
+
+def _cells(d: dict) -> tuple[str, ...]:
+    """One table row as the server gave it."""
     return (str(d.get("id")), str(d.get("status")), str(d.get("repo_name")),
             str(d.get("repo_branch")), (d.get("commit") or "-")[:7], str(d.get("trigger") or "-"),
             _created(d.get("created_at")),

@@ -2,8 +2,13 @@
 import pathlib
 import threading
 
-from peewee import DatabaseProxy, SqliteDatabase
+from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect
+from playhouse.migrations import Runner
+
+MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
+# Replicas starting side by side must not migrate at once (PostgreSQL races on CREATE TABLE).
+MIGRATION_LOCK = 0x5EED_0001
 
 
 class _ThreadDatabase(DatabaseProxy):
@@ -39,10 +44,23 @@ SQLITE_PRAGMAS = {
 }
 
 
-def open_database(url: str):
-    """Connect the models to the database at url, for this thread, and create missing tables."""
-    from storage.models import MODELS
+def upgrade(db) -> list[str]:
+    """Bring the schema up to date with storage/migrations; return the migrations applied."""
+    postgres = isinstance(db, PostgresqlDatabase)
+    if postgres:
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        runner = Runner(db, directory=str(MIGRATIONS), table_name="schema_migration")
+        if not runner.History.table_exists() and db.table_exists("deployment"):
+            runner.fake("0001_initial")  # made by the first release, which had no migrations
+        return runner.up()
+    finally:
+        if postgres:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
+
+def open_database(url: str):
+    """Connect the models to the database at url, for this thread, and upgrade its schema."""
     db = connect(url)
     if isinstance(db, SqliteDatabase):
         if db.database not in ("", ":memory:"):
@@ -50,5 +68,5 @@ def open_database(url: str):
         db = SqliteDatabase(db.database, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
     database.initialize(db)
     with db.connection_context():
-        db.create_tables(MODELS, safe=True)
+        upgrade(db)
     return db

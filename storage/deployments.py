@@ -6,23 +6,17 @@ from typing import Callable, TypeVar
 from peewee import SqliteDatabase, fn
 
 from storage.db import database
+from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
+from storage.quoting import quote
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
+# A deployment claimed this many times without finishing (SPEED died with it each time, or its
+# engine did) is failed rather than queued again: it may be what takes SPEED down.
+MAX_ATTEMPTS = 3
+UNFINISHED = (Status.PENDING.value, Status.RUNNING.value)
 T = TypeVar("T")
-
-
-class NotFound(LookupError):
-    """No deployment has that id."""
-
-
-class IllegalTransition(ValueError):
-    """The deployment cannot move to the requested status."""
-
-    def __init__(self, current: Status, new: Status):
-        super().__init__(f"cannot move a {current.value} deployment to {new.value}")
-        self.current, self.new = current, new
 
 
 def _write():
@@ -75,10 +69,10 @@ def _supersede(newer: Deployment) -> list[Deployment]:
     older = list(Deployment.select().where(
         Deployment.repo_full_name == newer.repo_full_name, Deployment.branch == newer.branch,
         Deployment.trigger == newer.trigger, Deployment.id < newer.id,
-        Deployment.status.in_([Status.PENDING.value, Status.RUNNING.value])))
+        Deployment.status.in_(UNFINISHED)))
     for deployment in older:
         note = f"[speed] Cancelled: superseded by deployment {newer.id}"
-        Deployment.update(status=Status.CANCELLED.value, finished_at=utcnow(),
+        Deployment.update(status=Status.CANCELLED.value, finished_at=utcnow(), token_hash=None,
                           reason=f"superseded by deployment {newer.id}").where(
             Deployment.id == deployment.id).execute()
         _append(deployment.id, note)
@@ -136,7 +130,8 @@ def claim_next() -> Deployment | None:
     oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
               .order_by(Deployment.id).limit(1))
     with _write():
-        rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow())
+        rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
+                                      attempts=Deployment.attempts + 1)
                     .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
                     .returning(Deployment).objects(Deployment).execute())
     return rows[0] if rows else None
@@ -152,7 +147,9 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
             raise IllegalTransition(current, new)
         values = dict(fields, status=new.value)
         if new.finished:
-            values["finished_at"] = utcnow()
+            # From now on the container's token is refused: it cannot write for a finished
+            # deployment, whatever it still knows.
+            values.update(finished_at=utcnow(), token_hash=None)
         moved = _set(deployment_id, **values)
         if note:
             _append(deployment_id, note)
@@ -160,8 +157,16 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
 
 
 def requeue(deployment_id: int, note: str) -> Deployment:
-    """Put a Running deployment whose container never started back in the queue."""
+    """Put a Running deployment whose container never started back in the queue, unless it
+    was claimed MAX_ATTEMPTS times already: then it fails, saying so."""
     with _write():
+        attempts = Deployment.select(Deployment.attempts).where(
+            Deployment.id == deployment_id).scalar() or 0
+        if attempts >= MAX_ATTEMPTS:
+            reason = (f"interrupted {attempts} times before its container started; not "
+                      "deploying it again")
+            return transition(deployment_id, Status.FAILED, note=f"[speed] Failed: {reason}",
+                              reason=reason, infrastructure_failure=True)
         updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
                                      cloned_at=None, built_at=None, container_started_at=None,
                                      container_id=None, log_cursor=None)
@@ -190,36 +195,68 @@ def _append(deployment_id: int, text: str) -> None:
     Result.create(deployment=deployment_id, text=text)
 
 
-def add_result(deployment_id: int, text: str) -> None:
-    """Append a result to the deployment's results."""
+def _callback_text(deployment_id: int, text: str, limit: int, unfinished_only: bool) -> str:
+    """text as a callback's result is stored (quoted, ending a line), once it fits within the
+    deployment's output limit: all of it or nothing (ResultsFull). unfinished_only: a write
+    for a deployment's own token, which is refused once it finished (Finished)."""
+    status, stored = _found(deployment_id, lambda: Deployment.select(
+        Deployment.status, Deployment.log_bytes).where(Deployment.id == deployment_id)
+        .tuples().first())
+    if unfinished_only and Status(status).finished:
+        raise Finished(deployment_id)
+    text = quote(text if text.endswith("\n") else text + "\n")
+    size = len(text.encode())
+    if stored + size > limit:
+        raise ResultsFull(limit)
+    Deployment.update(log_bytes=Deployment.log_bytes + size).where(
+        Deployment.id == deployment_id).execute()
+    return text
+
+
+def add_result(deployment_id: int, text: str, limit: int, unfinished_only: bool = False) -> None:
+    """Append text a caller sent to the deployment's results (see _callback_text)."""
     with _write():
-        _status(deployment_id)
-        _append(deployment_id, text)
+        _append(deployment_id, _callback_text(deployment_id, text, limit, unfinished_only))
 
 
-def report_progress(deployment_id: int, text: str) -> None:
+def report_progress(deployment_id: int, text: str, limit: int,
+                    unfinished_only: bool = False) -> None:
     """Record a progress report: it becomes the progress and is appended to the results."""
     with _write():
-        _status(deployment_id)
-        Deployment.update(progress=text).where(Deployment.id == deployment_id).execute()
+        text = _callback_text(deployment_id, text, limit, unfinished_only)
+        Deployment.update(progress=text.removesuffix("\n")).where(
+            Deployment.id == deployment_id).execute()
         _append(deployment_id, text)
 
 
-def append_output(deployment_id: int, text: str, log_bytes: int, cursor: int | None) -> None:
-    """Store a batch of build or container output with the stream position it reached."""
+def append_output(deployment_id: int, text: str, cursor: int | None,
+                  limit: int | None) -> tuple[int, int]:
+    """Store a batch of output with the stream position it reached, cut at limit bytes of
+    results in all (None: SPEED's own note, never cut). Return the bytes stored in all and the
+    bytes of text that did not fit."""
+    data = text.encode()
     with _write():
-        Result.create(deployment=deployment_id, text=text)
-        fields = {"log_bytes": log_bytes}
+        stored = Deployment.select(Deployment.log_bytes).where(
+            Deployment.id == deployment_id).scalar() or 0
+        kept = len(data) if limit is None else max(min(len(data), limit - stored), 0)
+        if kept < len(data):
+            text = data[:kept].decode("utf-8", "ignore")
+            kept = len(text.encode())
+        if text:
+            Result.create(deployment=deployment_id, text=text)
+        fields = {"log_bytes": stored + kept}
         if cursor is not None:
             fields["log_cursor"] = cursor
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
+    return stored + kept, len(data) - kept
 
 
-def built_before(deployment_id: int, url: str, commit: str, limit: int = 5) -> list[int]:
-    """Earlier deployments that built or reused an image of this url and commit, newest first."""
-    return [i for (i,) in Deployment.select(Deployment.id).where(
+def built_before(deployment_id: int, url: str, commit: str, limit: int = 5) -> list[str]:
+    """Images of earlier deployments that built or reused this url and commit, newest first."""
+    return [image for (image,) in Deployment.select(Deployment.image).where(
         Deployment.url == url, Deployment.commit == commit, Deployment.built_at.is_null(False),
-        Deployment.id < deployment_id).order_by(Deployment.id.desc()).limit(limit).tuples()]
+        Deployment.image.is_null(False), Deployment.id < deployment_id)
+        .order_by(Deployment.id.desc()).limit(limit).tuples()]
 
 
 def results_after(deployment_id: int, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
@@ -249,13 +286,13 @@ def _ids(query) -> list[int]:
     return [i for (i,) in database.execute(query)]
 
 
-def unfinished_ids_once_finished(deployment_id: int) -> list[int] | None:
-    """None while the deployment is unfinished; once it finished, the ids of the Pending and
-    Running deployments (clean-up spares their images)."""
+def unfinished_images_once_finished(deployment_id: int) -> set[str] | None:
+    """None while the deployment is unfinished; once it finished, the images of the Pending
+    and Running deployments (clean-up spares them)."""
     if not _status(deployment_id).finished:
         return None
-    return _ids(Deployment.select(Deployment.id).where(
-        Deployment.status.in_([Status.PENDING.value, Status.RUNNING.value])))
+    return {image for (image,) in database.execute(Deployment.select(Deployment.image).where(
+        Deployment.status.in_(UNFINISHED), Deployment.image.is_null(False)))}
 
 
 def pending_ids() -> list[int]:

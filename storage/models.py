@@ -1,4 +1,5 @@
-"""peewee models: deployments, their results, and instance settings."""
+"""peewee models: deployments, their results, deliveries, settings and sessions (the schema
+itself comes from storage/migrations)."""
 import datetime
 
 from peewee import (
@@ -34,8 +35,16 @@ class Deployment(BaseModel):
     github_deployment_id = BigIntegerField(null=True)
     # The last state the reporter got through to GitHub; on start-up it re-reports any that differ.
     reported = CharField(max_length=32, null=True)
-    token_hash = CharField(max_length=64, null=True)  # sha256 of the running container's token
+    # sha256 of the running container's token; cleared when the deployment finishes, so the
+    # token is refused from then on.
+    token_hash = CharField(max_length=64, null=True)
     container_id = CharField(max_length=64, null=True)
+    # The image it runs: named by the pipeline with a random part and never printed, so no other
+    # deployment can build FROM it or run it.
+    image = TextField(null=True)
+    # How many times a worker claimed it: a deployment that keeps taking SPEED down with it is
+    # failed instead of being queued again for ever.
+    attempts = IntegerField(default=0)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
     # True when SPEED or its engine failed, not the repository's code (GitHub's "error" state).
@@ -79,4 +88,11 @@ class Setting(BaseModel):
     value = TextField()
 
 
-MODELS = [Deployment, Result, Delivery, Setting]
+class Session(BaseModel):
+    """A browser's login session, kept as hashes: the database shows no cookie and no token."""
+
+    cookie_hash = CharField(max_length=64, unique=True)  # sha256 of the cookie's random value
+    token_hash = CharField(max_length=64)  # sha256 of the API token it signed in with
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+

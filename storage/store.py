@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from storage.db import database, open_database
+from storage.errors import StorageFull
 from storage.models import Deployment
 
 T = TypeVar("T")
@@ -16,13 +17,6 @@ log = logging.getLogger(__name__)
 # A patient write retries after these many seconds, doubling up to the last.
 PATIENT_FIRST_DELAY = 0.1
 PATIENT_MAX_DELAY = 2.0
-
-
-class StorageFull(Exception):
-    """The database's disk is full: the query was rolled back and nothing changed."""
-
-    def __init__(self):
-        super().__init__("the database's disk is full")
 
 
 # SQLite's codes for "no room": a table or the WAL cannot grow, or the WAL index (the -shm file,

@@ -198,7 +198,7 @@ async def test_ids_that_name_no_deployment_are_a_json_404(client, bad_id):
 async def raw_status(client, method: str, target: str) -> tuple[int, bytes]:
     """Send a request line exactly as written (HTTP clients normalise "..") and read the answer."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"{method} {target} HTTP/1.1\r\nHost: speed\r\nContent-Length: 2\r\n"
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
                  "Connection: close\r\n\r\n{}".encode())
     answer = await reader.read()
     writer.close()

@@ -10,8 +10,10 @@ except ImportError:  # reported by the browser fixture, which fails under CI
     async_playwright = expect = None
 
 CHROMIUM = "/usr/bin/chromium"
+REBOUND = "rebound.test"  # a name whose owner points it at 127.0.0.1: DNS rebinding, settled
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]
 TOKEN = "a-token-of-sixteen-chars"
 BUILD = 90_000  # ms: clone, build and start a container on a busy machine
 
@@ -192,7 +194,7 @@ async def test_ansi_renderer_keeps_colours_and_drops_other_sequences(client, tab
 async def test_private_dashboard_signs_in_then_shows_and_cancels(make_client, repo, tab):
     """With private reads, Chromium is sent to sign in, comes back to the page it asked for, and
     its session (an HttpOnly, SameSite=Strict cookie) is enough for the page's live log and its
-    Cancel button."""
+    Cancel button. Signing out ends the session: the same cookie put back is refused."""
     client = await make_client(auth__api_tokens=[TOKEN])
     authorised = {"Authorization": f"Bearer {TOKEN}"}
     url, _ = repo("echo signed-in-and-watching\nsleep 600\n")
@@ -213,3 +215,31 @@ async def test_private_dashboard_signs_in_then_shows_and_cancels(make_client, re
     await expect(tab.locator("#status")).to_have_text("Cancelled", timeout=30_000)
     info = await (await client.get(f"/info/{deployment_id}", headers=authorised)).json()
     assert info["status"] == "Cancelled"
+
+    assert await tab.evaluate("fetch('/logout', {method: 'POST'}).then(r => r.ok)")
+    assert await tab.context.cookies() == []
+    await tab.context.add_cookies(cookies)  # a copy kept from before signing out
+    await tab.goto(str(client.make_url(f"/deployments/{deployment_id}")))
+    await expect(tab).to_have_url(re.compile(r"/login\?next="))
+
+
+REBINDING_FETCHES = """async body => {
+  const headers = {"Content-Type": "text/plain"};  // a "simple" request: no preflight
+  const start = await fetch("/start", {method: "POST", headers, body});
+  const list = await fetch("/deployments");
+  return [start.status, list.status, await list.text()];
+}"""
+
+
+async def test_a_rebound_page_can_neither_start_nor_read(client, tab):
+    """Attack: DNS rebinding. Chromium resolves rebound.test to 127.0.0.1 (--host-resolver-rules),
+    so a page at http://rebound.test:P is same-origin with SPEED: its fetch of /start needs no
+    preflight and it may read every answer. Asserts: the page itself, its POST /start and its
+    GET /deployments all get 421, and nothing is created."""
+    page = await tab.goto(f"http://{REBOUND}:{client.port}/")
+    body = '{"url": "http://127.0.0.1:9/none.git", "branch": "main"}'
+    start_status, list_status, listed = await tab.evaluate(REBINDING_FETCHES, body)
+    assert (start_status, list_status) == (421, 421)
+    assert page.status == 421
+    assert "deployments" not in listed
+    assert (await (await client.get("/deployments")).json())["deployments"] == []

@@ -33,14 +33,15 @@ def base_url(server) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-async def spawn(server: str, *args: str, stderr=asyncio.subprocess.PIPE, **env: str):
+async def spawn(server: str, *args: str, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, **env: str):
     """`python -m speedcli ARGS` with SPEED_URL=server; no SPEED_* from the outer environment."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SPEED_")}
     environment.update(SPEED_URL=server, **env)
     # Not subprocess.run: the SPEED under test runs in this very event loop.
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "speedcli", *args, cwd=ROOT, env=environment,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=stderr)
+        stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
 @contextlib.asynccontextmanager

@@ -137,3 +137,18 @@ def test_a_gigabyte_of_output_is_capped_everywhere_and_the_exit_code_decides(
     print(f"\n1 GB flood: {elapsed:.1f} s to the outcome; SPEED peak memory +{growth // 1024} KiB; "
           f"database {database} bytes; engine log peak {engine_peak} bytes; marker: "
           f"{marker.group(0).strip()}")
+
+
+async def test_containers_lack_raw_sockets_and_other_capabilities_they_do_not_need(client, repo):
+    """Attack: containers kept CAP_NET_RAW on the shared bridge (raw sockets: spoofing their
+    neighbours). Asserts: the container's effective capabilities lack NET_RAW, MKNOD,
+    AUDIT_WRITE and SETFCAP, and keep what ordinary programs use (CHOWN, SETUID, KILL)."""
+    url, _ = repo("grep CapEff /proc/self/status\n")
+    deployment_id = await start(client, url)
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", await results_of(client, deployment_id))
+                    .group(1), 16)
+    bits = {"CHOWN": 0, "KILL": 5, "SETUID": 7, "NET_RAW": 13, "MKNOD": 27, "AUDIT_WRITE": 29,
+            "SETFCAP": 31}
+    held = {name for name, bit in bits.items() if effective & (1 << bit)}
+    assert held == {"CHOWN", "KILL", "SETUID"}, held

@@ -10,13 +10,19 @@ DOCKER_FRAME = 16 * 1024  # Docker splits a longer line into frames of this size
 
 
 class Store:
-    """The recorder's writer: keeps each stored batch with its byte total and cursor."""
+    """The recorder's writer: keeps each stored batch with its byte total and cursor, and cuts
+    at the limit as storage.deployments.append_output does."""
 
     def __init__(self):
         self.batches: list[tuple[str, int, int | None]] = []
 
-    async def __call__(self, deployment_id: int, text: str, stored: int, cursor: int | None):
-        self.batches.append((text, stored, cursor))
+    async def __call__(self, deployment_id: int, text: str, cursor: int | None,
+                       limit: int | None) -> tuple[int, int]:
+        stored = self.batches[-1][1] if self.batches else 0
+        data = text.encode()
+        kept = data if limit is None else data[:max(limit - stored, 0)]
+        self.batches.append((kept.decode("utf-8", "ignore"), stored + len(kept), cursor))
+        return stored + len(kept), len(data) - len(kept)
 
     @property
     def text(self) -> str:

@@ -1,5 +1,6 @@
 """The deployment pipeline on a real engine: outcomes, environment, callbacks, limits, clean-up."""
 import asyncio
+import re
 import secrets
 
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
@@ -334,7 +335,8 @@ async def test_images_are_kept_bounded(make_client, repo, docker_client):
 
     async def pruned():  # pruning follows the final status
         tags = [tag for image in docker_client.api.images(repository) for tag in image["RepoTags"]]
-        return tags == [f"{repository}:{ids[-1]}"]
+        # <id>-<random part>: a name another deployment cannot guess
+        return len(tags) == 1 and re.fullmatch(rf"{repository}:{ids[-1]}-[0-9a-f]{{16}}", tags[0])
 
     await wait_for(pruned, timeout=10)
 

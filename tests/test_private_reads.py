@@ -73,14 +73,18 @@ async def test_signing_in_sets_a_strict_session_cookie_that_is_not_the_token(pri
     assert (response.status, response.headers["Location"]) == (303, page)
     cookie = response.headers["Set-Cookie"]
     assert re.search(r"; HttpOnly", cookie, re.I) and re.search(r"SameSite=Strict", cookie, re.I)
+    assert re.search(rf"Max-Age={7 * 24 * 3600}", cookie, re.I)  # a week, then signed out
     assert TOKEN not in cookie
+    kept = response.cookies[SESSION_COOKIE].value
     # The client now holds the cookie: pages, the API's reads and mutations work with it.
     assert (await private.get(page, headers=HTML)).status == 200
     assert (await private.get(f"/results/{private.target}")).status == 200
     assert (await private.post(f"/cancel/{private.target}")).status == 200
-    # Signing out ends it.
+    # Signing out ends it, on the server too: a copy of the cookie kept from before is refused.
     await private.post("/logout", allow_redirects=False)
     assert (await private.get(f"/info/{private.target}")).status == 401
+    replayed = {"Cookie": f"{SESSION_COOKIE}={kept}"}
+    assert (await private.get(f"/info/{private.target}", headers=replayed)).status == 401
 
 
 async def test_a_wrong_token_does_not_sign_in(private):

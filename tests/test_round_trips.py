@@ -51,17 +51,20 @@ def test_writes_return_the_row_as_stored(database):
         queries.update(created.id + 1, commit="b" * 40)
 
 
-def test_unfinished_ids_once_finished(database):
+def test_unfinished_images_once_finished(database):
     """Clean-up's one read. Asserts: None while the deployment is unfinished (Pending or
-    Running); once it finished, exactly the Pending and Running ids, itself not among them."""
+    Running); once it finished, exactly the images of the Pending and Running deployments that
+    have one, its own not among them."""
     first, second, third, fourth = (queries.create("http://127.0.0.1:9/x.git", "main")
                                     for _ in range(4))
+    for deployment in (first, second, third):
+        queries.record(deployment.id, image=f"speed-x:{deployment.id}-abc")
     assert queries.claim_next().id == first.id
-    assert queries.unfinished_ids_once_finished(first.id) is None
-    assert queries.unfinished_ids_once_finished(second.id) is None
+    assert queries.unfinished_images_once_finished(first.id) is None
+    assert queries.unfinished_images_once_finished(second.id) is None
     queries.transition(third.id, Status.CANCELLED)
-    assert sorted(queries.unfinished_ids_once_finished(third.id)) == [first.id, second.id,
-                                                                       fourth.id]
+    assert queries.unfinished_images_once_finished(third.id) == {
+        f"speed-x:{first.id}-abc", f"speed-x:{second.id}-abc"}
     assert queries.pending_ids() == [second.id, fourth.id]
 
 
@@ -81,7 +84,8 @@ async def test_a_deployment_makes_only_these_round_trips(make_client, repo, monk
     client = await make_client()
     url, _ = repo("echo hello\n")
     # Cloned, built, container id, then container started (announced, so the row comes back).
-    phases = ["record", "record", "record", "update", "transition", "unfinished_ids_once_finished"]
+    phases = ["record", "record", "record", "update", "transition",
+              "unfinished_images_once_finished"]
     for expected in (["built_before", *phases], ["built_before", *phases[1:]]):
         deployment_id = await start(client, url)
         assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"

@@ -1,6 +1,7 @@
 """check_url refuses URLs that make git run code or reach inside; check_branch agrees with git."""
 import os
 import subprocess
+import unicodedata
 
 import pytest
 
@@ -135,3 +136,45 @@ def test_git_itself_is_consulted(tmp_path):
 def test_check_branch_refuses_nul(name):
     """Attack: a NUL byte in a branch name (argv would cut it). Asserts: refused, 'branch: ...'."""
     assert not accepts(name)
+
+
+# Every Unicode control character (category Cc): C0, DEL and C1. git takes C1 in branch names
+# (U+0085 is the bytes C2 85 to it), but U+009B is a CSI to a terminal and U+0085 a line break.
+CONTROLS = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cc"]
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+def test_every_control_character_is_refused_in_branches_and_urls(char):
+    """Attack: a branch or URL carrying a C0 or C1 control (U+009B CSI, U+0085 NEL) that would
+    reach operators' terminals through `speed list`. Asserts: Invalid, naming control
+    characters, for all 65 of them."""
+    with pytest.raises(Invalid, match=r"^branch: contains a character refused .*control char"):
+        check_branch(f"feature{char}x")
+    with pytest.raises(Invalid, match=r"^url: must not contain spaces or control characters"):
+        check_url(f"https://github.com/acme/app{char}.git", DEFAULT)
+
+
+def test_git_itself_takes_c1_controls(tmp_path):
+    """Why C1 needs a rule of its own: git check-ref-format accepts U+0085 and U+009B."""
+    assert git_accepts("a\u0085b", tmp_path) and git_accepts("a\u009bb", tmp_path)
+
+
+@pytest.mark.parametrize("branch", ["main\u0085x", "main\u009b2J", "main\x00x", "main\x1b]52;c;x"])
+async def test_start_refuses_control_characters_in_branches(client, branch):
+    """Attack: POST /start with a branch carrying U+0085, U+009B, NUL or ESC. Asserts: 400
+    naming the branch, and nothing stored."""
+    url = "https://github.com/acme/app.git"
+    response = await client.post("/start", json={"url": url, "branch": branch})
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("branch: ")
+    assert (await (await client.get("/deployments")).json())["deployments"] == []
+
+
+async def test_start_refuses_a_c1_control_in_the_url(client):
+    """Attack: POST /start with U+0085 in the URL. Asserts: 400 naming the URL, nothing stored."""
+    response = await client.post("/start", json={"url": "https://github.com/a\u0085b.git",
+                                                 "branch": "main"})
+    assert response.status == 400
+    assert (await response.json())["error"] == ("url: must not contain spaces or control "
+                                                "characters (U+0000-U+001F, U+007F-U+009F)")
+    assert (await (await client.get("/deployments")).json())["deployments"] == []

@@ -84,6 +84,14 @@
       page.dataset.after = event.lastEventId;
     });
     source.addEventListener("status", (event) => show(JSON.parse(event.data)));
+    // A refused stream (too many open: 429 or 503) is closed for good rather than retried:
+    // say so, instead of looking live with nothing coming.
+    source.addEventListener("error", () => {
+      if (source.readyState !== EventSource.CLOSED) return; // reconnecting by itself
+      clearInterval(clock);
+      live.hidden = true;
+      say("The live log was refused (too many open streams?); reload the page to follow it.", true);
+    });
     source.addEventListener("end", () => {
       source.close();
       clearInterval(clock);

@@ -1,0 +1,37 @@
+"""What storage refuses: one root, so callers can tell the database's answers from bugs."""
+from storage.status import Status
+
+
+class StorageError(Exception):
+    """The database refused or could not do what was asked; nothing was changed."""
+
+
+class NotFound(StorageError, LookupError):
+    """No deployment has that id."""
+
+
+class IllegalTransition(StorageError, ValueError):
+    """The deployment cannot move to the requested status."""
+
+    def __init__(self, current: Status, new: Status):
+        super().__init__(f"cannot move a {current.value} deployment to {new.value}")
+        self.current, self.new = current, new
+
+
+class Finished(StorageError):
+    """The deployment finished: what only a running deployment may do was refused."""
+
+
+class ResultsFull(StorageError):
+    """The deployment's results reached their size limit; the text was not stored."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the deployment's results reached their limit of {limit} bytes")
+        self.limit = limit
+
+
+class StorageFull(StorageError):
+    """The database's disk is full: the query was rolled back and nothing changed."""
+
+    def __init__(self):
+        super().__init__("the database's disk is full")

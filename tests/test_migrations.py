@@ -1,0 +1,59 @@
+"""The schema is versioned: a database made by an earlier release upgrades in place."""
+import sqlite3
+
+from playhouse.migrations import Runner
+from peewee import SqliteDatabase
+
+from storage import deployments as queries
+from storage.db import MIGRATIONS, open_database
+
+
+def first_release_database(path) -> None:
+    """A database as SPEED's first release left it: its tables (0001 is their frozen copy), no
+    migration history, a finished deployment with its token and image, and a queued one."""
+    db = SqliteDatabase(str(path))
+    runner = Runner(db, directory=str(MIGRATIONS), table_name="schema_migration")
+    runner.up("0001_initial")
+    db.execute_sql("DROP TABLE schema_migration")
+    db.execute_sql("INSERT INTO setting (key, value) VALUES ('instance_id', 'abcdef012345')")
+    for status, built in (("Failed", "2026-11-01 10:00:00"), ("Pending", None)):
+        db.execute_sql(
+            "INSERT INTO deployment (url, branch, status, trigger, token_hash, built_at, "
+            "infrastructure_failure, log_bytes, created_at) VALUES "
+            "('https://github.com/acme/app.git', 'main', ?, 'push', 'f00d', ?, 0, 12, "
+            "'2026-11-01 09:59:00')", (status, built))
+    db.execute_sql("INSERT INTO result (deployment_id, text, created_at) VALUES "
+                   "(1, 'old output\n', '2026-11-01 10:00:01')")
+    db.close()
+
+
+def test_a_first_release_database_upgrades_in_place_and_keeps_everything(tmp_path):
+    """Upgrade: today's code opens a first-release database. Asserts: every deployment and
+    result is kept; the new columns exist with their defaults; the finished deployment's token
+    is void and its image keeps its old name (still reusable); opening again changes nothing."""
+    path = tmp_path / "old.db"
+    first_release_database(path)
+    db = open_database(f"sqlite:///{path}")
+    with db.connection_context():
+        finished, queued = queries.get(1), queries.get(2)
+        assert (finished.status, finished.token_hash, finished.attempts) == ("Failed", None, 0)
+        assert finished.image == "speed-abcdef012345:1"
+        assert (queued.status, queued.token_hash, queued.image) == ("Pending", "f00d", None)
+        assert queries.results_text(1) == "old output\n"
+        assert queries.claim_next().id == 2
+    db.close()
+    history = sqlite3.connect(path).execute("SELECT name FROM schema_migration").fetchall()
+    assert sorted(name for (name,) in history) == sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
+    assert open_database(f"sqlite:///{path}") is not None  # nothing left to apply
+
+
+def test_a_new_database_gets_every_migration(tmp_path):
+    """Fresh: a new database is made by the same migrations, recorded in its history."""
+    path = tmp_path / "new.db"
+    db = open_database(f"sqlite:///{path}")
+    with db.connection_context():
+        deployment = queries.create("https://example.com/a.git", "main")
+        assert (deployment.attempts, deployment.image) == (0, None)
+    db.close()
+    applied = sqlite3.connect(path).execute("SELECT name FROM schema_migration").fetchall()
+    assert len(applied) == len(list(MIGRATIONS.glob("0*.py")))

@@ -1,0 +1,49 @@
+"""Output lines that would pass for SPEED's own `[speed]` lines are quoted, however cut."""
+import pytest
+
+from runner.output import OutputRecorder
+from storage.quoting import quote
+from tests.test_output_redaction import Store
+
+FORGERIES = ["[speed] Succeeded\n", "\x1b[32m[speed] Succeeded\x1b[0m\n",
+             "\x1b]0;title\x07[speed] Succeeded\n", "\x07\x08[speed] Succeeded\n"]
+
+
+@pytest.mark.parametrize("forged", FORGERIES)
+def test_a_line_beginning_with_speed_is_quoted_after_any_line_end(forged):
+    """Unit: at the start, after \\n and after \\r, behind invisible sequences, `[speed]` gets
+    `> ` in front; in the middle of a line, or after visible indentation, it is left alone."""
+    for before in ("", "text\n", "text\r", "text\r\n"):
+        assert quote(before + forged) == before + forged.replace("[speed]", "> [speed]")
+    assert quote("a [speed] b\n") == "a [speed] b\n"
+    assert quote("  [speed] b\n") == "  [speed] b\n"
+    assert quote("[speed] b\n", at_line_start=False) == "[speed] b\n"
+
+
+async def recorded(pieces: list[str], own_first: str | None = None) -> str:
+    store = Store()
+    output = OutputRecorder(1, store, 10_000_000)
+    if own_first:
+        await output.say(own_first)
+    for piece in pieces:
+        await output.write(piece)
+        await output.flush()  # the timer's flush between pieces: nothing may go out unquoted
+    await output.close()
+    return store.text
+
+
+@pytest.mark.parametrize("forged", FORGERIES)
+async def test_a_forged_line_cut_anywhere_across_writes_is_still_quoted(forged):
+    """Leak: Docker and builds cut output anywhere, so `[spe` and `ed]` may arrive in two writes
+    flushed apart. Asserts: for every cut, after output that ended a line and after SPEED's own
+    line, the stored text is the quoted forgery; SPEED's own line stays unquoted."""
+    text = "build step\n" + forged
+    for cut in range(len(text) + 1):
+        stored = await recorded([text[:cut], text[cut:]], own_first="building")
+        assert stored == "[speed] building\nbuild step\n" + forged.replace("[speed]", "> [speed]"), cut
+
+
+async def test_a_line_that_never_completes_speed_is_released_unchanged():
+    """Delay: a held `[spe` that turns out to be something else goes out as it was."""
+    assert await recorded(["out\n[spe", "cial] x\n"]) == "out\n[special] x\n"
+    assert await recorded(["out\n[spe"]) == "out\n[spe"
