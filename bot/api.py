@@ -1,6 +1,7 @@
 """The REST API of the seed: start, info, update, add_results, results; plus listing and cancel."""
 import contextlib
 import datetime
+import json
 
 from aiohttp import web
 
@@ -9,7 +10,7 @@ from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
 from bot.requests import deployment_id, int_field, json_object, text_field
-from bot.rules import full_name_of
+from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
@@ -52,6 +53,10 @@ def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
                    "build": _seconds(d.cloned_at, d.built_at),
                    "run": _seconds(d.container_started_at, d.finished_at)},
         "waiting_reason": waiting_reason,
+        # What the commit's .speed.yml set (secret names only; SPEED never shows a value).
+        "settings": json.loads(d.settings) if d.settings else None,
+        "environment": d.environment,
+        "pull_request": d.pull_request,
     }
 
 
@@ -113,11 +118,12 @@ def _callback_refusals(limit: int):
                               f"({limit} bytes); nothing was added") from None
 
 
-def _without_caller_token(request: web.Request, text: str) -> str:
-    """text with the caller's own token redacted: a container posting its environment back must
-    not store the token that lets anyone who reads the results act for it."""
+def _redacted(request: web.Request, deployment_id: int, text: str) -> str:
+    """text without the caller's own token, nor the deployment's secrets: a container posting its
+    environment back must not store what lets anyone who reads the results act for it."""
     token = bearer(request)
-    return text.replace(token, REDACTED) if token else text
+    text = text.replace(token, REDACTED) if token else text
+    return request.app[worker_key].redacted(deployment_id, text)
 
 
 async def _refuse_invalid(config: Config, url: str, branch: str) -> None:
@@ -137,8 +143,10 @@ async def start(request: web.Request) -> web.Response:
     body = await json_object(request)
     url, branch = text_field(body, "url"), text_field(body, "branch")
     await _refuse_invalid(config, url, branch)
+    full_name = full_name_of(config, url)
     deployment = await request.app[store_key].change(
-        queries.create, url, branch, repo_full_name=full_name_of(config, url))
+        queries.create, url, branch, repo_full_name=full_name,
+        environment=environment_of(config, full_name))
     request.app[worker_key].wake()
     return web.json_response({"id": deployment.id}, status=201)
 
@@ -159,7 +167,7 @@ async def update(request: web.Request) -> web.Response:
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
     own_token = await _callback_target(request, target_id)
-    new_results = _without_caller_token(request, new_results)
+    new_results = _redacted(request, target_id, new_results)
     store, limit = request.app[store_key], request.app[config_key].runner.max_log_bytes
     status = Status.parse(new_results)
     try:
@@ -188,7 +196,7 @@ async def add_results(request: web.Request) -> web.Response:
     body = await json_object(request)
     results = text_field(body, "results", "Missing results data")
     own_token = await _callback_target(request, target_id)
-    results = _without_caller_token(request, results)
+    results = _redacted(request, target_id, results)
     limit = request.app[config_key].runner.max_log_bytes
     with _callback_refusals(limit):
         await request.app[store_key].run(queries.add_result, target_id, results, limit,
@@ -196,14 +204,42 @@ async def add_results(request: web.Request) -> web.Response:
     return web.json_response({"message": "Results added successfully"})
 
 
+# /results is streamed: JSON writes a control character as six bytes, so 3 MB of output became a
+# 20 MB answer built whole per request. Each query reads at most RESULTS_ROWS rows, stopping once
+# they hold RESULTS_CHARS characters; they are written JSON-escaped RESULTS_PIECE at a time.
+RESULTS_ROWS = 256
+RESULTS_CHARS = 256 * 1024
+RESULTS_PIECE = 16 * 1024
+
+
 @routes.get("/results/{id}")
-async def results(request: web.Request) -> web.Response:
-    """Everything recorded for a deployment, in order, as one string."""
+async def results(request: web.Request) -> web.StreamResponse:
+    """Everything recorded for a deployment, in order, as one string: {"results": "..."}."""
+    target_id = (await deployment_or_404(request)).id  # a 404 before anything is sent
+    response = web.StreamResponse()
+    response.content_type, response.charset = "application/json", "utf-8"
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    store, after, more = request.app[store_key], 0, True
     try:
-        text = await request.app[store_key].run(queries.results_text, deployment_id(request))
-    except NotFound:
-        raise not_found() from None
-    return web.json_response({"results": text})
+        await response.write(b'{"results": "')
+        while more:
+            rows = await store.run(queries.results_page, target_id, after, RESULTS_ROWS,
+                                   RESULTS_CHARS)
+            after = rows[-1][0] if rows else after
+            text = "".join(row for _, row in rows)
+            more = len(rows) == RESULTS_ROWS or len(text) >= RESULTS_CHARS
+            del rows
+            for start in range(0, len(text), RESULTS_PIECE):
+                # json.dumps escapes each character alone, so the pieces make the whole string's
+                # JSON: the body is byte for byte what json.dumps({"results": text}) would be.
+                await response.write(json.dumps(text[start:start + RESULTS_PIECE])[1:-1].encode())
+        await response.write(b'"}')
+    except ConnectionResetError:  # the client went away mid-answer
+        return response
+    await response.write_eof()
+    return response
 
 
 @routes.get("/deployments")

@@ -12,11 +12,12 @@ from bot.auth import host_guard_middleware, same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, feed_key, github_key,
-                      metrics_key, reporter_key, store_key, worker_key)
+                      keyring_key, metrics_key, reporter_key, store_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
 from bot.events import routes as event_routes
 from bot.feed import Feed
+from bot.listener import CallbackSite, listener_runner
 from bot.login import read_guard_middleware, routes as login_routes
 from bot.openapi import routes as openapi_routes
 from bot.ops import routes as ops_routes
@@ -26,10 +27,13 @@ from bot.reporter import Reporter
 from bot.rules import full_name_of_url
 from bot.webhook import announce_webhook_policy, routes as webhook_routes
 from bot.requests import MAX_BODY
+from bot.secrets_api import keyring_for, routes as secret_routes
+from bot.secrets_page import secrets_page_middleware
 from bot.server import name_the_server
 from runner.base import Backend, Limits
 from runner.docker_backend import DockerBackend
 from runner.pipeline import RunnerSettings
+from runner.secrets import SecretSource
 from runner.errors import RunnerError
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
 from storage import deployments as queries
@@ -61,9 +65,13 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.add_routes(event_routes)
     app.add_routes(openapi_routes)
     app.add_routes(login_routes)
+    app.add_routes(secret_routes)
     app.middlewares.append(read_guard_middleware)
+    # GET /secrets is the secrets page for a browser (Accept: text/html), JSON for the rest.
+    app.middlewares.append(secrets_page_middleware)
     app.on_startup.append(announce_webhook_policy)
     app[metrics_key] = Metrics()
+    app[keyring_key] = keyring_for(config)
     app[backend_key] = backend or DockerBackend()
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_github_context)
@@ -141,7 +149,8 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         keep_images=runner.keep_images, git_timeout=runner.git_timeout,
         reuse_images=runner.reuse_images, allowed_urls=runner.allowed_urls)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
-                    credentials=_credentials(app[github_key]))
+                    credentials=_credentials(app[github_key]),
+                    secrets=SecretSource(store, app[keyring_key]))
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
     task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")
@@ -177,11 +186,13 @@ async def _run_worker(app: web.Application, worker: Worker, listener: list[web.A
     if config.server.host not in WILDCARD_HOSTS:
         callback_app = _application(config, callback_routes, callback_only=True)
         callback_app[store_key], callback_app[worker_key] = app[store_key], worker
-        site_runner = web.AppRunner(callback_app, access_log=None)
+        # Containers reach this listener directly: it caps connections per container and
+        # closes those that send no request head in time (bot/listener.py).
+        site_runner = listener_runner(callback_app)
         await site_runner.setup()
         listener.append(site_runner)
         try:
-            await web.TCPSite(site_runner, host, port).start()
+            await CallbackSite(site_runner, host, port).start()
         except OSError as e:
             log.error("cannot listen for container callbacks on %s:%s: %s", host, port, e)
     await worker.serve(api_url=f"http://{host}:{port}")

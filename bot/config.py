@@ -83,6 +83,16 @@ class GitHubConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecretsConfig:
+    # Fernet keys (comma-separated in the environment): the first encrypts, every one decrypts,
+    # so a new key goes first and the old ones stay until `rotate-secrets` has run.
+    key: tuple[str, ...] = ()
+    # Without key: a key file, made with a new key on first start (default: secrets.key beside
+    # an SQLite database).
+    key_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RepoRule:
     match: str  # glob on owner/name
     branches: tuple[str, ...] = ("main",)
@@ -101,6 +111,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     github: GitHubConfig = GitHubConfig()
     repos: tuple[RepoRule, ...] = ()
+    secrets: SecretsConfig = SecretsConfig()
 
     def __post_init__(self):
         _validate(self)
@@ -236,6 +247,20 @@ def _validate(config: Config) -> None:
     for i, rule in enumerate(config.repos):
         if not rule.context or len(rule.context) > 255:
             raise ConfigError(f"repos[{i}].context: needs 1 to 255 characters")
+    if not (config.secrets.key or secrets_key_file(config)):
+        raise ConfigError("secrets.key: needed when the database is not an SQLite file (every "
+                          "replica must hold the same key); or set secrets.key_file")
+
+
+def secrets_key_file(config: Config) -> str:
+    """Where the secrets key file is: secrets.key_file, else beside an SQLite database file;
+    "" when there is neither."""
+    if config.secrets.key_file:
+        return config.secrets.key_file
+    url = config.database.url
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        return os.path.join(os.path.dirname(url.removeprefix("sqlite:///")) or ".", "secrets.key")
+    return ""
 
 
 def load(path: str | None = None, **overrides: Any) -> Config:

@@ -9,6 +9,7 @@ from bot.metrics import Metrics
 from bot.reporter import Reporter
 from runner.base import Backend
 from runner.worker import Worker
+from storage.keyring import Keyring
 from storage.store import Store
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ worker_key = web.AppKey("worker", Worker)
 github_key = web.AppKey("github", GitHub | None)
 reporter_key = web.AppKey("reporter", Reporter)
 metrics_key = web.AppKey("metrics", Metrics)
+keyring_key = web.AppKey("keyring", Keyring)
 # True on the listener that containers reach: it serves only their callbacks, token always required.
 callback_only_key = web.AppKey("callback_only", bool)
 # Typed by annotation only: bot.feed reads the keys above, so importing it here would be a cycle.

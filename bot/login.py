@@ -7,6 +7,7 @@ from bot.auth import SESSION_COOKIE, SESSION_SECONDS, known_token, reads_need_to
 from bot.errors import json_error
 from bot.keys import config_key, store_key
 from bot.pages import render
+from bot.requests import MAX_BODY, read_body
 from storage import sessions
 
 routes = web.RouteTableDef()
@@ -32,6 +33,13 @@ def _local(target: str) -> str:
     return target
 
 
+def _form(body: bytes) -> dict[str, str]:
+    """The first value of each field of an application/x-www-form-urlencoded body."""
+    text = body.decode("utf-8", "replace").rstrip()  # as aiohttp's request.post() reads it
+    fields = urllib.parse.parse_qs(text, keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
 @routes.get("/login")
 async def login_page(request: web.Request) -> web.Response:
     """The sign-in form."""
@@ -44,12 +52,13 @@ async def login(request: web.Request) -> web.Response:
     if request.content_type != "application/x-www-form-urlencoded":
         raise json_error(400, "Send the sign-in form: application/x-www-form-urlencoded with "
                               "'token' (and 'next')")
-    form = await request.post()  # bounded by the app's client_max_size
-    target = _local(str(form.get("next", "/")))
+    # read_body, not request.post(): a form trickled in (or never finished) gets 408 in time.
+    form = _form(await read_body(request, MAX_BODY))
+    target = _local(form.get("next", "/"))
     tokens = request.app[config_key].auth.api_tokens
     if not tokens:
         raise web.HTTPSeeOther(target)  # nothing to sign in to
-    token = known_token(str(form.get("token", "")), tokens)
+    token = known_token(form.get("token", ""), tokens)
     if token is None:
         response = render("login.html", next=target, failed=True)
         response.set_status(401)

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from bot import feed
 from bot.keys import config_key
+from bot.secrets_api import MAX_PATTERNS, MAX_VALUE
+from runner.secrets import MIN_VALUE
 
 routes = web.RouteTableDef()
 
@@ -58,7 +60,7 @@ DEPLOYMENT = {
     "required": ["id", "repo_name", "repo_branch", "repo_full_name", "status", "commit", "trigger",
                  "progress",
                  "reason", "exit_code", "created_at", "started_at", "finished_at", "phases",
-                 "waiting_reason"],
+                 "waiting_reason", "settings", "environment", "pull_request"],
     "properties": {
         "id": {"type": "integer", "minimum": 1},
         "repo_name": {"type": "string", "description": "The repository URL deployed."},
@@ -88,6 +90,76 @@ DEPLOYMENT = {
         "waiting_reason": _nullable("string", description="For a Pending deployment in /info "
                                     "and /deployments: its place in the queue and the limit "
                                     "holding it; null otherwise."),
+        "settings": _ref("schemas", "Settings"),
+        "environment": _nullable("string", description="The environment its repos: rule names "
+                                                       "(SPEED_ENVIRONMENT in the container)."),
+        "pull_request": _nullable("integer", minimum=1, description="The pull request's number, "
+                                                                    "for a pull_request trigger."),
+    },
+}
+
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+
+SETTINGS = _nullable("object", **{
+    "description": "What the commit's .speed.yml set, as in effect for the deployment (the "
+                   "defaults for a commit without the file); null until the file was read and "
+                   "accepted (after the clone), and for good when it could not be used. "
+                   "Secrets by name only: no value is ever shown.",
+    "additionalProperties": False,
+    "required": ["env", "secrets", "timeout", "build", "resources"],
+    "properties": {
+        "env": {**_STRINGS, "description": "Environment variables for the container."},
+        "secrets": {"type": "array", "items": {"type": "string"},
+                    "description": "The names of the secrets the container gets."},
+        "timeout": _nullable("number", minimum=0, description="Seconds, clone to exit (never "
+                                                              "above runner.timeout); null: "
+                                                              "runner.timeout."),
+        "build": {
+            "type": "object", "additionalProperties": False,
+            "required": ["dockerfile", "context", "args", "target"],
+            "properties": {
+                "dockerfile": {"type": "string", "description": "A path in the repository."},
+                "context": {"type": "string", "description": "A directory in the repository."},
+                "args": {**_STRINGS, "description": "Build arguments."},
+                "target": _nullable("string", description="The stage to build; null: the last."),
+            },
+        },
+        "resources": {
+            "type": "object", "additionalProperties": False, "required": ["memory", "cpus"],
+            "properties": {
+                "memory": _nullable("string", description="e.g. 512m; null: runner.memory."),
+                "cpus": _nullable("number", minimum=0, description="null: runner.cpus."),
+            },
+        },
+    },
+})
+
+# A secret's name: it becomes an environment variable of the container.
+SECRET_NAME = "^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+SECRET = {
+    "type": "object",
+    "description": "A secret as the API shows it: everything but its value, which never leaves "
+                   "SPEED except into the environment of the deployments its scope allows.",
+    "additionalProperties": False,
+    "required": ["name", "repositories", "branches", "pull_requests", "created_at",
+                 "updated_at", "updated_by"],
+    "properties": {
+        "name": {"type": "string", "pattern": SECRET_NAME},
+        "repositories": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                         "description": "host/path globs, lower case (github.com/acme/*)."},
+        "branches": {"type": "array", "items": {"type": "string"},
+                     "description": "Branch globs; empty: every branch."},
+        "pull_requests": {"type": "boolean",
+                          "description": "Whether pull requests from the repository itself get "
+                                         "it (forks never do)."},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time",
+                       "description": "When it was last set."},
+        "updated_by": {"type": "string",
+                       "description": "Which API token last set it, as the start of the "
+                                      "token's sha256 (\"token sha256:0123456789ab\"), or "
+                                      "\"no token (the API is open)\"."},
     },
 }
 
@@ -119,9 +191,11 @@ COMPONENTS = {
             "type": "http", "scheme": "bearer",
             "description": "`Authorization: Bearer <token>`: one of `auth.api_tokens`. Required "
                            "on POST /start, /update, /add_results/{id}, /cancel/{id} and "
-                           "/redeploy/{id} when `auth.api_tokens` is set, and then on reads "
-                           "too (deployments, results, pages, events, metrics) unless "
-                           "`auth.public_reads`; without configured tokens everything is open "
+                           "/redeploy/{id}, and on every /secrets route (reads included, "
+                           "whatever `auth.public_reads` says), when `auth.api_tokens` is set, "
+                           "and then on other reads too (deployments, results, pages, events, "
+                           "metrics) unless `auth.public_reads`; without configured tokens "
+                           "everything is open "
                            "(SPEED then listens on loopback only). /update and "
                            "/add_results/{id} also take the deployment's own token "
                            "(`SPEED_TOKEN` in its container).",
@@ -142,6 +216,8 @@ COMPONENTS = {
                                   "description": "The new deployment's id."}},
         },
         "Deployment": DEPLOYMENT,
+        "Settings": SETTINGS,
+        "Secret": SECRET,
         "Health": {
             "type": "object", "additionalProperties": False, "required": ["status", "checks"],
             "properties": {
@@ -193,6 +269,17 @@ COMPONENTS = {
             "content": _json(_ref("schemas", "Error"))},
     },
 }
+
+
+SECRET_NAME_PARAMETER = {
+    "name": "name", "in": "path", "required": True,
+    "description": "Letters, digits and _, not starting with a digit nor with SPEED_ (any "
+                   "case): it becomes an environment variable. Any other name is answered 400.",
+    "schema": {"type": "string", "pattern": SECRET_NAME}, "example": "DEPLOY_KEY",
+}
+
+SECRET_NOT_A_NAME = {"description": "Not a secret's path (e.g. an empty name).",
+                     "content": _json(_ref("schemas", "Error"))}
 
 
 def _json_body(schema: dict, example: dict) -> dict:
@@ -360,6 +447,80 @@ PATHS = {
             "responses": {
                 "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
                 **_errors(401, 404),
+            },
+        },
+    },
+    "/secrets": {
+        "get": {
+            "operationId": "secrets", "tags": ["secrets"],
+            "summary": "Every secret's name, scope and history (never a value); for a browser, "
+                       "the secrets page",
+            "description": "A request whose Accept names text/html (a browser opening the page) "
+                           "gets the secrets page; any other gets JSON. Needs an API token "
+                           "whenever `auth.api_tokens` is set, even with `auth.public_reads`.",
+            "security": OPTIONAL_BEARER,
+            "responses": {
+                "200": {"description": "The secrets, by name (or the page).",
+                        "content": {**_json({
+                            "type": "object", "additionalProperties": False,
+                            "required": ["secrets"],
+                            "properties": {"secrets": {"type": "array",
+                                                       "items": _ref("schemas", "Secret")}}}),
+                            **HTML_PAGE["content"]}},
+                **_errors(401),
+            },
+        },
+    },
+    "/secrets/{name}": {
+        "put": {
+            "operationId": "set_secret", "tags": ["secrets"],
+            "summary": "Create or replace a secret",
+            "description": "The value is encrypted at rest and never shown again: deployments "
+                           "whose commit's .speed.yml names the secret get it as an "
+                           "environment variable, if its scope allows them.",
+            "security": OPTIONAL_BEARER,
+            "parameters": [SECRET_NAME_PARAMETER],
+            "requestBody": _json_body({
+                "type": "object", "required": ["value", "repositories"],
+                "properties": {
+                    "value": {"type": "string", "minLength": MIN_VALUE, "maxLength": MAX_VALUE,
+                              "description": "The secret itself (no NUL)."},
+                    "repositories": {
+                        "type": "array", "minItems": 1, "maxItems": MAX_PATTERNS,
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "Which repositories may get it: host/path globs, the "
+                                       "host written out, `*` and `?` within one path segment "
+                                       "(github.com/acme/app, github.com/acme/*)."},
+                    "branches": {
+                        "type": "array", "maxItems": MAX_PATTERNS,
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "Branch globs; absent or empty: every branch."},
+                    "pull_requests": {
+                        "type": "boolean", "default": False,
+                        "description": "Whether pull requests from the repository itself get "
+                                       "it; pull requests from forks never do."},
+                },
+            }, {"value": "s3cr3t-value", "repositories": ["github.com/acme/app"],
+                "branches": ["main"], "pull_requests": False}),
+            "responses": {
+                "200": {"description": "Replaced.", "content": _json(_ref("schemas", "Secret"))},
+                "201": {"description": "Created.", "content": _json(_ref("schemas", "Secret"))},
+                **_errors(400, 401, 413),
+                "404": SECRET_NOT_A_NAME,
+            },
+        },
+        "delete": {
+            "operationId": "delete_secret", "tags": ["secrets"],
+            "summary": "Delete a secret",
+            "description": "Deployments that ask for it afterwards fail, saying it is not "
+                           "defined.",
+            "security": OPTIONAL_BEARER,
+            "parameters": [SECRET_NAME_PARAMETER],
+            "responses": {
+                "200": {"description": "Deleted.", "content": _json(_ref("schemas", "Message"))},
+                **_errors(400, 401),
+                "404": {"description": "No secret has that name.",
+                        "content": _json(_ref("schemas", "Error"))},
             },
         },
     },
@@ -581,8 +742,8 @@ DOCUMENT = {
                        "JSON, `{\"error\": \"...\"}`; a method a path does not serve is answered "
                        "405 with an `Allow` header, an unknown path 404.",
     },
-    "tags": [{"name": "deployments"}, {"name": "github"}, {"name": "pages"},
-             {"name": "operations"}],
+    "tags": [{"name": "deployments"}, {"name": "secrets"}, {"name": "github"},
+             {"name": "pages"}, {"name": "operations"}],
     "paths": PATHS,
     "components": COMPONENTS,
 }
@@ -603,12 +764,12 @@ def _tokens_required(document: dict, private_reads: bool) -> dict:
             elif private_reads and method == "get" and path not in OPEN_READS:
                 operation["security"] = [{"bearerAuth": []}]
                 operation["responses"]["401"] = _ref("responses", "Unauthorized")
-                if operation["responses"]["200"] == HTML_PAGE:
+            if "security" in operation:
+                operation["security"].append({"sessionCookie": []})
+                if "text/html" in operation["responses"].get("200", {}).get("content", {}):
                     operation["responses"]["303"] = {
                         "description": "A browser (Accept: text/html) without a session: on to "
                                        "/login?next=<this page>."}
-            if "security" in operation:
-                operation["security"].append({"sessionCookie": []})
     return required
 
 

@@ -103,10 +103,26 @@ def _elapsed(deployment: Deployment) -> float | None:
     return (end - start).total_seconds() if end else None
 
 
+def settings_shown(settings: dict | None) -> list[tuple[str, str]]:
+    """What a deployment's .speed.yml set, as (label, value) pairs; secret names only."""
+    if not settings:
+        return []
+    build, resources = settings["build"], settings["resources"]
+    shown = [("env", " ".join(f"{k}={v}" for k, v in settings["env"].items())),
+             ("secrets", ", ".join(settings["secrets"])),
+             ("timeout", duration(settings["timeout"]) if settings["timeout"] else ""),
+             ("dockerfile", build["dockerfile"] if build["dockerfile"] != "Dockerfile" else ""),
+             ("context", build["context"] if build["context"] != "." else ""),
+             ("build args", ", ".join(build["args"])), ("target", build["target"] or ""),
+             ("memory", resources["memory"] or ""), ("cpus", str(resources["cpus"] or ""))]
+    return [(label, value) for label, value in shown if value]
+
+
 def _view(request: web.Request, deployment: Deployment, reason: str | None) -> dict:
     """describe() plus what the pages add: duration and a link to the commit on GitHub."""
     d = describe(deployment, reason)
     d["duration"] = _elapsed(deployment)
+    d["settings_shown"] = settings_shown(d["settings"])
     d["active"] = d["status"] in ACTIVE
     d["commit_url"] = None
     if deployment.repo_full_name and deployment.commit:

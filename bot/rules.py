@@ -30,3 +30,9 @@ def full_name_of(config: Config, url: str) -> str | None:
         return None
     full_name = full_name_of_url(url)
     return full_name if full_name.count("/") == 1 and rule_for(config, full_name) else None
+
+
+def environment_of(config: Config, full_name: str | None) -> str | None:
+    """The environment a rule names for a configured repository (SPEED_ENVIRONMENT), if any."""
+    rule = rule_for(config, full_name) if full_name else None
+    return rule.environment or None if rule else None

@@ -25,8 +25,15 @@ MAX_WEBHOOK_BODY = 25 * 1024 * 1024
 NULL_SHA = "0" * 40
 COUNTED_EVENTS = ("ping", "push", "pull_request")
 SHA = re.compile(r"[0-9a-f]{40}")
-EVENT_NAME = re.compile(r"[a-z_]{1,64}")
+# GitHub's event names (and actions) are lower-case words joined by underscores, some with digits
+# (projects_v2_item); 64 characters is the width of the column that stores the event.
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# GitHub's delivery ids are UUIDs (hex digits and hyphens); 64 characters is the column's width.
 DELIVERY_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+# GitHub's pull request numbers fit a 32-bit column and its ids 53 bits (exact in JavaScript);
+# larger ones are no GitHub's.
+MAX_NUMBER = 2**31 - 1
+MAX_ID = 2**53
 
 
 @dataclasses.dataclass
@@ -40,6 +47,27 @@ class Decision:
 
 class Ignored(Exception):
     """The delivery asks for nothing; the message says why."""
+
+
+def _at(data: object, *path: str) -> object:
+    """The value at path in a payload; None where the path leaves the payload's objects."""
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _text(data: dict, *path: str) -> str:
+    """The string at path in a payload; Ignored when there is none."""
+    value = _at(data, *path)
+    if not isinstance(value, str):
+        raise Ignored(f"the payload has no {'.'.join(path)}")
+    return value
+
+
+def _number(data: dict, *path: str, limit: int = MAX_ID) -> int | None:
+    """The positive integer at path in a payload, if there is one below limit."""
+    value = _at(data, *path)
+    return value if type(value) is int and 0 < value < limit else None
 
 
 async def _deployment(config: Config, full_name: str, url: str, branch: str, commit: str,
@@ -62,7 +90,7 @@ async def on_ping(event: sansio.Event, config: Config, decision: Decision) -> No
 @router.register("push")
 async def on_push(event: sansio.Event, config: Config, decision: Decision) -> None:
     data = event.data
-    ref, full_name = data.get("ref", ""), data["repository"]["full_name"]
+    ref, full_name = _text(data, "ref"), _text(data, "repository", "full_name")
     if not ref.startswith("refs/heads/"):
         raise Ignored(f"{ref} is not a branch")
     branch = ref.removeprefix("refs/heads/")
@@ -74,8 +102,9 @@ async def on_push(event: sansio.Event, config: Config, decision: Decision) -> No
     if not deploys_branch(rule, branch):
         raise Ignored(f"branch {branch} is not deployed for {full_name}")
     decision.deployment = await _deployment(
-        config, full_name, data["repository"]["clone_url"], branch, data["after"],
-        trigger="push", installation_id=(data.get("installation") or {}).get("id"))
+        config, full_name, _text(data, "repository", "clone_url"), branch, _text(data, "after"),
+        trigger="push", installation_id=_number(data, "installation", "id"),
+        environment=rule.environment or None)
     decision.supersede = rule.cancel_superseded
     decision.message = f"deploying {full_name} {branch} at {data['after'][:12]}"
 
@@ -84,22 +113,28 @@ async def on_push(event: sansio.Event, config: Config, decision: Decision) -> No
 @router.register("pull_request", action="synchronize")
 @router.register("pull_request", action="reopened")
 async def on_pull_request(event: sansio.Event, config: Config, decision: Decision) -> None:
-    pull = event.data["pull_request"]
-    full_name = event.data["repository"]["full_name"]
+    data = event.data
+    full_name = _text(data, "repository", "full_name")
     rule = rule_for(config, full_name)
     if rule is None:
         raise Ignored(f"repository {full_name} is not configured")
     if not rule.pull_requests:
         raise Ignored(f"pull requests are not deployed for {full_name}")
-    head_repo = pull["head"].get("repo") or {}
-    if head_repo.get("full_name") != full_name and not rule.forks:
+    number = _number(data, "pull_request", "number", limit=MAX_NUMBER)
+    if number is None:
+        raise Ignored("the payload has no pull_request.number")
+    # A head repository since deleted is null: no full name, so it counts as a fork.
+    fork = _at(data, "pull_request", "head", "repo", "full_name") != full_name
+    if fork and not rule.forks:
         raise Ignored("pull requests from forks are not deployed (forks: false)")
+    sha = _text(data, "pull_request", "head", "sha")
     decision.deployment = await _deployment(
-        config, full_name, head_repo["clone_url"], pull["head"]["ref"], pull["head"]["sha"],
-        trigger="pull_request", pull_request=pull["number"],
-        installation_id=(event.data.get("installation") or {}).get("id"))
+        config, full_name, _text(data, "pull_request", "head", "repo", "clone_url"),
+        _text(data, "pull_request", "head", "ref"), sha, trigger="pull_request",
+        pull_request=number, installation_id=_number(data, "installation", "id"),
+        environment=rule.environment or None, fork=fork)
     decision.supersede = rule.cancel_superseded
-    decision.message = f"deploying pull request #{pull['number']} at {pull['head']['sha'][:12]}"
+    decision.message = f"deploying pull request #{number} at {sha[:12]}"
 
 
 def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Event:
@@ -165,10 +200,15 @@ async def _receive(request: web.Request) -> web.Response:
         await router.dispatch(event, config, decision)
     except Ignored as e:
         decision = Decision(message=f"ignored: {e}")
-    except (KeyError, TypeError, AttributeError):
-        raise json_error(400, f"Malformed {event.event} payload") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        # Signed, so GitHub's own: a payload SPEED cannot read asks it for nothing. A 4xx would
+        # leave it unrecorded, and a GitHub App's start-up would ask for it again every time.
+        log.warning("delivery %s (%s): unreadable payload (%s)", event.delivery_id, event.event,
+                    type(e).__name__)
+        decision = Decision(message=f"ignored: SPEED cannot read this {event.event} payload")
     if not decision.message:
         action = event.data.get("action")
+        # Named only when it looks like GitHub's: repository_dispatch's is the sender's own text.
         action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]

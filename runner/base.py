@@ -3,6 +3,8 @@ import abc
 import dataclasses
 from typing import AsyncIterator, Awaitable, Callable, Mapping
 
+from runner.settings import Build
+
 OutputSink = Callable[[str], Awaitable[None]]
 
 
@@ -51,15 +53,17 @@ class Backend(abc.ABC):
         """The host address at which containers reach SPEED."""
 
     @abc.abstractmethod
-    async def build(self, context: str, tag: str, output: OutputSink, limits: Limits) -> str:
-        """Build the Dockerfile at the root of context as tag, streaming the log; return the
-        image id. Every step runs within limits; nothing in context is read through a link or
-        without a bound; the log names no image. Cancelling the call stops the build at once
-        and leaves no image tagged."""
+    async def build(self, source: str, tag: str, output: OutputSink, limits: Limits,
+                    options: Build = Build()) -> str:
+        """Build the checkout at source as tag, as options say (Dockerfile, context directory,
+        arguments, target), streaming the log; return the image id. Every step runs within
+        limits; nothing in source is read through a link out of it or without a bound; the log
+        names no image. Cancelling the call stops the build at once and leaves no image tagged."""
 
     @abc.abstractmethod
-    async def reuse_image(self, candidates: list[str], tag: str) -> bool:
-        """Tag the first candidate image that still exists as tag; False if none does."""
+    async def reuse_image(self, candidates: list[str], tag: str) -> str | None:
+        """Tag the first candidate image that still exists as tag and return it; None if none
+        does."""
 
     @abc.abstractmethod
     async def create(self, name: str, image: str, env: Mapping[str, str],

@@ -44,7 +44,7 @@ class BuildCgroups:
     def create(self, pids: int) -> str | None:
         """A new cgroup allowing pids processes in all: its path for the engine, or None if
         it could not be made (the build then runs without a process limit, logged)."""
-        name = f"{self._prefix}-build-{secrets.token_hex(6)}"
+        name = f"{self._prefix}-{secrets.token_hex(6)}"
         path = os.path.join(self._pids_root, name)
         try:
             os.mkdir(path, 0o755)
@@ -70,7 +70,7 @@ class BuildCgroups:
     def sweep(self) -> None:
         """Remove the empty build cgroups an earlier process of this SPEED left behind."""
         for path in glob.glob(os.path.join(glob.escape(self._pids_root),
-                                           glob.escape(self._prefix) + "-build-*")):
+                                           glob.escape(self._prefix) + "-*")):
             for copy in self._copies(os.path.basename(path)):
                 self._rmdir(copy)
 

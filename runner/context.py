@@ -1,19 +1,20 @@
 """A deployment's build context, read from its checkout without following a link out of it."""
 import os
-import re
 import stat
+import tempfile
 from typing import IO
 
 from docker.utils.build import tar
 
+from runner.dockerfile import refuse_unsafe_images
 from runner.errors import BuildFailed
+from runner.settings import Build
 
 MAX_DOCKERFILE = 1024 * 1024
+# What SPEED sends the engine as one build's context: a sparse file of a few bytes in git can be
+# hundreds of megabytes once archived.
+MAX_CONTEXT = 1024 * 1024 * 1024
 MAX_DOCKERIGNORE = 64 * 1024
-# The images SPEED builds are speed-<instance>:...; no deployment may build on another's.
-_OWN_IMAGE = re.compile(r"(?:^|/)speed-[0-9a-f]{12}(?:[:@]|$)")
-_REFERENCES = re.compile(r"^\s*(?:FROM\s+(?:--\S+\s+)*(\S+)|(?:COPY|ADD|RUN)\s.*)", re.I)
-_FROM_FLAG = re.compile(r"--(?:from|mount=\S*?\bfrom)=([^\s,]+)", re.I)
 
 
 def inside(root: str, relative: str) -> str:
@@ -51,44 +52,48 @@ def read_file(root: str, relative: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _logical_lines(dockerfile: str) -> list[tuple[int, str]]:
-    """(first line number, text) of each instruction, continuation lines joined."""
-    lines, start, parts = [], 0, []
-    for number, line in enumerate(dockerfile.splitlines(), start=1):
-        if not parts:
-            start = number
-        if line.rstrip().endswith(("\\", "`")):
-            parts.append(line.rstrip()[:-1])
-            continue
-        lines.append((start, " ".join(parts + [line])))
-        parts = []
-    if parts:
-        lines.append((start, " ".join(parts)))
-    return lines
+class _Bounded:
+    """A temporary file that refuses to grow past a limit (BuildFailed)."""
+
+    def __init__(self, directory: str, limit: int):
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._limit, self._written = limit, 0
+
+    def write(self, data: bytes) -> int:
+        self._written += len(data)
+        if self._written > self._limit:
+            self._file.close()
+            raise BuildFailed(f"the build context is larger than {self._limit} bytes "
+                              "(a .dockerignore can leave out what the build does not need)")
+        return self._file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
 
 
-def refuse_own_images(dockerfile: str) -> None:
-    """BuildFailed if the Dockerfile builds on, or copies from, an image SPEED made."""
-    for number, line in _logical_lines(dockerfile):
-        found = _REFERENCES.match(line)
-        if not found:
-            continue
-        references = [found.group(1)] if found.group(1) else _FROM_FLAG.findall(line)
-        if any(_OWN_IMAGE.search(reference.lower()) for reference in references):
-            raise BuildFailed(f"Dockerfile line {number}: deployments may not use the images "
-                              "SPEED builds for deployments")
-
-
-def archive(root: str, dockerfile: str = "Dockerfile") -> IO[bytes]:
-    """The build context of the checkout at root as a tar file, .dockerignore applied.
+def archive(repository: str, build: Build = Build(),
+            limit: int = MAX_CONTEXT) -> tuple[IO[bytes], str]:
+    """The build context of the checkout at repository as a tar file (beside the checkout, at
+    most limit bytes), .dockerignore applied, and the name of the Dockerfile in it.
 
     Only regular files are read, and only through the archive: links are archived as links,
     never followed (the engine resolves them inside the context)."""
-    text = read_file(root, dockerfile, MAX_DOCKERFILE)
+    root = inside(repository, build.context)
+    if not os.path.isdir(root):
+        raise BuildFailed(f"build.context: {build.context} is not a directory in the repository")
+    text = read_file(repository, build.dockerfile, MAX_DOCKERFILE)
     if text is None:
-        raise BuildFailed(f"no {dockerfile} at the repository root")
-    refuse_own_images(text.decode("utf-8", "replace"))
+        raise BuildFailed("no Dockerfile at the repository root" if build.dockerfile == "Dockerfile"
+                          else f"build.dockerfile: no {build.dockerfile} in the repository")
+    refuse_unsafe_images(text.decode("utf-8", "replace"), dict(build.args))
     ignore = read_file(root, ".dockerignore", MAX_DOCKERIGNORE) or b""
     patterns = [line.strip() for line in ignore.decode("utf-8", "replace").splitlines()
                 if line.strip() and not line.strip().startswith("#")]
-    return tar(root, exclude=patterns, dockerfile=(dockerfile, None))
+    name = os.path.relpath(inside(repository, build.dockerfile), root)
+    if name.startswith(".."):
+        # Outside the context, as `docker build -f` allows: it goes in under a name of its own.
+        dockerfile = (".speed.Dockerfile", text.decode("utf-8", "replace"))
+    else:
+        dockerfile = (name, None)
+    bounded = _Bounded(os.path.dirname(os.path.realpath(repository)), limit)
+    return tar(root, exclude=patterns, dockerfile=dockerfile, fileobj=bounded), dockerfile[0]

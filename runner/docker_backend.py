@@ -4,7 +4,9 @@ import collections
 import contextlib
 import datetime
 import functools
+import hashlib
 import ipaddress
+import json
 import re
 import threading
 from typing import AsyncIterator, Callable, Iterator, Mapping, TypeVar
@@ -20,6 +22,7 @@ from runner import context as build_context
 from runner.base import Backend, ContainerState, Limits, OutputSink
 from runner.cgroups import BuildCgroups
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
+from runner.settings import Build
 
 T = TypeVar("T")
 _DONE = object()
@@ -30,6 +33,8 @@ DROPPED_CAPABILITIES = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
 CPU_PERIOD = 100_000  # microseconds; the quota is cpus times this
 # The builder's lines that name images (" ---> 4c2743df7717", "Successfully tagged ..."): a
 # deployment that read them could build FROM another's image.
+BUILD_NETWORK = "speed-build"
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})$", re.M)
 _BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagged) \S+)\n?$",
                             re.M)
 
@@ -92,6 +97,20 @@ def _engine_errors(kind: type[RunnerError], action: str):
         raise kind(f"{action} failed: {getattr(e, 'explanation', None) or e}") from e
 
 
+def _step_image(text: str) -> str | None:
+    """The image a build step made, from the builder's " ---> <id>" line, if text has one."""
+    found = _STEP_IMAGE.findall(text)
+    return found[-1] if found else None
+
+
+def _remove_untagged(api: docker.APIClient, image: str) -> None:
+    """Remove a build's last step image and the untagged ones below it, unless something else
+    uses them (a tagged image, or a container: the engine refuses, and that is fine)."""
+    with contextlib.suppress(DockerException, requests.RequestException):
+        if not api.inspect_image(image).get("RepoTags"):
+            api.remove_image(image)
+
+
 @functools.lru_cache(maxsize=64)
 def _epoch(whole_seconds: str) -> int:
     return int(datetime.datetime.fromisoformat(whole_seconds)
@@ -115,6 +134,7 @@ class DockerBackend(Backend):
         self._pruning = False
         self._images_idle = asyncio.Condition()
         self._cgroups: BuildCgroups | None | object = _UNKNOWN
+        self._build_network_made = False
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -152,7 +172,7 @@ class DockerBackend(Backend):
                 self._builds -= 1
                 self._images_idle.notify_all()
 
-    async def reuse_image(self, candidates: list[str], tag: str) -> bool:
+    async def reuse_image(self, candidates: list[str], tag: str) -> str | None:
         api = await self._api()
         repository, _, name = tag.rpartition(":")
         async with self._using_images():
@@ -160,26 +180,37 @@ class DockerBackend(Backend):
                 try:
                     with _engine_errors(RunFailed, "tag image"):
                         await asyncio.to_thread(api.tag, candidate, repository, name)
-                    return True
+                    return candidate
                 except RunFailed as e:
                     if not isinstance(e.__cause__, NotFound):
                         raise
-        return False
+        return None
 
-    async def build(self, context: str, tag: str, output: OutputSink, limits: Limits) -> str:
+    async def build(self, source: str, tag: str, output: OutputSink, limits: Limits,
+                    options: Build = Build()) -> str:
         api = await self._api()
         # Read from the checkout here, not by the SDK, which follows links (.dockerignore ->
         # /dev/zero) and reads without bound.
-        archive = await asyncio.to_thread(build_context.archive, context)
-        params = {"t": tag, "rm": True, "forcerm": True, "pull": False,
+        archive, dockerfile = await asyncio.to_thread(build_context.archive, source, options)
+        params = {"t": tag, "rm": True, "forcerm": True, "pull": False, "dockerfile": dockerfile,
                   # Each step's container gets the limits the deployment's container gets.
                   "memory": parse_bytes(limits.memory), "memswap": parse_bytes(limits.memory),
                   "cpuperiod": CPU_PERIOD, "cpuquota": int(limits.cpus * CPU_PERIOD)}
-        cgroups = await self._build_cgroups(api, tag.rpartition(":")[0])
+        if options.args:
+            params["buildargs"] = json.dumps(dict(options.args))
+        if options.target:
+            params["target"] = options.target
+        # Steps keep Docker's default capabilities (the build API cannot drop them), raw sockets
+        # included: on a network of their own, apart from the deployments' containers.
+        params["networkmode"] = await self._build_network(api)
+        # Named after a digest of this SPEED's image repository: a step reads its cgroup's name
+        # in /proc/self/cgroup, and the repository is half of every image's name.
+        cgroups = await self._build_cgroups(api, "speed-build-" + hashlib.sha256(
+            tag.rpartition(":")[0].encode()).hexdigest()[:10])
         parent = cgroups and await asyncio.to_thread(cgroups.create, limits.pids)
         if parent:
             params["cgroupparent"] = parent
-        image_id = None
+        image_id = step = None
         try:
             async with self._using_images():
                 with _engine_errors(BuildFailed, "build"):
@@ -189,6 +220,7 @@ class DockerBackend(Backend):
                     async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
                         async for chunk in chunks:
                             if "stream" in chunk:
+                                step = _step_image(chunk["stream"]) or step
                                 text = _BUILDER_NAMES.sub("", chunk["stream"])
                                 if text:
                                     await output(text)
@@ -198,12 +230,30 @@ class DockerBackend(Backend):
                                 image_id = chunk["aux"]["ID"]
         finally:
             archive.close()
+            loop = asyncio.get_running_loop()
             if parent:
                 # Once the engine removed the steps' containers; nobody waits for it.
-                asyncio.get_running_loop().run_in_executor(None, cgroups.remove, parent)
+                loop.run_in_executor(None, cgroups.remove, parent)
+            if image_id is None and step:
+                # A failed or stopped build leaves its steps' images, untagged, for good.
+                loop.run_in_executor(None, _remove_untagged, api, step)
         if image_id is None:
             raise BuildFailed("build failed: the engine reported no image")
         return image_id
+
+    async def _build_network(self, api: docker.APIClient) -> str:
+        """The network builds run on, made once (ICC off: concurrent builds apart too)."""
+        if not self._build_network_made:
+            with _engine_errors(BuildFailed, "make the build network"):
+                found = await asyncio.to_thread(api.networks, names=[BUILD_NETWORK])
+                if not any(n["Name"] == BUILD_NETWORK for n in found):
+                    with contextlib.suppress(APIError):  # another SPEED made it meanwhile
+                        await asyncio.to_thread(
+                            api.create_network, BUILD_NETWORK, driver="bridge",
+                            options={"com.docker.network.bridge.enable_icc": "false"},
+                            labels={"speed.network": "builds"})
+            self._build_network_made = True
+        return BUILD_NETWORK
 
     @staticmethod
     def _start_build(api: docker.APIClient, archive, params: dict) -> CancellableStream:

@@ -24,3 +24,7 @@ class RunFailed(RunnerError):
 
 class EngineUnavailable(RunnerError):
     """The container engine does not answer."""
+
+
+class SettingsInvalid(RunnerError):
+    """The commit's .speed.yml cannot be used, or asks for a secret the deployment may not have."""

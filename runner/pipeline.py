@@ -11,10 +11,13 @@ import shutil
 import tempfile
 from typing import Awaitable, Callable
 
-from runner import git
+from runner import context, git
+from runner import settings as repository_settings
 from runner.base import Backend, ContainerState, Limits
-from runner.errors import CheckoutFailed, EngineUnavailable, RunnerError
+from runner.errors import CheckoutFailed, EngineUnavailable, RunnerError, SettingsInvalid
 from runner.output import OutputRecorder
+from runner.secrets import SecretSource, forms
+from runner.settings import Ceiling, Settings
 from storage import deployments as queries
 from storage.deployments import IllegalTransition
 from storage.models import Deployment, utcnow
@@ -59,6 +62,9 @@ class Run:
         self.container_id: str | None = None
         self.image: str | None = None  # its image's name, once chosen
         self.built = False  # whether that image exists: built, or an earlier one reused
+        self.settings = Settings()  # from the commit's .speed.yml, once read
+        self.recorder: OutputRecorder | None = None
+        self.deadline: asyncio.Timeout | None = None
         self.stopped = False
         self.task: asyncio.Task | None = None
 
@@ -67,11 +73,12 @@ class Pipeline:
     """Carries out deployments on a backend and records everything in the store."""
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
-                 credentials: Credentials | None = None):
+                 credentials: Credentials | None = None, secrets: SecretSource | None = None):
         self.store = store
         self.backend = backend
         self.settings = settings
         self.credentials = credentials
+        self.secrets = secrets
 
     def labels(self, deployment_id: int | None = None) -> dict[str, str]:
         """The labels on this instance's containers and images (of one deployment, if given)."""
@@ -97,14 +104,29 @@ class Pipeline:
                             limit: int | None) -> tuple[int, int]:
         return await self.store.run(queries.append_output, deployment_id, text, cursor, limit)
 
-    def _remaining(self, deployment: Deployment) -> float:
+    @property
+    def ceiling(self) -> Ceiling:
+        """What a repository's settings may not exceed: this server's own limits."""
+        limits = self.settings.limits
+        return Ceiling(timeout=self.settings.timeout, memory=limits.memory, cpus=limits.cpus)
+
+    def _timeout(self, settings: Settings) -> float:
+        return min(settings.timeout or self.settings.timeout, self.settings.timeout)
+
+    def _limits(self, settings: Settings) -> Limits:
+        wanted = settings.resources
+        return dataclasses.replace(self.settings.limits,
+                                   memory=wanted.memory or self.settings.limits.memory,
+                                   cpus=wanted.cpus or self.settings.limits.cpus)
+
+    def _remaining(self, deployment: Deployment, timeout: float) -> float:
         started = deployment.started_at or utcnow()
         elapsed = (utcnow() - started) / datetime.timedelta(seconds=1)
-        return max(self.settings.timeout - elapsed, 0.0)
+        return max(timeout - elapsed, 0.0)
 
     async def deploy(self, deployment: Deployment, run: Run) -> None:
         """Carry out a freshly claimed deployment."""
-        recorder = self._recorder(deployment)
+        recorder = run.recorder = self._recorder(deployment)
         workspace = None
         try:
             async with self._deadline(deployment, run, recorder):
@@ -153,34 +175,68 @@ class Pipeline:
         commit = deployment.commit
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
-        if commit and self.settings.reuse_images and await self.backend.reuse_image(
-                await self.store.run(queries.built_before, deployment.id, url, commit),
-                run.image):
-            run.built, now = True, utcnow()
-            await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
-                                 built_at=now, image=run.image)
-            await recorder.say(f"reusing the image already built of {commit}")
-            return commit
+        if commit and self.settings.reuse_images:
+            earlier = dict(await self.store.run(queries.built_before, deployment.id, url, commit))
+            reused = await self.backend.reuse_image(list(earlier), run.image)
+            if reused:
+                # The settings come with the commit: those of the deployment that built it.
+                await self._use_settings(deployment, run, repository_settings.from_json(
+                    earlier[reused] or Settings().to_json(), self.ceiling))
+                run.built, now = True, utcnow()
+                await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
+                                     built_at=now, image=run.image,
+                                     settings=run.settings.to_json())
+                await recorder.say(f"reusing the image already built of {commit}")
+                return commit
         await recorder.say(f"cloning {url} (branch {branch})")
         source_dir = os.path.join(workspace, "src")
         commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
                                     addresses=addresses)
-        await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow())
         await recorder.say(f"checked out {commit}")
+        await self._use_settings(deployment, run, repository_settings.parse(
+            context.read_file(source_dir, repository_settings.FILE, repository_settings.MAX_BYTES),
+            self.ceiling))
+        await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow(),
+                             settings=run.settings.to_json())
         await recorder.say("building")
         # No labels: the legacy builder spends a build step (~0.2 s) on each. The database knows
         # which deployment's image holds which commit.
-        await self.backend.build(source_dir, run.image, recorder.write, self.settings.limits)
+        await self.backend.build(source_dir, run.image, recorder.write,
+                                 self._limits(run.settings), run.settings.build)
         run.built = True
         await self.store.run(queries.record, deployment.id, built_at=utcnow(), image=run.image)
         return commit
 
+    async def _use_settings(self, deployment: Deployment, run: Run, settings: Settings) -> None:
+        """Take the commit's settings: its secrets must be ones it may have (before anything is
+        built), and its timeout counts from now on."""
+        if self.secrets is not None:
+            await self.secrets.check(deployment, settings.secrets)
+        elif settings.secrets:
+            raise SettingsInvalid("secrets: this SPEED has no secrets")
+        run.settings = settings
+        if run.deadline is not None:
+            run.deadline.reschedule(asyncio.get_running_loop().time() + self._remaining(
+                deployment, self._timeout(settings)))
+
     async def reattach(self, deployment: Deployment, run: Run) -> None:
         """Follow a deployment whose container outlived an earlier SPEED process."""
-        recorder = self._recorder(deployment)
+        recorder = run.recorder = self._recorder(deployment)
         run.container_id = deployment.container_id
         try:
+            run.settings = repository_settings.from_json(deployment.settings, self.ceiling) \
+                if deployment.settings else Settings()
+        except SettingsInvalid as e:  # the server's limits changed since: they apply
+            log.warning("its settings no longer hold (%s); the server's apply", e.message,
+                        extra={"deployment": deployment.id})
+            run.settings = Settings()
+        try:
             async with self._deadline(deployment, run, recorder):
+                try:  # what it prints from now on is redacted as before the restart
+                    await self._secret_values(deployment, run.settings, recorder)
+                except SettingsInvalid as e:
+                    log.warning("cannot redact its secrets: %s", e.message,
+                                extra={"deployment": deployment.id})
                 await self._follow(deployment.id, run, recorder, after_ns=deployment.log_cursor)
         except RunnerError as e:
             await self._fail(deployment.id, recorder, e)
@@ -229,9 +285,11 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def _deadline(self, deployment: Deployment, run: Run, recorder: OutputRecorder):
-        """Fail the deployment and kill its container when runner.timeout runs out."""
+        """Fail the deployment and kill its container when its timeout runs out (runner.timeout,
+        or the lower one its settings name: see _use_settings)."""
         try:
-            async with asyncio.timeout(self._remaining(deployment)):
+            async with asyncio.timeout(self._remaining(
+                    deployment, self._timeout(run.settings))) as run.deadline:
                 yield
         except TimeoutError:
             if run.container_id:
@@ -240,25 +298,33 @@ class Pipeline:
                     await self.backend.kill(run.container_id)
             await recorder.close()
             await self._finish(deployment.id, Status.FAILED,
-                               f"timed out after {self.settings.timeout:g} s")
+                               f"timed out after {self._timeout(run.settings):g} s")
 
     async def _start_container(self, deployment: Deployment, commit: str, run: Run,
                                recorder: OutputRecorder) -> None:
         token = secrets.token_urlsafe(32)
         recorder.redact(token)
+        # Decrypted now, in the process that makes the container, and redacted before it runs.
+        values = await self._secret_values(deployment, run.settings, recorder)
         env = {
+            **dict(run.settings.env), **values,
             "SPEED_DEPLOYMENT_ID": str(deployment.id),
             "SPEED_API_URL": self.settings.api_url,
             "SPEED_TOKEN": token,
             "SPEED_REPO_URL": deployment.url,
             "SPEED_BRANCH": deployment.branch,
             "SPEED_COMMIT": commit,
+            "SPEED_EVENT": deployment.trigger,
         }
+        if deployment.pull_request is not None:
+            env["SPEED_PULL_REQUEST"] = str(deployment.pull_request)
+        if deployment.environment:
+            env["SPEED_ENVIRONMENT"] = deployment.environment
         name = f"speed-{self.settings.instance}-{deployment.id}"
         # A container left by a crash before its id was stored is removed by reconcile, before
         # the requeue: nothing to look for on this path.
         run.container_id = await self.backend.create(
-            name, run.image, env, self.labels(deployment.id), self.settings.limits)
+            name, run.image, env, self.labels(deployment.id), self._limits(run.settings))
         # The id is stored before the container starts: after a crash, a stored id means the
         # container may have run, so it is reattached, never started twice.
         await self.store.run(queries.record, deployment.id, container_id=run.container_id,
@@ -268,6 +334,17 @@ class Pipeline:
         await recorder.say("starting the container")
         await self.backend.start(run.container_id)
         await self.store.change(queries.update, deployment.id, container_started_at=utcnow())
+
+    async def _secret_values(self, deployment: Deployment, settings: Settings,
+                             recorder: OutputRecorder) -> dict[str, str]:
+        """The values of the secrets the settings name, each of their forms redacted."""
+        if not settings.secrets or self.secrets is None:
+            return {}
+        values = await self.secrets.values(deployment, settings.secrets)
+        for value in values.values():
+            for form in forms(value):
+                recorder.redact(form)
+        return values
 
     async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
                       after_ns: int | None) -> None:
@@ -312,7 +389,8 @@ class Pipeline:
 
     async def _fail(self, deployment_id: int, recorder: OutputRecorder,
                     error: RunnerError) -> None:
-        log.warning("deployment failed: %s", error.message, extra={"deployment": deployment_id})
+        log.warning("deployment failed: %s", recorder.redacted(error.message),
+                    extra={"deployment": deployment_id})
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
         await recorder.close()

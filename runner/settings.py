@@ -1,7 +1,7 @@
 """`.speed.yml`: the settings a commit carries, parsed and checked without any I/O.
 
 Every error names the key (and the YAML line where there is one); nothing here raises anything
-but SettingsError, whatever the input."""
+but SettingsError (a runner error: the deployment fails with its message), whatever the input."""
 import dataclasses
 import json
 import math
@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from docker.utils import parse_bytes
 
+from runner.errors import SettingsInvalid
+
 FILE = ".speed.yml"
 MAX_BYTES = 64 * 1024
 MAX_VALUE = 32 * 1024  # one environment variable or build argument
@@ -21,7 +23,7 @@ _STAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 RESERVED_PREFIX = "SPEED_"
 
 
-class SettingsError(ValueError):
+class SettingsError(SettingsInvalid):
     """The file cannot be used; the message names the key, and the line where known."""
 
     def __init__(self, key: str, problem: str, line: int | None = None):
@@ -104,9 +106,9 @@ def _from_yaml(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int]) -> _
 
 
 def _from_plain(value: Any) -> _Value:
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # to_json writes unset keys as null
         return _Value(MAPPING, [(_Value(SCALAR, k, None), _from_plain(v))
-                                for k, v in value.items()], None)
+                                for k, v in value.items() if v is not None], None)
     if isinstance(value, list):
         return _Value(SEQUENCE, [_from_plain(item) for item in value], None)
     return _Value(SCALAR, value, None)

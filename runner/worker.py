@@ -10,6 +10,7 @@ import shutil
 from runner.base import Backend
 from runner.errors import EngineUnavailable, RunnerError
 from runner.pipeline import Credentials, Pipeline, Run, RunnerSettings
+from runner.secrets import SecretSource
 from storage import deployments as queries
 from storage.status import Status
 from storage.store import Store
@@ -28,14 +29,21 @@ class Worker:
     """Runs at most max_concurrent deployments at once; the database is the queue."""
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
-                 max_concurrent: int, credentials: Credentials | None = None):
+                 max_concurrent: int, credentials: Credentials | None = None,
+                 secrets: SecretSource | None = None):
         # Patient: a full database disk makes the queue and the deployments wait, never fail.
         self.store = store.patient()
         self.backend = backend
-        self.pipeline = Pipeline(self.store, backend, settings, credentials)
+        self.pipeline = Pipeline(self.store, backend, settings, credentials, secrets)
         self.max_concurrent = max_concurrent
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
+
+    def redacted(self, deployment_id: int, text: str) -> str:
+        """text without the secrets and tokens of a deployment this process runs: what a
+        container sends back may hold its environment."""
+        run = self.runs.get(deployment_id)
+        return run.recorder.redacted(text) if run and run.recorder else text
 
     def wake(self) -> None:
         """Look at the queue now (called after a deployment was queued)."""

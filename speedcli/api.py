@@ -47,6 +47,11 @@ class Api:
     def call(self, method: str, path: str, body: dict | None = None,
              query: dict | None = None) -> Any:
         """The decoded JSON answer of one request."""
+        return self.answer(method, path, body, query)[1]
+
+    def answer(self, method: str, path: str, body: dict | None = None,
+               query: dict | None = None) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON) of one request that succeeded (2xx)."""
         response = self._open(method, path, body, query, TIMEOUT, "application/json")
         try:
             with response:
@@ -54,7 +59,7 @@ class Api:
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(self.base_url, reason(e)) from None
         try:
-            return json.loads(raw)
+            return response.status, json.loads(raw)
         except ValueError:
             raise CliError(f"unexpected answer from {self.base_url}{path}: not JSON") from None
 

@@ -1,8 +1,9 @@
 """One function per subcommand: call the API, print, return the exit code."""
 import argparse
 import sys
+import urllib.parse
 
-from speedcli import render, safe
+from speedcli import render, safe, value
 from speedcli.api import Api
 from speedcli.errors import CliError
 from speedcli.follow import follow
@@ -66,4 +67,34 @@ def listing(api: Api, args: argparse.Namespace) -> int:
 
 def cancel(api: Api, args: argparse.Namespace) -> int:
     print(render.info(_deployment(api.post(f"/cancel/{args.id}"))))
+    return 0
+
+
+def _secret_path(name: str) -> str:
+    # Quoted whole: a name with / or ? stays one path segment, and SPEED judges it.
+    return "/secrets/" + urllib.parse.quote(name, safe="")
+
+
+def secret_set(api: Api, args: argparse.Namespace) -> int:
+    if args.on_command_line:
+        raise CliError("secret set takes no value on the command line, where other users can "
+                       "read it (ps): pipe it in, or give --from-file PATH")
+    secret = value.read(args.name, args.from_file)
+    status, body = api.answer("PUT", _secret_path(args.name), {
+        "value": secret, "repositories": args.repositories, "branches": args.branches,
+        "pull_requests": args.pull_requests})
+    name = _field(body, "name", str)
+    print(safe.field(f"{'created' if status == 201 else 'replaced'} secret {name}"))
+    return 0
+
+
+def secret_list(api: Api, args: argparse.Namespace) -> int:
+    found = _field(api.get("/secrets"), "secrets", list)
+    print(render.secrets([s if isinstance(s, dict) else {} for s in found]))
+    return 0
+
+
+def secret_rm(api: Api, args: argparse.Namespace) -> int:
+    api.call("DELETE", _secret_path(args.name))
+    print(safe.field(f"deleted secret {args.name}"))
     return 0

@@ -10,12 +10,30 @@ EPILOG = """exit codes: 0 done (with --follow: the deployment Succeeded), 1 it F
 2 it was Cancelled, 3 usage, connection or HTTP error, 130 interrupted"""
 
 
+SECRET_EPILOG = "exit codes: 0 done, 3 usage, connection or HTTP error, 130 interrupted"
+SECRET_SET_EPILOG = """The value is read from stdin (typed without echo on a terminal) or from
+--from-file, never from the command line, where other users could see it; one trailing newline
+is dropped (echo adds one); """ + SECRET_EPILOG
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but usage errors exit with ERROR: 2 means Cancelled here."""
 
     def error(self, message: str):
         self.print_usage(sys.stderr)
         self.exit(ERROR, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras and getattr(parsed, "secret_command", None) == "set":
+            # argparse would repeat them ("unrecognized arguments: ..."), and one may be a
+            # secret's value typed where it should not be: never show them.
+            if any(extra.startswith("-") for extra in extras):
+                self.error("unrecognized arguments (not repeated: one may be a secret's value)")
+            parsed.on_command_line = [*parsed.on_command_line, *extras]
+        elif extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return parsed
 
 
 def _server_options() -> argparse.ArgumentParser:
@@ -35,9 +53,10 @@ def build() -> Parser:
                     epilog=EPILOG, parents=[server])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run, help_: str) -> Parser:
-        p = sub.add_parser(name, help=help_, description=help_, parents=[server], epilog=EPILOG)
-        p.set_defaults(run=run)
+    def command(name: str, run, help_: str, epilog: str = EPILOG) -> Parser:
+        p = sub.add_parser(name, help=help_, description=help_, parents=[server], epilog=epilog)
+        if run is not None:
+            p.set_defaults(run=run)
         return p
 
     def follow_option(p: Parser, what: str) -> None:
@@ -71,4 +90,42 @@ def build() -> Parser:
                 "queue the same repository, branch and commit again; print the new id")
     p.add_argument("id", type=int, metavar="ID")
     follow_option(p, "the new deployment's log")
+
+    _secret_commands(command("secret", None, "manage the secrets deployments may receive",
+                             SECRET_EPILOG), server)
     return parser
+
+
+def _secret_commands(secret: Parser, server: argparse.ArgumentParser) -> None:
+    """`speed secret set|list|rm`: a secret's value is read from stdin or a file, never from
+    the command line, where every user of the machine could read it (ps, /proc)."""
+    sub = secret.add_subparsers(dest="secret_command", required=True, metavar="COMMAND")
+
+    def command(name: str, run, help_: str, epilog: str = SECRET_EPILOG) -> Parser:
+        p = sub.add_parser(name, help=help_, description=help_, parents=[server], epilog=epilog)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("set", commands.secret_set,
+                "create or replace a secret; its value is read from stdin (or --from-file)",
+                SECRET_SET_EPILOG)
+    p.add_argument("name", metavar="NAME",
+                   help="letters, digits and _ (it becomes an environment variable)")
+    # A value typed here anyway is refused without being repeated (commands.secret_set).
+    p.add_argument("on_command_line", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--repo", action="append", required=True, metavar="HOST/PATH",
+                   dest="repositories",
+                   help="a repository that may get it, as a glob: github.com/acme/app, "
+                        "github.com/acme/* (repeat for more)")
+    p.add_argument("--branch", action="append", default=[], metavar="GLOB", dest="branches",
+                   help="only deployments of matching branches (repeat for more; default: all)")
+    p.add_argument("--pull-requests", action="store_true",
+                   help="pull requests from the repository itself get it too (forks never do)")
+    p.add_argument("--from-file", metavar="PATH",
+                   help="read the value from this file instead of stdin")
+
+    command("list", commands.secret_list, "list secrets: names, scope, when and by which token "
+                                          "each was set (never a value)")
+
+    p = command("rm", commands.secret_rm, "delete a secret")
+    p.add_argument("name", metavar="NAME")

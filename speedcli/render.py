@@ -32,9 +32,11 @@ def between(start: str | None, end: str | None) -> float | None:
 def _value(key: str, value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {duration(v) if key == 'phases' else _value(k, v)}"
-                         for k, v in value.items())
+    if isinstance(value, dict):  # phases show every phase; settings only what was set
+        parts = [(k, duration(v) if key == "phases" else _value(k, v)) for k, v in value.items()]
+        return ", ".join(f"{k} {v}" for k, v in parts if key == "phases" or v not in ("-", ""))
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
     return str(value)
 
 
@@ -65,9 +67,33 @@ def _cells(d: dict) -> tuple[str, ...]:
             duration(between(d.get("started_at"), d.get("finished_at"))))
 
 
-def table(deployments: list[dict]) -> str:
-    """A header and one row per deployment, columns aligned; times are local."""
-    rows = [COLUMNS, *(_row(d) for d in deployments)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+def aligned(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A header and rows of cells already made safe, in columns two spaces apart."""
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                      for row in rows)
+
+
+def table(deployments: list[dict]) -> str:
+    """A header and one row per deployment, columns aligned; times are local."""
+    return aligned(COLUMNS, [_row(d) for d in deployments])
+
+
+SECRET_COLUMNS = ("NAME", "REPOSITORIES", "BRANCHES", "PULL REQUESTS", "UPDATED", "BY")
+
+
+def _patterns(value, empty: str) -> str:
+    """A list of globs as one cell: comma-separated, `empty` for none."""
+    if not isinstance(value, list):
+        return str(value)
+    return ",".join(str(v) for v in value) or empty
+
+
+def secrets(found: list[dict]) -> str:
+    """A header and one row per secret (never a value: the API has none to give); every cell
+    escaped, since names, globs and who changed it all come from the server."""
+    return aligned(SECRET_COLUMNS, [tuple(field(cell) for cell in (
+        str(s.get("name")), _patterns(s.get("repositories"), "-"),
+        _patterns(s.get("branches"), "*"), "yes" if s.get("pull_requests") is True else "no",
+        _created(s.get("updated_at")), str(s.get("updated_by") or "-"))) for s in found])

@@ -44,6 +44,13 @@ SQLITE_PRAGMAS = {
 }
 
 
+def write_transaction():
+    """A write transaction; on SQLite it takes the write lock up front so it never deadlocks."""
+    if isinstance(database.obj, SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
 def upgrade(db) -> list[str]:
     """Bring the schema up to date with storage/migrations; return the migrations applied."""
     postgres = isinstance(db, PostgresqlDatabase)

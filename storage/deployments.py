@@ -3,12 +3,12 @@ import datetime
 import uuid
 from typing import Callable, TypeVar
 
-from peewee import SqliteDatabase, fn
+from peewee import fn
 
-from storage.db import database
+from storage.db import database, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
-from storage.quoting import quote
+from storage.quoting import one_line, quote
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
@@ -17,13 +17,6 @@ SQLITE_MAX_INT = 2**63 - 1
 MAX_ATTEMPTS = 3
 UNFINISHED = (Status.PENDING.value, Status.RUNNING.value)
 T = TypeVar("T")
-
-
-def _write():
-    """A write transaction; on SQLite it takes the write lock up front so it never deadlocks."""
-    if isinstance(database.obj, SqliteDatabase):
-        return database.atomic("IMMEDIATE")
-    return database.atomic()
 
 
 def _found(deployment_id: int, read: Callable[[], T | None]) -> T:
@@ -86,7 +79,7 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
 
     Returns the delivery, whether it is new, the deployment it created (if new), and the
     deployments it superseded (cancelled)."""
-    with _write():
+    with write_transaction():
         existing = Delivery.get_or_none(Delivery.guid == guid)
         if existing is not None:
             return existing, False, None, []
@@ -129,7 +122,7 @@ def claim_next() -> Deployment | None:
     """Mark the oldest Pending deployment Running and return it, in one statement."""
     oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
               .order_by(Deployment.id).limit(1))
-    with _write():
+    with write_transaction():
         rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
                                       attempts=Deployment.attempts + 1)
                     .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
@@ -139,27 +132,29 @@ def claim_next() -> Deployment | None:
 
 def transition(deployment_id: int, new: Status, note: str | None = None, **fields) -> Deployment:
     """Move a deployment to a new status (legal moves only), recording fields and a note."""
-    with _write():
+    with write_transaction():
         current = _status(deployment_id)
         if current == new and not current.finished:
             return _get(deployment_id)
         if not is_legal(current, new):
             raise IllegalTransition(current, new)
         values = dict(fields, status=new.value)
+        if "reason" in values and values["reason"]:
+            values["reason"] = one_line(values["reason"])  # an engine's message may span lines
         if new.finished:
             # From now on the container's token is refused: it cannot write for a finished
             # deployment, whatever it still knows.
             values.update(finished_at=utcnow(), token_hash=None)
         moved = _set(deployment_id, **values)
         if note:
-            _append(deployment_id, note)
+            _append(deployment_id, one_line(note))
     return moved
 
 
 def requeue(deployment_id: int, note: str) -> Deployment:
     """Put a Running deployment whose container never started back in the queue, unless it
     was claimed MAX_ATTEMPTS times already: then it fails, saying so."""
-    with _write():
+    with write_transaction():
         attempts = Deployment.select(Deployment.attempts).where(
             Deployment.id == deployment_id).scalar() or 0
         if attempts >= MAX_ATTEMPTS:
@@ -179,7 +174,7 @@ def requeue(deployment_id: int, note: str) -> Deployment:
 
 def update(deployment_id: int, **fields) -> Deployment:
     """Record fields (commit, container id, ...) on a deployment and return it."""
-    with _write():
+    with write_transaction():
         return _set(deployment_id, **fields)
 
 
@@ -215,14 +210,14 @@ def _callback_text(deployment_id: int, text: str, limit: int, unfinished_only: b
 
 def add_result(deployment_id: int, text: str, limit: int, unfinished_only: bool = False) -> None:
     """Append text a caller sent to the deployment's results (see _callback_text)."""
-    with _write():
+    with write_transaction():
         _append(deployment_id, _callback_text(deployment_id, text, limit, unfinished_only))
 
 
 def report_progress(deployment_id: int, text: str, limit: int,
                     unfinished_only: bool = False) -> None:
     """Record a progress report: it becomes the progress and is appended to the results."""
-    with _write():
+    with write_transaction():
         text = _callback_text(deployment_id, text, limit, unfinished_only)
         Deployment.update(progress=text.removesuffix("\n")).where(
             Deployment.id == deployment_id).execute()
@@ -235,7 +230,7 @@ def append_output(deployment_id: int, text: str, cursor: int | None,
     results in all (None: SPEED's own note, never cut). Return the bytes stored in all and the
     bytes of text that did not fit."""
     data = text.encode()
-    with _write():
+    with write_transaction():
         stored = Deployment.select(Deployment.log_bytes).where(
             Deployment.id == deployment_id).scalar() or 0
         kept = len(data) if limit is None else max(min(len(data), limit - stored), 0)
@@ -251,12 +246,14 @@ def append_output(deployment_id: int, text: str, cursor: int | None,
     return stored + kept, len(data) - kept
 
 
-def built_before(deployment_id: int, url: str, commit: str, limit: int = 5) -> list[str]:
-    """Images of earlier deployments that built or reused this url and commit, newest first."""
-    return [image for (image,) in Deployment.select(Deployment.image).where(
+def built_before(deployment_id: int, url: str, commit: str,
+                 limit: int = 5) -> list[tuple[str, str | None]]:
+    """(image, settings) of earlier deployments that built or reused this url and commit,
+    newest first."""
+    return list(Deployment.select(Deployment.image, Deployment.settings).where(
         Deployment.url == url, Deployment.commit == commit, Deployment.built_at.is_null(False),
         Deployment.image.is_null(False), Deployment.id < deployment_id)
-        .order_by(Deployment.id.desc()).limit(limit).tuples()]
+        .order_by(Deployment.id.desc()).limit(limit).tuples())
 
 
 def results_after(deployment_id: int, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
@@ -310,16 +307,18 @@ def counts() -> dict[str, int]:
 
 def redeploy(deployment_id: int) -> Deployment:
     """A new Pending deployment of the same repository, branch and commit."""
-    with _write():
+    with write_transaction():
         source = _get(deployment_id)
+        # The same origin: a redeploy of a pull request (from a fork) is one, for secrets too.
         return Deployment.create(
             url=source.url, branch=source.branch, commit=source.commit, trigger="redeploy",
-            repo_full_name=source.repo_full_name, installation_id=source.installation_id)
+            repo_full_name=source.repo_full_name, installation_id=source.installation_id,
+            pull_request=source.pull_request, fork=source.fork, environment=source.environment)
 
 
 def instance_id() -> str:
     """This database's instance id, made once; it tells this SPEED's containers from others'."""
-    with _write():
+    with write_transaction():
         setting, _ = Setting.get_or_create(key="instance_id",
                                            defaults={"value": uuid.uuid4().hex[:12]})
     return setting.value
@@ -332,3 +331,19 @@ def latest_for(full_name: str, branch: str | None = None) -> Deployment | None:
     if branch:
         query = query.where(Deployment.branch == branch)
     return query.first()
+
+
+def results_page(deployment_id: int, after: int, rows: int, chars: int) -> list[tuple[int, str]]:
+    """Up to `rows` results after result id `after`, (id, text), ending once `chars` are read."""
+    cursor = database.execute(Result.select(Result.id, Result.text).where(
+        Result.deployment == deployment_id, Result.id > after).order_by(Result.id).limit(rows))
+    page, size = [], 0
+    try:
+        for row in cursor:  # read row by row: what is past the bound is never fetched
+            page.append(row)
+            size += len(row[1])
+            if size >= chars:
+                break
+    finally:
+        cursor.close()  # an unfinished statement would keep SQLite's read snapshot open
+    return page

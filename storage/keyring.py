@@ -27,19 +27,19 @@ class Keyring:
         return self._fernet.encrypt(value.encode()).decode()
 
     def decrypt(self, ciphertext: str) -> str:
-        try:
-            return self._fernet.decrypt(ciphertext.encode()).decode()
-        except InvalidToken:
-            raise KeyringError("a secret was encrypted under a key secrets.key no longer "
-                            "holds") from None
+        return self._read(self._fernet.decrypt, ciphertext)
 
     def rotate(self, ciphertext: str) -> str:
         """The same value encrypted under the first key."""
+        return self._read(self._fernet.rotate, ciphertext)
+
+    @staticmethod
+    def _read(call, ciphertext: str) -> str:
         try:
-            return self._fernet.rotate(ciphertext.encode()).decode()
+            return call(ciphertext.encode()).decode()
         except InvalidToken:
             raise KeyringError("a secret was encrypted under a key secrets.key no longer "
-                            "holds") from None
+                               "holds") from None
 
 
 def key_file_keys(path: pathlib.Path) -> tuple[list[str], bool]:

@@ -45,6 +45,12 @@ class Deployment(BaseModel):
     # How many times a worker claimed it: a deployment that keeps taking SPEED down with it is
     # failed instead of being queued again for ever.
     attempts = IntegerField(default=0)
+    # The settings in effect (runner.settings.Settings.to_json): from the commit's .speed.yml.
+    settings = TextField(null=True)
+    # The environment a repos: rule names (SPEED_ENVIRONMENT), and whether a pull request comes
+    # from a fork (which never receives secrets).
+    environment = CharField(max_length=255, null=True)
+    fork = BooleanField(default=False)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
     # True when SPEED or its engine failed, not the repository's code (GitHub's "error" state).
@@ -96,3 +102,16 @@ class Session(BaseModel):
     created_at = DateTimeField(default=utcnow)
     expires_at = DateTimeField(index=True)
 
+
+
+class Secret(BaseModel):
+    """A value deployments may receive, encrypted (Fernet); the scope says which may."""
+
+    name = CharField(max_length=128, unique=True)
+    value = TextField()  # ciphertext only
+    repositories = TextField()  # JSON list of host/path globs
+    branches = TextField()  # JSON list of branch globs; empty: every branch
+    pull_requests = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+    updated_by = CharField(max_length=64)  # which token, by the start of its sha256

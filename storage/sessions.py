@@ -34,3 +34,9 @@ def valid(value: str, tokens: Iterable[str]) -> bool:
 def delete(value: str) -> None:
     """End the session whose cookie value this is, if there is one."""
     Session.delete().where(Session.cookie_hash == fingerprint(value)).execute()
+
+
+def token_hash_of(value: str) -> str | None:
+    """The sha256 of the API token an unexpired session was made with, if it is one."""
+    return Session.select(Session.token_hash).where(
+        Session.cookie_hash == fingerprint(value), Session.expires_at > utcnow()).scalar()

@@ -1,6 +1,7 @@
 """What a repository's build context may make SPEED read, and which images a build may use."""
 import os
 import re
+import uuid
 
 import pytest
 
@@ -9,7 +10,8 @@ from runner import context
 from runner.errors import BuildFailed
 from storage import deployments as queries
 from storage.db import open_database
-from tests.conftest import BASE_IMAGE, DOCKERFILE, instance_of, results_of, wait_finished
+from tests.conftest import (BASE_IMAGE, DOCKERFILE, instance_of, results_of, wait_finished,
+                            wait_for)
 
 pytestmark = pytest.mark.usefixtures("app_invariants")
 
@@ -156,3 +158,87 @@ def test_a_deployment_that_keeps_dying_with_speed_is_not_queued_for_ever(tmp_pat
         assert after.reason == (f"interrupted {queries.MAX_ATTEMPTS} times before its container "
                                 "started; not deploying it again")
         assert queries.claim_next() is None
+
+
+async def test_a_build_cannot_reach_another_deployments_image_by_an_id_prefix(
+        client, repo, docker_client):
+    """Attack (found by a hostile review): `FROM <prefix of an image id>` and
+    `COPY --from=<prefix>` reached another deployment's image without knowing its name (the
+    engine takes any unique prefix of an id). Asserts: both are refused before building, and the
+    victim's file never shows."""
+    victim_url, _ = repo("true\n", dockerfile=f"FROM {BASE_IMAGE}\nRUN echo victim-secret-4711 > "
+                                              "/secret\nCMD [\"true\"]\n")
+    victim = await start(client, victim_url)
+    assert (await wait_finished(client, victim))["status"] == "Succeeded"
+    instance = instance_of(client)
+    tag = next(t for image in docker_client.api.images(f"speed-{instance}")
+               for t in image["RepoTags"] if t.startswith(f"speed-{instance}:{victim}-"))
+    prefix = docker_client.api.inspect_image(tag)["Id"].removeprefix("sha256:")[:12]
+    for dockerfile in (f"FROM {prefix}\nCMD [\"cat\", \"/secret\"]\n",
+                       f"FROM {BASE_IMAGE}\nCOPY --from={prefix} /secret /loot\n"
+                       "CMD [\"cat\", \"/loot\"]\n"):
+        url, _ = repo("true\n", dockerfile=dockerfile)
+        thief = await start(client, url)
+        info = await wait_finished(client, thief)
+        assert info["status"] == "Failed"
+        assert info["reason"].endswith(f"{prefix}: images are named by repository (and tag), "
+                                       "not by id"), info["reason"]
+        assert "victim-secret-4711" not in await results_of(client, thief)
+
+
+async def test_build_steps_are_kept_apart_from_deployments(client, repo, docker_client):
+    """Attack (found by a hostile review): build steps keep raw sockets (the build API cannot
+    drop capabilities) on the bridge where deployment containers send their tokens, and read
+    SPEED's instance id in their cgroup's name. Asserts: a step cannot reach a running
+    deployment's container, and its cgroup names no instance."""
+    listener_url, _ = repo("echo listening\nsleep 600\n")
+    listener = await start(client, listener_url)
+
+    async def address():
+        found = docker_client.api.containers(filters={"label": [
+            f"speed.instance={instance_of(client)}", f"speed.deployment={listener}"]})
+        return found and docker_client.api.inspect_container(found[0]["Id"])[
+            "NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+
+    target = await wait_for(address)
+    probe = (f"(ping -c 1 -W 2 {target} >/dev/null 2>&1 && echo reached || echo unreached);"
+             " cat /proc/self/cgroup")
+    url, _ = repo("true\n", dockerfile=f"FROM {BASE_IMAGE}\nRUN {probe}\nCMD [\"true\"]\n")
+    prober = await start(client, url)
+    info = await wait_finished(client, prober)
+    results = await results_of(client, prober)
+    assert info["status"] == "Succeeded", results
+    assert "\nunreached\n" in results and "\nreached\n" not in results
+    assert instance_of(client) not in results
+    await client.post(f"/cancel/{listener}")
+
+
+async def test_a_failed_or_stopped_build_leaves_no_image_behind(client, repo, docker_client):
+    """Leak (found by a hostile review): a build that fails keeps its finished steps' images,
+    untagged, for good. Asserts: once the deployment failed, no image made by its steps
+    remains."""
+    marker = uuid.uuid4().hex
+    url, _ = repo("true\n", dockerfile=f"FROM {BASE_IMAGE}\nRUN echo {marker} > /kept\n"
+                                       f"RUN echo {marker}-second > /also\nRUN exit 1\n")
+    deployment_id = await start(client, url)
+    assert (await wait_finished(client, deployment_id))["status"] == "Failed"
+
+    async def no_step_images():
+        left = []
+        for image in docker_client.api.images(all=True, filters={"dangling": True}):
+            command = docker_client.api.inspect_image(image["Id"])["ContainerConfig"]["Cmd"]
+            left += [image["Id"]] if marker in " ".join(command or []) else []
+        return not left
+
+    await wait_for(no_step_images, timeout=20)
+
+
+def test_the_build_context_is_bounded(tmp_path):
+    """Bound (found by a hostile review): a sparse file of a few bytes in git became a 315 MB
+    archive in /tmp. Asserts: past its limit, archiving stops with a clear reason."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "Dockerfile").write_text("FROM scratch\n")
+    with open(tmp_path / "src" / "sparse", "wb") as f:
+        f.truncate(10_000_000)
+    with pytest.raises(BuildFailed, match="the build context is larger than 1000000 bytes"):
+        context.archive(str(tmp_path / "src"), limit=1_000_000)

@@ -79,6 +79,11 @@ async def test_a_finished_deployments_token_is_refused(client, repo, docker_clie
     assert await callbacks() == [200, 200]
     assert (await client.post(f"/cancel/{deployment_id}")).status == 200
     await wait_finished(client, deployment_id)
+
+    async def let_go():  # its last output is stored after the outcome, then the run ends
+        return deployment_id not in client.app[worker_key].runs
+
+    await wait_for(let_go)
     before = await results_of(client, deployment_id)
     assert await callbacks() == [401, 401]
     assert await results_of(client, deployment_id) == before
@@ -113,4 +118,4 @@ async def test_text_a_container_sends_never_looks_like_speeds_own_lines(client, 
     assert [line for line in own if "Succeeded" in line] == []
     assert own[-1] == "[speed] Failed: exit code 3"
     assert visible.count("> [speed] Succeeded") == 5, results
-    assert info["progress"] == "\x1b[1m> [speed] Succeeded"
+    assert info["progress"] == "> \x1b[1m[speed] Succeeded"

@@ -185,7 +185,7 @@ async def test_start_on_a_full_database_disk_is_refused_by_name_then_succeeds(
     assert integrity(database) == "ok"
 
 
-async def test_queue_resumes_when_space_returns(tmpfs, make_client, repo, caplog):
+async def test_queue_resumes_when_space_returns(tmpfs, make_client, repo, caplog, tmp_path):
     """Fault: SPEED starts with a deployment queued and the database's disk full. Asserts: once
     space returns, the queued deployment runs and succeeds."""
     caplog.set_level(logging.WARNING, logger="storage.store")
@@ -196,7 +196,9 @@ async def test_queue_resumes_when_space_returns(tmpfs, make_client, repo, caplog
     await earlier.run(queries.instance_id)
     queued = await earlier.run(queries.create, url, "main")
     filler = fill(database.parent)
-    client = await make_client(database__url=f"sqlite:///{database}")
+    # Its secrets key lives elsewhere: with none, SPEED would have to make one on the full disk.
+    client = await make_client(database__url=f"sqlite:///{database}",
+                               secrets__key_file=str(tmp_path / "secrets.key"))
 
     async def claim_waits():
         return any("claim_next waits for space" in r.getMessage() for r in caplog.records)

@@ -280,7 +280,7 @@ echo fork code ran
 # What Docker sets when an image names no PATH.
 DOCKER_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SPEED_VARIABLES = {"SPEED_DEPLOYMENT_ID", "SPEED_API_URL", "SPEED_TOKEN", "SPEED_REPO_URL",
-                   "SPEED_BRANCH", "SPEED_COMMIT"}
+                   "SPEED_BRANCH", "SPEED_COMMIT", "SPEED_EVENT", "SPEED_PULL_REQUEST"}
 
 
 def basic_authorization(token: str) -> str:

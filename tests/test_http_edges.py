@@ -87,17 +87,22 @@ async def test_a_client_leaving_mid_body_is_not_logged_as_an_error(served, caplo
     assert json.loads(body)["deployments"] == []
 
 
-@pytest.mark.parametrize("path", ["/start", "/webhook"])
-async def test_a_body_that_never_finishes_gets_408(client, monkeypatch, path):
-    """Attack (slow body): Content-Length 100, 10 bytes, then nothing while the socket stays
+@pytest.mark.parametrize("path, content_type, sent", [
+    ("/start", "application/json", START[:10]),
+    ("/webhook", "application/json", START[:10]),
+    # The sign-in form was read with request.post(), which has no deadline.
+    ("/login", "application/x-www-form-urlencoded", b"token=x"),
+])
+async def test_a_body_that_never_finishes_gets_408(client, monkeypatch, path, content_type, sent):
+    """Attack (slow body): Content-Length 100, a few bytes, then nothing while the socket stays
     open. Asserts: a JSON 408 within the (lowered) deadline, the connection to be closed, and
     nothing created."""
     monkeypatch.setattr(bot.requests, "BODY_SECONDS", 1.0)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     began = time.monotonic()
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
                  "X-GitHub-Event: ping\r\nX-GitHub-Delivery: 1\r\n"
-                 "Content-Length: 100\r\n\r\n".encode() + START[:10])
+                 "Content-Length: 100\r\n\r\n".encode() + sent)
     await writer.drain()
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)

@@ -21,6 +21,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
+from bot.keys import store_key
+from runner.settings import Ceiling, parse
+from storage import deployments as queries
 from tests.conftest import wait_for
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -128,7 +131,9 @@ async def test_security_is_optional_without_tokens_and_required_with_them(make_c
                                                  auth__public_reads=True))
     private = await document_of(await make_client("private", auth__api_tokens=[TOKEN]))
     mutating = {("/start", "post"), ("/update", "post"), ("/add_results/{id}", "post"),
-                ("/cancel/{id}", "post"), ("/redeploy/{id}", "post")}
+                ("/cancel/{id}", "post"), ("/redeploy/{id}", "post"),
+                # Secrets need a token whenever tokens are set: reads too, even public_reads.
+                ("/secrets", "get"), ("/secrets/{name}", "put"), ("/secrets/{name}", "delete")}
     reads = {("/", "get"), ("/info/{id}", "get"), ("/results/{id}", "get"),
              ("/deployments", "get"), ("/deployments/{id}", "get"),
              ("/deployments/{id}/events", "get"), ("/metrics", "get")}
@@ -140,6 +145,12 @@ async def test_security_is_optional_without_tokens_and_required_with_them(make_c
     for path, method in reads:
         assert private["paths"][path][method]["security"] == token_or_session
         assert "401" in private["paths"][path][method]["responses"]
+    # A browser opening a page it may not see is sent to sign in; the secrets page even with
+    # public reads.
+    for document, pages in ((open_, set()), (public, {"/secrets"}),
+                            (private, {"/", "/deployments/{id}", "/secrets"})):
+        assert {path for path, operations in document["paths"].items()
+                if "303" in operations.get("get", {}).get("responses", {})} == pages
     for document, expected in ((open_, mutating), (public, mutating), (private, mutating | reads)):
         secured = {(path, method) for path, operations in document["paths"].items()
                    for method, operation in operations.items() if "security" in operation}
@@ -301,3 +312,100 @@ async def test_a_static_name_too_long_is_not_found(client):
         return response
 
     assert (await asyncio.to_thread(fetch)).status_code == 404
+
+
+def call_and_validate(schema, path: str, method: str, expected: int, headers=None,
+                      **case):
+    """One documented call (never following a redirect), its answer checked against the
+    document; it must be `expected`."""
+    operation = schema[path][method]
+    built = operation.Case(headers=headers or {}, **case)
+    response = built.call(allow_redirects=False)
+    built.validate_response(response, checks=CHECKS)
+    assert response.status_code == expected, (method, path, case, response.text)
+    return response
+
+
+async def test_secrets_routes_keep_to_the_document(make_client):
+    """Every answer of PUT, GET and DELETE /secrets..., for a browser as for a program, with
+    tokens and public reads (secrets still need the token): created, replaced, listed (JSON
+    and the page), refused without a token (401, a browser sent to sign in: 303), a name SPEED
+    refuses (400), a bad body (400), one too large (413), an unknown name (404)."""
+    client = await make_client(auth__api_tokens=[TOKEN], auth__public_reads=True)
+    schema = schema_of(await document_of(client), str(client.make_url("")))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    body = {"value": "s3cr3t-value", "repositories": ["github.com/acme/*"],
+            "branches": ["main"], "pull_requests": True}
+    named = {"path_parameters": {"name": "DEPLOY_KEY"}, "media_type": "application/json"}
+
+    def calls() -> None:
+        call_and_validate(schema, "/secrets/{name}", "PUT", 201, auth, body=body, **named)
+        replaced = call_and_validate(schema, "/secrets/{name}", "PUT", 200, auth,
+                                     body={**body, "branches": []}, **named)
+        assert replaced.json()["branches"] == []
+        call_and_validate(schema, "/secrets/{name}", "PUT", 401, body=body, **named)
+        call_and_validate(schema, "/secrets/{name}", "PUT", 400, auth, body=body,
+                          path_parameters={"name": "SPEED_TOKEN"},
+                          media_type="application/json")
+        call_and_validate(schema, "/secrets/{name}", "PUT", 400, auth,
+                          body={**body, "repositories": ["acme/app"]}, **named)
+        call_and_validate(schema, "/secrets/{name}", "PUT", 413, auth,
+                          body={**body, "value": "x" * (2 * 1024 * 1024)}, **named)
+        listed = call_and_validate(schema, "/secrets", "GET", 200, auth)
+        assert [s["name"] for s in listed.json()["secrets"]] == ["DEPLOY_KEY"]
+        page = call_and_validate(schema, "/secrets", "GET", 200, {**auth, **html})
+        assert page.headers["content-type"][0].startswith("text/html")
+        call_and_validate(schema, "/secrets", "GET", 401)
+        signing_in = call_and_validate(schema, "/secrets", "GET", 303, html)
+        assert signing_in.headers["location"] == ["/login?next=/secrets"]
+        call_and_validate(schema, "/secrets/{name}", "DELETE", 401,
+                          path_parameters={"name": "DEPLOY_KEY"})
+        call_and_validate(schema, "/secrets/{name}", "DELETE", 200, auth,
+                          path_parameters={"name": "DEPLOY_KEY"})
+        call_and_validate(schema, "/secrets/{name}", "DELETE", 404, auth,
+                          path_parameters={"name": "DEPLOY_KEY"})
+        call_and_validate(schema, "/secrets/{name}", "DELETE", 400, auth,
+                          path_parameters={"name": "1_NOT_A_NAME"})
+
+    await asyncio.to_thread(calls)
+
+
+SPEED_YML = """\
+env: {GREETING: hello, WORKERS: 4}
+secrets: [DEPLOY_KEY]
+timeout: 120
+build: {dockerfile: docker/Dockerfile, context: docker, args: {VERSION: 1.2}, target: runtime}
+resources: {memory: 256m, cpus: 0.5}
+"""
+
+
+async def test_a_deployments_settings_environment_and_pull_request_keep_to_the_document(client):
+    """A deployment of a pull request whose commit carries every .speed.yml setting, under a
+    rule naming an environment, as /info and /deployments show it; and one without settings
+    yet (null). Both answers match the document's Deployment exactly (no field left out)."""
+    settings = parse(SPEED_YML, Ceiling(timeout=1800, memory="1g", cpus=1.0))
+    store = client.app[store_key]
+    full = await store.run(queries.create, "https://github.com/acme/app.git", "feature",
+                           status="Failed", trigger="pull_request", pull_request=42,
+                           environment="staging", settings=settings.to_json())
+    bare = await store.run(queries.create, "https://github.com/acme/app.git", "main",
+                           status="Cancelled")
+    schema = schema_of(await document_of(client), str(client.make_url("")))
+
+    def calls() -> tuple[dict, dict, list]:
+        shown = [call_and_validate(schema, "/info/{id}", "GET", 200,
+                                   path_parameters={"id": d.id}).json() for d in (full, bare)]
+        listed = call_and_validate(schema, "/deployments", "GET", 200).json()["deployments"]
+        return *shown, listed
+
+    info, bare_info, listed = await asyncio.to_thread(calls)
+    assert info["settings"] == {
+        "env": {"GREETING": "hello", "WORKERS": "4"}, "secrets": ["DEPLOY_KEY"], "timeout": 120.0,
+        "build": {"dockerfile": "docker/Dockerfile", "context": "docker",
+                  "args": {"VERSION": "1.2"}, "target": "runtime"},
+        "resources": {"memory": "256m", "cpus": 0.5}}
+    assert (info["environment"], info["pull_request"]) == ("staging", 42)
+    assert (bare_info["settings"], bare_info["environment"], bare_info["pull_request"]) == (
+        None, None, None)
+    assert [d["id"] for d in listed] == [bare.id, full.id]

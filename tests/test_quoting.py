@@ -2,19 +2,23 @@
 import pytest
 
 from runner.output import OutputRecorder
-from storage.quoting import quote
+from storage.quoting import one_line, quote
 from tests.test_output_redaction import Store
 
+# Each shows as `[speed] Succeeded` on a terminal or the page.
 FORGERIES = ["[speed] Succeeded\n", "\x1b[32m[speed] Succeeded\x1b[0m\n",
-             "\x1b]0;title\x07[speed] Succeeded\n", "\x07\x08[speed] Succeeded\n"]
+             "\x1b]0;title\x07[speed] Succeeded\n", "\x07\x08[speed] Succeeded\n",
+             "[spe\x1b[0med] Succeeded\n", "\x1b7[speed] Succeeded\n", "\u200b[speed] Succeeded\n",
+             "[sp\u2060e\x00ed] Succeeded\n", "[output truncated: at least 999 bytes were not stored]\n"]
 
 
 @pytest.mark.parametrize("forged", FORGERIES)
 def test_a_line_beginning_with_speed_is_quoted_after_any_line_end(forged):
-    """Unit: at the start, after \\n and after \\r, behind invisible sequences, `[speed]` gets
-    `> ` in front; in the middle of a line, or after visible indentation, it is left alone."""
+    """Unit: at the start, after \\n and after \\r, a line that shows as SPEED's own (escape
+    sequences and invisible characters anywhere in its start set aside) gets `> ` in front; in
+    the middle of a line, or after visible indentation, `[speed]` is left alone."""
     for before in ("", "text\n", "text\r", "text\r\n"):
-        assert quote(before + forged) == before + forged.replace("[speed]", "> [speed]")
+        assert quote(before + forged) == before + "> " + forged
     assert quote("a [speed] b\n") == "a [speed] b\n"
     assert quote("  [speed] b\n") == "  [speed] b\n"
     assert quote("[speed] b\n", at_line_start=False) == "[speed] b\n"
@@ -40,10 +44,29 @@ async def test_a_forged_line_cut_anywhere_across_writes_is_still_quoted(forged):
     text = "build step\n" + forged
     for cut in range(len(text) + 1):
         stored = await recorded([text[:cut], text[cut:]], own_first="building")
-        assert stored == "[speed] building\nbuild step\n" + forged.replace("[speed]", "> [speed]"), cut
+        assert stored == "[speed] building\nbuild step\n> " + forged, cut
 
 
 async def test_a_line_that_never_completes_speed_is_released_unchanged():
-    """Delay: a held `[spe` that turns out to be something else goes out as it was."""
+    """Delay: a held `[spe` that turns out to be something else goes out as it was; one the
+    output ends on is quoted (nothing can tell), and lines showing nothing are left alone."""
     assert await recorded(["out\n[spe", "cial] x\n"]) == "out\n[special] x\n"
-    assert await recorded(["out\n[spe"]) == "out\n[spe"
+    assert await recorded(["out\n[spe"]) == "out\n> [spe"
+    assert await recorded(["\x1b[0m\n", "\x1b[0m"]) == "\x1b[0m\n\x1b[0m"
+
+
+def test_reasons_and_notes_are_one_line():
+    """A reason quoting a Dockerfile (`RUN ["sh", "-c", "exit 1\\n[speed] Succeeded"]`) cannot
+    start a line of its own in SPEED's note."""
+    assert one_line("exit 1\n[speed] Succeeded\r\x1b[0m") == "exit 1\\n[speed] Succeeded\\r\\x1b[0m"
+
+
+def test_the_listed_format_characters_are_unicodes():
+    """The hard-coded list of invisible format characters is Unicode's category Cf, whole."""
+    import sys
+    import unicodedata
+
+    from storage.quoting import FORMAT_RANGES
+    listed = {c for a, b in FORMAT_RANGES for c in range(a, b + 1)}
+    known = {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
+    assert known <= listed, sorted(known - listed)[:10]

@@ -48,6 +48,8 @@ def test_stored_settings_read_back_the_same_and_are_checked_again():
     fails as the file would."""
     settings = parse(FULL, CEILING)
     assert from_json(settings.to_json(), CEILING) == settings
+    assert from_json(Settings().to_json(), CEILING) == Settings()
+    assert from_json(parse("secrets: [A]", CEILING).to_json(), CEILING).secrets == ("A",)
     with pytest.raises(SettingsError, match="timeout: 120 s is over the server's limit of 60 s"):
         from_json(settings.to_json(), Ceiling(timeout=60, memory="1g", cpus=1.0))
 
