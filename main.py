@@ -14,7 +14,7 @@ from bot.config import ConfigError, load, secrets_key_file
 from bot.logs import configure_logging
 from bot.secrets_api import keyring_for
 from storage import secrets
-from storage.keyring import KeyringError, add_key
+from storage.keyring import Keyring, KeyringError, add_key
 from storage.store import Store, StorageFull
 
 SHUTDOWN_SECONDS = 3.0
@@ -38,21 +38,26 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config, **overrides)
         if args.command == "rotate-secrets":
             return rotate_secrets(config, args.new_key)
-        app = create_app(config)
-    except ConfigError as e:
+        serve(create_app(config), config)
+    except (ConfigError, KeyringError) as e:
+        # Also from start-up inside run_app (a lost key file): one line, not a traceback.
         print(f"speed: configuration error: {e}", file=sys.stderr)
         return 2
-    raise_open_files_limit()
-    logging.getLogger("speed").info("listening on http://%s:%s", config.server.host,
-                                    config.server.port)
-    try:
-        # shutdown_timeout: open requests (live log streams) get a few seconds, not a minute.
-        web.run_app(app, host=config.server.host, port=config.server.port,
-                    print=None, access_log_format='%r %s %b %Tfs', shutdown_timeout=SHUTDOWN_SECONDS)
     except StorageFull as e:
         print(f"speed: {e}; free some space and start again", file=sys.stderr)
         return 1
     return 0
+
+
+def serve(app: web.Application, config) -> None:
+    """Run SPEED until it is stopped; start-up failures propagate."""
+    raise_open_files_limit()
+    listening = f"listening on http://{config.server.host}:{config.server.port}"
+    # shutdown_timeout: open requests (live log streams) get a few seconds, not a minute.
+    # print: said once the application started and the socket is open, not before.
+    web.run_app(app, host=config.server.host, port=config.server.port,
+                print=lambda _: logging.getLogger("speed").info(listening),
+                access_log_format='%r %s %b %Tfs', shutdown_timeout=SHUTDOWN_SECONDS)
 
 
 def raise_open_files_limit() -> None:
@@ -71,24 +76,45 @@ def raise_open_files_limit() -> None:
     log.info("open files limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
 
 
+# Why a ciphertext is not under the first key after rotate-secrets, by whether any key reads it.
+NOT_UNDER_FIRST = {True: "set under an older key meanwhile: run rotate-secrets again",
+                   False: "no key decrypts it: lost unless the key it was encrypted under is "
+                          "put back"}
+
+
 def rotate_secrets(config, new_key: bool) -> int:
-    """Re-encrypt every secret under the first key; the old keys may go afterwards."""
-    if new_key:
-        if config.secrets.key:
-            raise ConfigError("--new-key adds to a key file; with secrets.key, put a new key "
-                              "first in secrets.key yourself")
-        add_key(pathlib.Path(secrets_key_file(config)))
+    """Re-encrypt every secret under the first key; say whether the keys after it may go."""
+    if new_key and config.secrets.key:
+        raise ConfigError("--new-key adds to a key file; with secrets.key, put a new key "
+                          "first in secrets.key yourself")
     keyring = keyring_for(config)
+    key_file = pathlib.Path(secrets_key_file(config)) if new_key else None
     store = Store(config.database.url)
     try:
-        count = asyncio.run(store.run(secrets.reencrypt, keyring.rotate))
-    except KeyringError as e:
-        raise ConfigError(str(e)) from None
+        count, left = asyncio.run(_rotate(store, keyring, key_file))
     finally:
         store.close()
-    print(f"re-encrypted {count} secret{'s' if count != 1 else ''} under the first key; keys "
-          "after it are no longer needed")
-    return 0
+    done = f"re-encrypted {count} secret value{'s' if count != 1 else ''} under the first key"
+    if not left:
+        print(f"{done}; every secret decrypts with it alone: keys after it are no longer needed")
+        return 0
+    print(f"{done}; keep the keys after it, as these do not decrypt with it: " + "; ".join(
+        f"{name} ({NOT_UNDER_FIRST[readable]})" for name, readable in left.items()),
+        file=sys.stderr)
+    return 1
+
+
+async def _rotate(store: Store, keyring: Keyring, key_file: pathlib.Path | None):
+    """Check the keys, add one if asked, re-encrypt: (how many, what the first key cannot read)."""
+    await store.run(secrets.check_keys, keyring)  # as at start-up: a lost key file stops it here
+    if key_file:
+        add_key(key_file)  # a running SPEED encrypts under it from its next use on
+    count = await store.run(secrets.reencrypt, keyring.rotate)
+    # A running SPEED may set a secret under an older key while this runs (one configured by
+    # secrets.key and not restarted does so for ever): only what is read back afterwards counts.
+    stored = await store.run(secrets.ciphertexts)
+    return count, {name: keyring.readable(ciphertext) for name, ciphertext in stored.items()
+                   if not keyring.under_first(ciphertext)}
 
 
 if __name__ == "__main__":

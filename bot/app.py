@@ -37,6 +37,7 @@ from runner.secrets import SecretSource
 from runner.errors import RunnerError
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
 from storage import deployments as queries
+from storage import secrets as secret_queries
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
 
 async def _storage_context(app: web.Application) -> AsyncIterator[None]:
     store = Store(app[config_key].database.url)
+    try:
+        # Before anything encrypts: with a lost or wrong key, stop here rather than make a new
+        # key and run on with every stored secret unreadable.
+        await store.run(secret_queries.check_keys, app[keyring_key])
+    except BaseException:
+        store.close()
+        raise
     app[store_key] = store
     store.subscribe(app[metrics_key].observe)
     yield
@@ -150,7 +158,7 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         reuse_images=runner.reuse_images, allowed_urls=runner.allowed_urls)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),
-                    secrets=SecretSource(store, app[keyring_key]))
+                    secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}))
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
     task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")

@@ -1,7 +1,6 @@
 """Secrets through the API: set, list and delete with an API token; values go in, never out."""
 import hashlib
 import json
-import logging
 import pathlib
 import re
 
@@ -17,10 +16,9 @@ from runner.secrets import MIN_VALUE
 from storage import secrets as queries
 from storage import sessions
 from storage.errors import NotFound
-from storage.keyring import Keyring, KeyringError, key_file_keys
+from storage.keyring import KeyFileKeyring, Keyring, KeyringError
 from storage.models import Secret
 
-log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -29,16 +27,11 @@ MAX_PATTERNS = 100
 
 
 def keyring_for(config: Config) -> Keyring:
-    """The keys of secrets.key, or of the key file (made, and said so once, on first start)."""
+    """The keys of secrets.key, or of the key file (made at start-up if nothing is stored)."""
     try:
         if config.secrets.key:
             return Keyring(list(config.secrets.key))
-        path = pathlib.Path(secrets_key_file(config))
-        keys, made = key_file_keys(path)
-        if made:
-            log.warning("made a new key for secrets in %s (mode 0600): back it up with the "
-                        "database; without it no secret can be read", path)
-        return Keyring(keys)
+        return KeyFileKeyring(pathlib.Path(secrets_key_file(config)))
     except KeyringError as e:
         raise ConfigError(str(e)) from None
     except OSError as e:

@@ -18,6 +18,20 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogCursor:
+    """Where a container's stored output ends: the time (Unix ns) of the last piece stored, and
+    how many pieces of that very time were stored — Docker gives every 16 KB piece of a long
+    line the time of the first, so a time alone cannot say which of them came already."""
+
+    at: int
+    seen: int = 1
+
+    def after(self, at: int) -> "LogCursor":
+        """The cursor once a piece of time at is stored too."""
+        return LogCursor(at, self.seen + 1) if at == self.at else LogCursor(at)
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerState:
     """What the engine knows about a deployment's container."""
 
@@ -75,8 +89,10 @@ class Backend(abc.ABC):
         """Start a created container."""
 
     @abc.abstractmethod
-    def logs(self, container_id: str, after_ns: int | None) -> AsyncIterator[tuple[int, str]]:
-        """Follow the container's output from after the given time: (time in ns, text) pairs."""
+    def logs(self, container_id: str, after: LogCursor | None,
+             follow: bool = True) -> AsyncIterator[tuple[int, str]]:
+        """The container's output after the cursor, as (time in ns, text) pieces; with follow,
+        on until the container stops (or the stream breaks off)."""
 
     @abc.abstractmethod
     async def wait(self, container_id: str) -> ContainerState:

@@ -1,5 +1,6 @@
 """The embedded backend: the local Docker engine through the docker SDK."""
 import asyncio
+import codecs
 import collections
 import contextlib
 import datetime
@@ -19,7 +20,7 @@ from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
 from runner import context as build_context
-from runner.base import Backend, ContainerState, Limits, OutputSink
+from runner.base import Backend, ContainerState, Limits, LogCursor, OutputSink
 from runner.cgroups import BuildCgroups
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
 from runner.settings import Build
@@ -33,7 +34,10 @@ DROPPED_CAPABILITIES = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP")
 CPU_PERIOD = 100_000  # microseconds; the quota is cpus times this
 # The builder's lines that name images (" ---> 4c2743df7717", "Successfully tagged ..."): a
 # deployment that read them could build FROM another's image.
-BUILD_NETWORK = "speed-build"
+# Builds and deployments each on a network of their own: build steps keep raw sockets (the
+# build API cannot drop capabilities) and must never share one with deployments' containers.
+BUILD_NETWORK = "speed-builds"
+RUN_NETWORK = "speed-deployments"
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})$", re.M)
 _BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagged) \S+)\n?$",
                             re.M)
@@ -97,6 +101,13 @@ def _engine_errors(kind: type[RunnerError], action: str):
         raise kind(f"{action} failed: {getattr(e, 'explanation', None) or e}") from e
 
 
+def _whole(value: float, name: str) -> int:
+    """A limit as the engine takes it, which is never 0: the engine reads 0 as no limit."""
+    if int(value) < 1:
+        raise RunFailed(f"{name}: too small a limit for the engine")
+    return int(value)
+
+
 def _step_image(text: str) -> str | None:
     """The image a build step made, from the builder's " ---> <id>" line, if text has one."""
     found = _STEP_IMAGE.findall(text)
@@ -126,7 +137,7 @@ def _nanoseconds(stamp: str) -> int:
 class DockerBackend(Backend):
     """Builds and runs deployments on the Docker engine named by DOCKER_HOST (or the local socket)."""
 
-    def __init__(self, network: str = "bridge"):
+    def __init__(self, network: str = RUN_NETWORK):
         self._client: docker.DockerClient | None = None
         self._network = network
         # Builds and image pruning exclude each other: a build may take a pruned image as cache.
@@ -134,7 +145,7 @@ class DockerBackend(Backend):
         self._pruning = False
         self._images_idle = asyncio.Condition()
         self._cgroups: BuildCgroups | None | object = _UNKNOWN
-        self._build_network_made = False
+        self._networks_made: set[str] = set()
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -149,6 +160,7 @@ class DockerBackend(Backend):
 
     async def callback_host(self) -> str:
         api = await self._api()
+        await self._own_network(api, self._network)
         with _engine_errors(EngineUnavailable, "inspect network"):
             network = await asyncio.to_thread(api.inspect_network, self._network)
         for pool in network.get("IPAM", {}).get("Config") or []:
@@ -195,14 +207,12 @@ class DockerBackend(Backend):
         params = {"t": tag, "rm": True, "forcerm": True, "pull": False, "dockerfile": dockerfile,
                   # Each step's container gets the limits the deployment's container gets.
                   "memory": parse_bytes(limits.memory), "memswap": parse_bytes(limits.memory),
-                  "cpuperiod": CPU_PERIOD, "cpuquota": int(limits.cpus * CPU_PERIOD)}
+                  "cpuperiod": CPU_PERIOD, "cpuquota": _whole(limits.cpus * CPU_PERIOD, "cpus")}
         if options.args:
             params["buildargs"] = json.dumps(dict(options.args))
         if options.target:
             params["target"] = options.target
-        # Steps keep Docker's default capabilities (the build API cannot drop them), raw sockets
-        # included: on a network of their own, apart from the deployments' containers.
-        params["networkmode"] = await self._build_network(api)
+        params["networkmode"] = await self._own_network(api, BUILD_NETWORK)
         # Named after a digest of this SPEED's image repository: a step reads its cgroup's name
         # in /proc/self/cgroup, and the repository is half of every image's name.
         cgroups = await self._build_cgroups(api, "speed-build-" + hashlib.sha256(
@@ -241,19 +251,21 @@ class DockerBackend(Backend):
             raise BuildFailed("build failed: the engine reported no image")
         return image_id
 
-    async def _build_network(self, api: docker.APIClient) -> str:
-        """The network builds run on, made once (ICC off: concurrent builds apart too)."""
-        if not self._build_network_made:
-            with _engine_errors(BuildFailed, "make the build network"):
-                found = await asyncio.to_thread(api.networks, names=[BUILD_NETWORK])
-                if not any(n["Name"] == BUILD_NETWORK for n in found):
+    async def _own_network(self, api: docker.APIClient, name: str) -> str:
+        """A bridge network of SPEED's, made once, on which containers cannot reach each other
+        (ICC off): neither a fork's deployment another's, nor a build step (which keeps raw
+        sockets) a concurrent build. Docker's own networks are used as they are."""
+        if name not in self._networks_made and name not in ("bridge", "host", "none"):
+            with _engine_errors(EngineUnavailable, f"make the network {name}"):
+                found = await asyncio.to_thread(api.networks, names=[name])
+                if not any(n["Name"] == name for n in found):
                     with contextlib.suppress(APIError):  # another SPEED made it meanwhile
                         await asyncio.to_thread(
-                            api.create_network, BUILD_NETWORK, driver="bridge",
+                            api.create_network, name, driver="bridge", check_duplicate=True,
                             options={"com.docker.network.bridge.enable_icc": "false"},
-                            labels={"speed.network": "builds"})
-            self._build_network_made = True
-        return BUILD_NETWORK
+                            labels={"speed.network": name})
+        self._networks_made.add(name)
+        return name
 
     @staticmethod
     def _start_build(api: docker.APIClient, archive, params: dict) -> CancellableStream:
@@ -280,7 +292,7 @@ class DockerBackend(Backend):
         with _engine_errors(RunFailed, "create container"):
             host_config = api.create_host_config(
                 mem_limit=limits.memory, memswap_limit=limits.memory,
-                nano_cpus=int(limits.cpus * 1e9), pids_limit=limits.pids,
+                nano_cpus=_whole(limits.cpus * 1e9, "cpus"), pids_limit=limits.pids,
                 security_opt=["no-new-privileges"], network_mode=self._network, privileged=False,
                 cap_drop=list(DROPPED_CAPABILITIES),
                 # The engine's own copy of the output is bounded too; SPEED stores what it keeps.
@@ -295,18 +307,25 @@ class DockerBackend(Backend):
         with _engine_errors(RunFailed, "start container"):
             await asyncio.to_thread(api.start, container_id)
 
-    async def logs(self, container_id: str, after_ns: int | None) -> AsyncIterator[tuple[int, str]]:
+    async def logs(self, container_id: str, after: LogCursor | None,
+                   follow: bool = True) -> AsyncIterator[tuple[int, str]]:
         api = await self._api()
-        since = after_ns // 1_000_000_000 if after_ns else None
+        since = after.at // 1_000_000_000 if after else None
+        skip = after.seen if after else 0  # pieces of after.at stored already
+        # One decoder for the stream: Docker cuts lines over 16 KB into pieces anywhere, even
+        # inside a character, and a character cut in two must not become two U+FFFDs.
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with _engine_errors(RunFailed, "follow logs"):
             stream = await asyncio.to_thread(
-                api.logs, container_id, stream=True, follow=True, timestamps=True, since=since)
+                api.logs, container_id, stream=True, follow=follow, timestamps=True, since=since)
             async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
                 async for chunk in chunks:
-                    stamp, _, text = chunk.decode("utf-8", "replace").partition(" ")
-                    at = _nanoseconds(stamp)
-                    if after_ns is None or at > after_ns:
-                        yield at, text
+                    stamp, _, data = chunk.partition(b" ")
+                    at = _nanoseconds(stamp.decode("ascii", "replace"))
+                    if after is not None and (at < after.at or at == after.at and skip):
+                        skip -= at == after.at
+                        continue
+                    yield at, decoder.decode(data)
 
     async def wait(self, container_id: str) -> ContainerState:
         api = await self._api()

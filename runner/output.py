@@ -6,13 +6,32 @@ from typing import Awaitable, Callable
 
 from storage import quoting
 
-# (deployment id, text, stream cursor in ns or None, byte limit of all results or None for
+# (deployment id, text, stream cursor (opaque) or None, byte limit of all results or None for
 # SPEED's own note) -> (bytes of results stored in all, bytes of text that did not fit)
-Writer = Callable[[int, str, int | None, int | None], Awaitable[tuple[int, int]]]
+Writer = Callable[[int, str, object, int | None], Awaitable[tuple[int, int]]]
 
 FLUSH_BYTES = 64 * 1024
+_WINDOW = 64
 FLUSH_SECONDS = 0.25
 REDACTED = "[redacted]"
+
+
+def _open_prefix(secret: str, text: str) -> int:
+    """The length of the longest end of text that is the beginning of secret (not all of it)."""
+    start = max(len(text) - len(secret) + 1, 0)
+    head = secret[:_WINDOW]
+    # Candidates holding a whole window are found by str.find, at C speed: a Python loop over
+    # every position where the secret's first character occurs made a long secret cost
+    # quadratic time on the event loop (a 64 KiB one, 48 ms a write). The earliest is longest.
+    at = text.find(head, start)
+    while at != -1:
+        if secret.startswith(text[at:]):
+            return len(text) - at
+        at = text.find(head, at + 1)
+    for at in range(max(start, len(text) - len(head) + 1), len(text)):  # ends under a window
+        if head.startswith(text[at:]) and secret.startswith(text[at:]):
+            return len(text) - at
+    return 0
 
 
 class OutputRecorder:
@@ -32,11 +51,11 @@ class OutputRecorder:
         # exact: a batch's cursor is that of the last write it holds entirely, so a reattach after
         # a crash replays a held write once, in full. (text, cursor, SPEED's own), not yet
         # redacted. The same holding keeps a line that may become "[speed]" until it is known.
-        self._held: list[tuple[str, int | None, bool]] = []
+        self._held: list[tuple[str, object, bool]] = []
         self._at_line_start = True
         self._buffer: list[str] = []
         self._buffered = 0
-        self._cursor: int | None = None
+        self._cursor: object = None
         self._dropped = 0
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task | None = None
@@ -51,23 +70,31 @@ class OutputRecorder:
         if secret and secret not in self._secrets:
             self._secrets.append(secret)
             self._secret_characters.update(secret)
+            self._pattern = None  # compiled when next used: a value's many forms cost one compile
+
+    def matcher(self) -> re.Pattern[str] | None:
+        """The pattern of every secret, compiled once after secrets were added (a long value
+        has thousands of forms: call it in a thread before output flows)."""
+        if self._pattern is None and self._secrets:
             # Longest first: where two secrets start at one place, the longer goes whole.
             self._pattern = re.compile("|".join(
                 re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)))
+        return self._pattern
 
     def redacted(self, text: str) -> str:
         """text without this deployment's secrets (for reasons and messages)."""
-        return self._pattern.sub(REDACTED, text) if self._pattern else text
+        pattern = self.matcher()
+        return pattern.sub(REDACTED, text) if pattern else text
 
     async def say(self, line: str) -> None:
         """Record a line of SPEED's own, as `[speed] line`."""
         await self._take(f"{quoting.OWN} {line}\n", None, own=True)
 
-    async def write(self, text: str, cursor: int | None = None) -> None:
+    async def write(self, text: str, cursor: object = None) -> None:
         """Take a piece of output; cursor is the stream position it ends at."""
         await self._take(text, cursor, own=False)
 
-    async def _take(self, text: str, cursor: int | None, own: bool) -> None:
+    async def _take(self, text: str, cursor: object, own: bool) -> None:
         self._held.append((text, cursor, own))
         self._release(self._releasable())
         if self._buffered >= FLUSH_BYTES:
@@ -82,7 +109,8 @@ class OutputRecorder:
                                  quoting.open_end(joined, self._at_line_start))
         if safe == len(joined):
             return len(self._held)
-        spans = [m.span() for m in self._pattern.finditer(joined)] if self._pattern else []
+        pattern = self.matcher()
+        spans = [m.span() for m in pattern.finditer(joined)] if pattern else []
         end = len(joined)
         for count in range(len(self._held), 0, -1):
             if end <= safe and not any(start < end < stop for start, stop in spans):
@@ -94,17 +122,9 @@ class OutputRecorder:
         """The length of the longest end of text that is the beginning of a longer secret."""
         if not text or text[-1] not in self._secret_characters:
             return 0  # the common case: a line's end (no token holds a newline)
-        longest = 0
-        for secret in self._secrets:
-            at = max(len(text) - len(secret) + 1, 0)
-            while (at := text.find(secret[0], at)) != -1:
-                if secret.startswith(text[at:]):
-                    longest = max(longest, len(text) - at)
-                    break  # the earliest match is this secret's longest
-                at += 1
-        return longest
+        return max(_open_prefix(secret, text) for secret in self._secrets)
 
-    def _quoted(self, released: list[tuple[str, int | None, bool]]) -> str:
+    def _quoted(self, released: list[tuple[str, object, bool]]) -> str:
         """The released writes as one text, output lines that look like SPEED's own quoted."""
         pieces = []
         for own, run in itertools.groupby(released, key=lambda write: write[2]):
@@ -121,8 +141,9 @@ class OutputRecorder:
             return
         released, self._held = self._held[:count], self._held[count:]
         text = self._quoted(released)
-        if self._pattern:
-            text = self._pattern.sub(REDACTED, text)
+        pattern = self.matcher()
+        if pattern:
+            text = pattern.sub(REDACTED, text)
         size = len(text.encode())
         room = self._limit - self._stored - self._buffered
         if size > room:
@@ -153,7 +174,7 @@ class OutputRecorder:
             self._buffer, self._buffered, self._cursor = [], 0, None
             await self._store(text, cursor, self._limit)
 
-    async def _store(self, text: str, cursor: int | None, limit: int | None) -> None:
+    async def _store(self, text: str, cursor: object, limit: int | None) -> None:
         """Write to the database, which cuts at the limit: callbacks may have filled it."""
         self._stored += len(text.encode())
         self._stored, dropped = await self._write(self._deployment_id, text, cursor, limit)

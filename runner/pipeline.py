@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from runner import context, git
 from runner import settings as repository_settings
-from runner.base import Backend, ContainerState, Limits
+from runner.base import Backend, ContainerState, Limits, LogCursor
 from runner.errors import CheckoutFailed, EngineUnavailable, RunnerError, SettingsInvalid
 from runner.output import OutputRecorder
 from runner.secrets import SecretSource, forms
@@ -21,6 +21,7 @@ from runner.settings import Ceiling, Settings
 from storage import deployments as queries
 from storage.deployments import IllegalTransition
 from storage.models import Deployment, utcnow
+from storage.quoting import one_line
 from storage.status import Status
 from storage.store import Store
 
@@ -100,9 +101,10 @@ class Pipeline:
         return OutputRecorder(deployment.id, self._store_output, self.settings.max_log_bytes,
                               stored=deployment.log_bytes)
 
-    async def _store_output(self, deployment_id: int, text: str, cursor: int | None,
+    async def _store_output(self, deployment_id: int, text: str, cursor: LogCursor | None,
                             limit: int | None) -> tuple[int, int]:
-        return await self.store.run(queries.append_output, deployment_id, text, cursor, limit)
+        return await self.store.run(queries.append_output, deployment_id, text,
+                                    (cursor.at, cursor.seen) if cursor else None, limit)
 
     @property
     def ceiling(self) -> Ceiling:
@@ -144,7 +146,7 @@ class Pipeline:
                     if not await self._container_started(run):
                         await self._deploy_again(deployment.id, recorder)
                         return
-                await self._follow(deployment.id, run, recorder, after_ns=None)
+                await self._follow(deployment.id, run, recorder, after=None)
         except RunnerError as e:
             await self._fail(deployment.id, recorder, e)
         finally:
@@ -193,9 +195,9 @@ class Pipeline:
         commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
                                     addresses=addresses)
         await recorder.say(f"checked out {commit}")
-        await self._use_settings(deployment, run, repository_settings.parse(
-            context.read_file(source_dir, repository_settings.FILE, repository_settings.MAX_BYTES),
-            self.ceiling))
+        # In a thread: a file of 64 KiB can take YAML a while, and the event loop serves all.
+        await self._use_settings(deployment, run, await asyncio.to_thread(
+            self._read_settings, source_dir))
         await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow(),
                              settings=run.settings.to_json())
         await recorder.say("building")
@@ -206,6 +208,11 @@ class Pipeline:
         run.built = True
         await self.store.run(queries.record, deployment.id, built_at=utcnow(), image=run.image)
         return commit
+
+    def _read_settings(self, source_dir: str) -> Settings:
+        """The checkout's .speed.yml, checked against this server's limits."""
+        return repository_settings.parse(context.read_file(
+            source_dir, repository_settings.FILE, repository_settings.MAX_BYTES), self.ceiling)
 
     async def _use_settings(self, deployment: Deployment, run: Run, settings: Settings) -> None:
         """Take the commit's settings: its secrets must be ones it may have (before anything is
@@ -232,12 +239,9 @@ class Pipeline:
             run.settings = Settings()
         try:
             async with self._deadline(deployment, run, recorder):
-                try:  # what it prints from now on is redacted as before the restart
-                    await self._secret_values(deployment, run.settings, recorder)
-                except SettingsInvalid as e:
-                    log.warning("cannot redact its secrets: %s", e.message,
-                                extra={"deployment": deployment.id})
-                await self._follow(deployment.id, run, recorder, after_ns=deployment.log_cursor)
+                await self._redact_sealed(deployment, recorder)
+                await self._follow(deployment.id, run, recorder, after=LogCursor(
+                    deployment.log_cursor, deployment.log_seen) if deployment.log_cursor else None)
         except RunnerError as e:
             await self._fail(deployment.id, recorder, e)
         finally:
@@ -328,7 +332,9 @@ class Pipeline:
         # The id is stored before the container starts: after a crash, a stored id means the
         # container may have run, so it is reattached, never started twice.
         await self.store.run(queries.record, deployment.id, container_id=run.container_id,
-                             token_hash=token_hash(token))
+                             token_hash=token_hash(token),
+                             secrets_sealed=self.secrets.seal(list(values.values()))
+                             if values else None)
         if run.stopped:
             return
         await recorder.say("starting the container")
@@ -341,13 +347,33 @@ class Pipeline:
         if not settings.secrets or self.secrets is None:
             return {}
         values = await self.secrets.values(deployment, settings.secrets)
-        for value in values.values():
-            for form in forms(value):
-                recorder.redact(form)
+        await self._redact(recorder, list(values.values()))
         return values
 
+    @staticmethod
+    async def _redact(recorder: OutputRecorder, values: list[str]) -> None:
+        """Redact every form of the values; the pattern of thousands of forms is compiled in a
+        thread, not on the event loop."""
+        for value in values:
+            for form in forms(value):
+                recorder.redact(form)
+        await asyncio.to_thread(recorder.matcher)
+
+    async def _redact_sealed(self, deployment: Deployment, recorder: OutputRecorder) -> None:
+        """After a restart, redact the values its container got, as they were then: whatever
+        became of the secrets or the server's limits since. A deployment whose values can no
+        longer be read is stopped rather than have its output stored unredacted."""
+        if not deployment.secrets_sealed or self.secrets is None:
+            return
+        try:
+            values = self.secrets.unseal(deployment.secrets_sealed)
+        except SettingsInvalid as e:
+            raise SettingsInvalid(f"stopped after a restart: its secrets cannot be read to "
+                                  f"redact its output ({e.message})") from None
+        await self._redact(recorder, values)
+
     async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
-                      after_ns: int | None) -> None:
+                      after: LogCursor | None) -> None:
         """Record the container's output and its exit; the engine going away only pauses this."""
         assert run.container_id
         while True:
@@ -361,22 +387,31 @@ class Pipeline:
                     return
                 if state.never_started:
                     break
-                async with contextlib.aclosing(self.backend.logs(run.container_id, after_ns)) as logs:
-                    async for at, text in logs:
-                        await recorder.write(text, at)
-                        after_ns = at
-                        if recorder.full:
-                            break  # the rest would be dropped: stop reading, wait for the exit
+                after = await self._record_logs(run.container_id, recorder, after, True)
                 if not recorder.full:
                     now = await self.backend.state(run.container_id)
                     if now is None or not now.exited:
                         continue  # the stream ended, not the container: the engine restarted
+                    # A followed stream can end before the last lines of a container that has
+                    # just exited (seen with Docker 20.10): read on to the end once more.
+                    after = await self._record_logs(run.container_id, recorder, after, False)
                 state = await self.backend.wait(run.container_id)
                 break
             except EngineUnavailable as e:
                 await self._engine_back(recorder, e)
         await recorder.close()
         await self._record_exit(deployment_id, state)
+
+    async def _record_logs(self, container_id: str, recorder: OutputRecorder,
+                           after: LogCursor | None, follow: bool) -> LogCursor | None:
+        """Record the container's output after the cursor; return where it got to."""
+        async with contextlib.aclosing(self.backend.logs(container_id, after, follow)) as logs:
+            async for at, text in logs:
+                after = after.after(at) if after else LogCursor(at)
+                await recorder.write(text, after)
+                if recorder.full:
+                    break  # the rest would be dropped: stop reading, wait for the exit
+        return after
 
     async def _record_exit(self, deployment_id: int, state: ContainerState) -> None:
         if state.exit_code == 0:
@@ -389,7 +424,7 @@ class Pipeline:
 
     async def _fail(self, deployment_id: int, recorder: OutputRecorder,
                     error: RunnerError) -> None:
-        log.warning("deployment failed: %s", recorder.redacted(error.message),
+        log.warning("deployment failed: %s", one_line(recorder.redacted(error.message)),
                     extra={"deployment": deployment_id})
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")

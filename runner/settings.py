@@ -2,6 +2,7 @@
 
 Every error names the key (and the YAML line where there is one); nothing here raises anything
 but SettingsError (a runner error: the deployment fails with its message), whatever the input."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -10,6 +11,7 @@ import re
 from typing import Any
 
 import yaml
+import yaml.reader
 from docker.utils import parse_bytes
 
 from runner.errors import SettingsInvalid
@@ -18,6 +20,16 @@ FILE = ".speed.yml"
 MAX_BYTES = 64 * 1024
 MAX_VALUE = 32 * 1024  # one environment variable or build argument
 MAX_VALUES = 10_000  # values in the whole file, aliases counted as often as they are used
+# All the text the settings carry (names and values, paths, ...), in UTF-8: aliases let a small
+# file name one long value thousands of times, and every copy is stored and shown.
+MAX_TEXT = 64 * 1024
+MAX_KEY = 100  # characters of a key an error quotes: keys are the file's, of any length
+MAX_QUOTED = 200  # characters of anything else from the file an error quotes
+MIN_CPUS = 0.01  # Docker's: a quota that rounds to 0 would mean no limit at all
+MIN_MEMORY = "6m"  # Docker's (6 MiB): it refuses a container below it
+# libyaml reads a 64 KiB file of 32,767 numbers in ~0.3 s where PyYAML's own Python reader takes
+# ~2 s, and refuses nesting deeper than 1000 levels (PyYAML's runs out of recursion).
+LOADER = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _STAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 RESERVED_PREFIX = "SPEED_"
@@ -28,7 +40,12 @@ class SettingsError(SettingsInvalid):
 
     def __init__(self, key: str, problem: str, line: int | None = None):
         where = f" (line {line})" if line else ""
-        super().__init__(f"{FILE}: {key}{where}: {problem}")
+        super().__init__(f"{FILE}: {_cap(key, MAX_KEY)}{where}: {problem}")
+
+
+def _cap(text: str, limit: int) -> str:
+    """text, cut to at most limit characters (the cut marked with …)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +108,24 @@ class _Value:
         self.kind, self.value, self.line = kind, value, line
 
 
-def _from_yaml(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int]) -> _Value:
+_NOTHING = _Value(SCALAR, None, None)  # a key the file leaves out: as if null
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _from_yaml(node: yaml.Node, loader: yaml.constructor.SafeConstructor,
+               budget: list[int]) -> _Value:
     # Aliases make a small file a huge tree (billion laughs): stop counting at MAX_VALUES.
     budget[0] -= 1
     if budget[0] < 0:
         raise SettingsError("file", f"more than {MAX_VALUES} values")
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            # `<<` would copy another mapping in; nodes are read here, not merged: say so, rather
+            # than PyYAML's "could not determine a constructor".
+            if key.tag == MERGE_TAG:
+                raise SettingsError("file", "merge keys (<<) are not supported",
+                                    key.start_mark.line + 1)
         return _Value(MAPPING, [(_from_yaml(k, loader, budget), _from_yaml(v, loader, budget))
                                 for k, v in node.value], line)
     if isinstance(node, yaml.SequenceNode):
@@ -114,38 +142,83 @@ def _from_plain(value: Any) -> _Value:
     return _Value(SCALAR, value, None)
 
 
+@contextlib.contextmanager
+def _only_settings_errors():
+    """Keep the module's promise: whatever goes wrong inside, the caller gets a SettingsError."""
+    try:
+        yield
+    except SettingsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a YAML constructor's KeyError, an int too long, ...
+        # A crash here would fail the deployment as "internal error"; the input caused it.
+        raise SettingsError("file", f"a value SPEED cannot read ({type(e).__name__})") from e
+
+
 def parse(text: bytes | str | None, ceiling: Ceiling) -> Settings:
     """The settings in a `.speed.yml` (None: the commit has none, so the defaults)."""
     if text is None:
         return Settings()
-    if isinstance(text, bytes):
-        if len(text) > MAX_BYTES:
-            raise SettingsError("file", f"larger than {MAX_BYTES} bytes")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SettingsError("file", "not valid UTF-8") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        tree = _from_yaml(node, loader, [MAX_VALUES]) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or "not valid YAML"
-        raise SettingsError("file", f"not valid YAML: {problem}",
-                            mark.line + 1 if mark else None) from None
-    except SettingsError:
-        raise
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise SettingsError("file", f"a value YAML cannot read ({type(e).__name__})") from None
-    finally:
-        loader.dispose()
-    return Settings() if tree is None else _settings(tree, ceiling)
+    with _only_settings_errors():
+        tree = _tree(_decoded(text) if isinstance(text, bytes) else text)
+        return Settings() if tree is None else _settings(tree, ceiling)
 
 
 def from_json(text: str, ceiling: Ceiling) -> Settings:
     """Settings stored by to_json, checked again against today's ceiling."""
-    return _settings(_from_plain(json.loads(text)), ceiling)
+    with _only_settings_errors():
+        return _settings(_from_plain(json.loads(text)), ceiling)
+
+
+def _decoded(data: bytes) -> str:
+    """The file's text: at most MAX_BYTES of UTF-8."""
+    if len(data) > MAX_BYTES:
+        raise SettingsError("file", f"larger than {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError("file", "not valid UTF-8") from None
+
+
+def _tree(text: str) -> _Value | None:
+    """The file's one YAML document as _Values (None: an empty file)."""
+    try:
+        loader = LOADER(text)  # inside the try: PyYAML's checks the characters as it is made
+        try:
+            node = loader.get_single_node()
+            return None if node is None else _from_yaml(node, loader, [MAX_VALUES])
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, ESC, ...)
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise SettingsError("file", f"not valid YAML: character U+{code:04X} is not allowed",
+                            _line(text, text.find(chr(code)))) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = _cap(getattr(e, "problem", None) or "not valid YAML", MAX_QUOTED)
+        # libyaml puts the end of the file on a line after the last: say the last.
+        line = min(mark.line + 1, len(text.splitlines()) or 1) if mark else None
+        raise SettingsError("file", f"not valid YAML: {problem}", line) from None
+
+
+def _line(text: str, index: int) -> int | None:
+    """The line (from 1) of text[index], counting line breaks as YAML does (None: index -1)."""
+    return len((text[:index] + "x").splitlines()) if index >= 0 else None
+
+
+class _Budget:
+    """The bytes of text the settings may still carry (MAX_TEXT), spent as each is converted:
+    a value named through 2,884 aliases counts 2,884 times, and is refused at the third."""
+
+    def __init__(self) -> None:
+        self.left = MAX_TEXT
+
+    def spend(self, text: str) -> str:
+        """text, once counted; a SettingsError when the settings would carry too much."""
+        self.left -= len(text.encode("utf-8", "surrogatepass"))
+        if self.left < 0:  # no line: an alias's value has only its anchor's, the file is at fault
+            raise SettingsError("file", f"its values come to more than {MAX_TEXT} bytes (YAML "
+                                "aliases count each time they are used)")
+        return text
 
 
 def _mapping(value: _Value, key: str) -> dict[str, _Value]:
@@ -173,24 +246,41 @@ def _known(entries: dict[str, _Value], known: set[str], key: str) -> None:
                                 entry.line)
 
 
-def _scalar_text(value: _Value, key: str) -> str:
-    """A string, number or boolean as the environment spells it."""
+def _scalar_text(value: _Value, key: str, budget: _Budget) -> str:
+    """A string, number or boolean as the environment spells it, counted against the budget."""
     raw = value.value if value.kind == SCALAR else None
     if isinstance(raw, bool):
         text = "true" if raw else "false"
     elif isinstance(raw, int):
-        text = str(raw)
+        text = _digits(raw, key, value.line)
     elif isinstance(raw, float) and math.isfinite(raw):
         text = repr(raw)
     elif isinstance(raw, str):
         text = raw
     else:
         raise SettingsError(key, "expected a string, number or boolean", value.line)
-    if "\0" in text:
-        raise SettingsError(key, "must not contain NUL", value.line)
     if len(text) > MAX_VALUE:
         raise SettingsError(key, f"longer than {MAX_VALUE} characters", value.line)
+    budget.spend(text)  # before reading it through: the budget bounds the work too
+    if "\0" in text:
+        raise SettingsError(key, "must not contain NUL", value.line)
     return text
+
+
+def _digits(number: int, key: str, line: int | None) -> str:
+    """An integer in decimal; Python spells out at most 4300 digits (hex in YAML gets past)."""
+    try:
+        return str(number)
+    except ValueError:
+        raise SettingsError(key, "a number too long to spell out; quote it to pass it as text",
+                            line) from None
+
+
+def _texts(entries: dict[str, _Value], key: str,
+           budget: _Budget) -> tuple[tuple[str, str], ...]:
+    """Names and their values as text (env, build.args), each counted against the budget."""
+    return tuple((budget.spend(name), _scalar_text(entry, f"{key}.{name}", budget))
+                 for name, entry in entries.items())
 
 
 def _names(entries: dict[str, _Value], key: str) -> None:
@@ -203,15 +293,31 @@ def _names(entries: dict[str, _Value], key: str) -> None:
                                 "own", entry.line)
 
 
+def _is_number(raw: Any) -> bool:
+    """An int, or a finite float (a boolean is neither)."""
+    # No math.isfinite() on an int: YAML reads integers of any length, and float() overflows.
+    if isinstance(raw, bool):
+        return False
+    return isinstance(raw, int) or (isinstance(raw, float) and math.isfinite(raw))
+
+
+def _shown(number: float) -> str:
+    """A number as a message quotes it: short, and never an overflow however many digits."""
+    if isinstance(number, int) and abs(number) >= 10**15:
+        sign = "-" if number < 0 else ""
+        return f"{sign}about 1e+{round(math.log10(abs(number)))}"  # log10 takes any int
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
 def _number(value: _Value, key: str, ceiling: float, unit: str) -> float:
     raw = value.value
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+    if not _is_number(raw):
         raise SettingsError(key, "expected a number", value.line)
     if raw <= 0:
         raise SettingsError(key, "must be greater than 0", value.line)
     if raw > ceiling:
-        raise SettingsError(key, f"{raw:g}{unit} is over the server's limit of {ceiling:g}{unit}",
-                            value.line)
+        raise SettingsError(key, f"{_shown(raw)}{unit} is over the server's limit of "
+                            f"{_shown(ceiling)}{unit}", value.line)
     return float(raw)
 
 
@@ -229,7 +335,7 @@ def _path(value: _Value, key: str) -> str:
     return normal
 
 
-def _build(value: _Value) -> Build:
+def _build(value: _Value, budget: _Budget) -> Build:
     entries = _mapping(value, "build")
     _known(entries, {"dockerfile", "context", "args", "target"}, "build")
     build = Build()
@@ -238,71 +344,85 @@ def _build(value: _Value) -> Build:
                                                             "build.dockerfile"))
     if "context" in entries:
         build = dataclasses.replace(build, context=_path(entries["context"], "build.context"))
+    # The defaults count too: stored settings carry them, and must read back as the file did.
+    budget.spend(build.dockerfile)
+    budget.spend(build.context)
     if "args" in entries:
         args = _mapping(entries["args"], "build.args")
         for name, entry in args.items():
             if not _NAME.fullmatch(name):
                 raise SettingsError(f"build.args.{name}", "not a valid name", entry.line)
-        build = dataclasses.replace(build, args=tuple(
-            (name, _scalar_text(entry, f"build.args.{name}")) for name, entry in args.items()))
+        build = dataclasses.replace(build, args=_texts(args, "build.args", budget))
     if "target" in entries and entries["target"].value is not None:
         target = entries["target"]
         if not isinstance(target.value, str) or not _STAGE.fullmatch(target.value):
             raise SettingsError("build.target", "expected the name of a build stage",
                                 target.line)
-        build = dataclasses.replace(build, target=target.value)
+        build = dataclasses.replace(build, target=budget.spend(target.value))
     return build
 
 
-def _resources(value: _Value, ceiling: Ceiling) -> Resources:
+def _resources(value: _Value, ceiling: Ceiling, budget: _Budget) -> Resources:
     entries = _mapping(value, "resources")
     _known(entries, {"memory", "cpus"}, "resources")
     resources = Resources()
     if "memory" in entries:
-        entry = entries["memory"]
-        raw = entry.value
-        try:
-            wanted = parse_bytes(raw) if isinstance(raw, (str, int)) and \
-                not isinstance(raw, bool) else None
-        except Exception:  # noqa: BLE001 - docker's parser raises its own error types
-            wanted = None
-        if not wanted or wanted <= 0:
-            raise SettingsError("resources.memory", "expected a size such as 512m or 2g",
-                                entry.line)
-        if wanted > parse_bytes(ceiling.memory):
-            raise SettingsError("resources.memory", f"{raw} is over the server's limit of "
-                                f"{ceiling.memory}", entry.line)
-        resources = dataclasses.replace(resources, memory=str(raw))
+        resources = dataclasses.replace(resources, memory=_memory(entries["memory"], ceiling,
+                                                                  budget))
     if "cpus" in entries:
-        resources = dataclasses.replace(resources, cpus=_number(entries["cpus"], "resources.cpus",
-                                                               ceiling.cpus, ""))
+        entry = entries["cpus"]
+        cpus = _number(entry, "resources.cpus", ceiling.cpus, "")
+        if cpus < MIN_CPUS:
+            raise SettingsError("resources.cpus", f"{_shown(cpus)} is under Docker's minimum of "
+                                f"{MIN_CPUS}", entry.line)
+        resources = dataclasses.replace(resources, cpus=cpus)
     return resources
+
+
+def _memory(entry: _Value, ceiling: Ceiling, budget: _Budget) -> str:
+    """A memory limit, as given: between Docker's minimum and the server's limit."""
+    raw = entry.value
+    try:
+        wanted = parse_bytes(raw) if isinstance(raw, (str, int)) and \
+            not isinstance(raw, bool) else None
+    except Exception:  # noqa: BLE001 - docker's parser raises its own error types
+        wanted = None
+    if not wanted or wanted <= 0:
+        raise SettingsError("resources.memory", "expected a size such as 512m or 2g", entry.line)
+    shown = _cap(raw if isinstance(raw, str) else _shown(raw), MAX_QUOTED)
+    if wanted > parse_bytes(ceiling.memory):
+        raise SettingsError("resources.memory", f"{shown} is over the server's limit of "
+                            f"{ceiling.memory}", entry.line)
+    if wanted < parse_bytes(MIN_MEMORY):
+        raise SettingsError("resources.memory", f"{shown} is under Docker's minimum of "
+                            f"{MIN_MEMORY}", entry.line)
+    return budget.spend(str(raw))
 
 
 def _settings(tree: _Value, ceiling: Ceiling) -> Settings:
     entries = _mapping(tree, "")
     _known(entries, {"env", "secrets", "timeout", "build", "resources"}, "")
+    budget = _Budget()
     settings = Settings()
     if "env" in entries:
         env = _mapping(entries["env"], "env")
         _names(env, "env")
-        settings = dataclasses.replace(settings, env=tuple(
-            (name, _scalar_text(entry, f"env.{name}")) for name, entry in env.items()))
+        settings = dataclasses.replace(settings, env=_texts(env, "env", budget))
     if "secrets" in entries:
-        settings = dataclasses.replace(settings, secrets=_secret_names(entries["secrets"],
-                                                                       dict(settings.env)))
+        settings = dataclasses.replace(settings, secrets=_secret_names(
+            entries["secrets"], dict(settings.env), budget))
     if "timeout" in entries and entries["timeout"].value is not None:
         settings = dataclasses.replace(settings, timeout=_number(entries["timeout"], "timeout",
                                                                  ceiling.timeout, " s"))
-    if "build" in entries:
-        settings = dataclasses.replace(settings, build=_build(entries["build"]))
+    # Always: its defaults count against the budget (see _build).
+    settings = dataclasses.replace(settings, build=_build(entries.get("build", _NOTHING), budget))
     if "resources" in entries:
         settings = dataclasses.replace(settings, resources=_resources(entries["resources"],
-                                                                      ceiling))
+                                                                      ceiling, budget))
     return settings
 
 
-def _secret_names(value: _Value, env: dict[str, str]) -> tuple[str, ...]:
+def _secret_names(value: _Value, env: dict[str, str], budget: _Budget) -> tuple[str, ...]:
     if value.kind == SCALAR and value.value is None:
         return ()
     if value.kind != SEQUENCE:
@@ -320,5 +440,5 @@ def _secret_names(value: _Value, env: dict[str, str]) -> tuple[str, ...]:
             raise SettingsError("secrets", f"{name} is also set in env", entry.line)
         if name in names:
             raise SettingsError("secrets", f"{name} is listed twice", entry.line)
-        names.append(name)
+        names.append(budget.spend(name))
     return tuple(names)

@@ -1,5 +1,6 @@
 """One function per subcommand: call the API, print, return the exit code."""
 import argparse
+import re
 import sys
 import urllib.parse
 
@@ -75,10 +76,18 @@ def _secret_path(name: str) -> str:
     return "/secrets/" + urllib.parse.quote(name, safe="")
 
 
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
 def secret_set(api: Api, args: argparse.Namespace) -> int:
     if args.on_command_line:
         raise CliError("secret set takes no value on the command line, where other users can "
                        "read it (ps): pipe it in, or give --from-file PATH")
+    if not SECRET_NAME.fullmatch(args.name):
+        # Not repeated: `speed secret set API_KEY=value` would print the value (and, sent, put
+        # it in SPEED's access log).
+        raise CliError("a secret's name is letters, digits and _, not starting with a digit; "
+                       "the value comes from stdin or --from-file, never the command line")
     secret = value.read(args.name, args.from_file)
     status, body = api.answer("PUT", _secret_path(args.name), {
         "value": secret, "repositories": args.repositories, "branches": args.branches,

@@ -16,6 +16,7 @@ SQLITE_MAX_INT = 2**63 - 1
 # engine did) is failed rather than queued again: it may be what takes SPEED down.
 MAX_ATTEMPTS = 3
 UNFINISHED = (Status.PENDING.value, Status.RUNNING.value)
+REASON_LIMIT = 2000  # characters of a reason (and of SPEED's note that carries it)
 T = TypeVar("T")
 
 
@@ -58,18 +59,17 @@ def create(url: str, branch: str, **fields) -> Deployment:
 
 
 def _supersede(newer: Deployment) -> list[Deployment]:
-    """Cancel the unfinished deployments of the same repository, branch and trigger before newer."""
-    older = list(Deployment.select().where(
-        Deployment.repo_full_name == newer.repo_full_name, Deployment.branch == newer.branch,
-        Deployment.trigger == newer.trigger, Deployment.id < newer.id,
-        Deployment.status.in_(UNFINISHED)))
-    for deployment in older:
-        note = f"[speed] Cancelled: superseded by deployment {newer.id}"
-        Deployment.update(status=Status.CANCELLED.value, finished_at=utcnow(), token_hash=None,
-                          reason=f"superseded by deployment {newer.id}").where(
-            Deployment.id == deployment.id).execute()
-        _append(deployment.id, note)
-    return [Deployment.get_by_id(d.id) for d in older]
+    """Cancel the unfinished deployments newer replaces: those of the same pull request, or for
+    pushes those of the same repository and branch. (A pull request's branch is its head's,
+    named by whoever opened it, even in a fork: it says nothing about which pull request.)"""
+    same = (Deployment.pull_request == newer.pull_request if newer.pull_request is not None
+            else (Deployment.branch == newer.branch) & Deployment.pull_request.is_null())
+    older = _ids(Deployment.select(Deployment.id).where(
+        Deployment.repo_full_name == newer.repo_full_name, Deployment.trigger == newer.trigger,
+        same, Deployment.id < newer.id, Deployment.status.in_(UNFINISHED)))
+    return [transition(deployment_id, Status.CANCELLED,
+                       note=f"[speed] Cancelled: superseded by deployment {newer.id}",
+                       reason=f"superseded by deployment {newer.id}") for deployment_id in older]
 
 
 def record_delivery(guid: str, event: str, deployment: dict | None, message: str,
@@ -140,14 +140,15 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
             raise IllegalTransition(current, new)
         values = dict(fields, status=new.value)
         if "reason" in values and values["reason"]:
-            values["reason"] = one_line(values["reason"])  # an engine's message may span lines
+            # An engine's message may span lines, a .speed.yml key be of any length.
+            values["reason"] = one_line(values["reason"], limit=REASON_LIMIT)
         if new.finished:
             # From now on the container's token is refused: it cannot write for a finished
-            # deployment, whatever it still knows.
-            values.update(finished_at=utcnow(), token_hash=None)
+            # deployment, whatever it still knows; and its secrets are no longer kept.
+            values.update(finished_at=utcnow(), token_hash=None, secrets_sealed=None)
         moved = _set(deployment_id, **values)
         if note:
-            _append(deployment_id, one_line(note))
+            _append(deployment_id, one_line(note, limit=REASON_LIMIT))
     return moved
 
 
@@ -164,7 +165,7 @@ def requeue(deployment_id: int, note: str) -> Deployment:
                               reason=reason, infrastructure_failure=True)
         updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
                                      cloned_at=None, built_at=None, container_started_at=None,
-                                     container_id=None, log_cursor=None)
+                                     container_id=None, log_cursor=None, log_seen=0)
                    .where(Deployment.id == deployment_id,
                           Deployment.status == Status.RUNNING.value).execute())
         if updated:
@@ -224,7 +225,7 @@ def report_progress(deployment_id: int, text: str, limit: int,
         _append(deployment_id, text)
 
 
-def append_output(deployment_id: int, text: str, cursor: int | None,
+def append_output(deployment_id: int, text: str, cursor: tuple[int, int] | None,
                   limit: int | None) -> tuple[int, int]:
     """Store a batch of output with the stream position it reached, cut at limit bytes of
     results in all (None: SPEED's own note, never cut). Return the bytes stored in all and the
@@ -240,8 +241,8 @@ def append_output(deployment_id: int, text: str, cursor: int | None,
         if text:
             Result.create(deployment=deployment_id, text=text)
         fields = {"log_bytes": stored + kept}
-        if cursor is not None:
-            fields["log_cursor"] = cursor
+        if cursor is not None:  # the time of the last piece stored, and the pieces of that time
+            fields.update(log_cursor=cursor[0], log_seen=cursor[1])
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
     return stored + kept, len(data) - kept
 

@@ -51,12 +51,16 @@ class Deployment(BaseModel):
     # from a fork (which never receives secrets).
     environment = CharField(max_length=255, null=True)
     fork = BooleanField(default=False)
+    # While it runs: the values of the secrets its container got, encrypted, so that a restart
+    # goes on redacting them whatever became of the secrets since. Cleared when it finishes.
+    secrets_sealed = TextField(null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
     # True when SPEED or its engine failed, not the repository's code (GitHub's "error" state).
     infrastructure_failure = BooleanField(default=False)
     # Time (Unix ns) of the newest container output stored; a reattached log stream resumes after it.
     log_cursor = BigIntegerField(null=True)
+    log_seen = IntegerField(default=0)  # pieces of output at log_cursor's time stored already
     log_bytes = IntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     started_at = DateTimeField(null=True)

@@ -74,11 +74,35 @@ def open_end(text: str, at_line_start: bool) -> int:
     return len(last) if 0 < len(last) <= MAX_OPEN and _state(last) == "open" else 0
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What one_line spells out: control characters, format characters (zero-width, bidi controls:
+# they hide or reorder what a reason shows) and the line and paragraph separators (some viewers
+# break lines there).
+_UNSEEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029" + _FORMAT + "]")
 _SPELT = {"\n": "\\n", "\r": "\\r", "\t": " "}
+# A character as one_line spells it out: cut before one, never through it.
+_SPELT_OUT = re.compile(r"\\(?:[nr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 
 
-def one_line(text: str) -> str:
-    """text on one line, control characters spelt out: for reasons and SPEED's own notes, which
-    may carry an engine's message quoting a Dockerfile."""
-    return _CONTROL.sub(lambda m: _SPELT.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+def _spell(char: str) -> str:
+    """An unseen character as Python would write it: \\n, \\x1b, \\u200b, \\U000e0041."""
+    code = ord(char)
+    if char in _SPELT:
+        return _SPELT[char]
+    return f"\\x{code:02x}" if code < 0x100 else \
+        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """text on one line, control and format characters spelt out, and at most limit (>= 1)
+    characters, cut with "…": for reasons and SPEED's own notes, which may carry an engine's
+    message quoting a Dockerfile, or a key someone's `.speed.yml` names."""
+    if limit is None:
+        return _UNSEEN.sub(lambda m: _spell(m[0]), text)
+    # What lies past limit + 1 characters cannot be kept: it need not be spelt out either.
+    spelt = _UNSEEN.sub(lambda m: _spell(m[0]), text[:limit + 1])
+    if len(spelt) <= limit:
+        return spelt
+    cut = limit - 1
+    through = [m.start() for m in _SPELT_OUT.finditer(spelt, max(0, cut - 9), cut + 9)
+               if m.start() < cut < m.end()]
+    return spelt[:through[0] if through else cut] + "…"

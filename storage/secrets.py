@@ -1,10 +1,13 @@
 """Every query on secrets. Values arrive and leave encrypted: storage never sees one in clear."""
 import json
-from typing import Callable
+from typing import Any, Callable, Iterator
+
+from peewee import Field, Model
 
 from storage.db import write_transaction
 from storage.errors import NotFound
-from storage.models import Secret, utcnow
+from storage.keyring import Keyring, KeyringError
+from storage.models import Deployment, Secret, utcnow
 
 
 def put(name: str, ciphertext: str, repositories: list[str], branches: list[str],
@@ -37,10 +40,41 @@ def delete(name: str) -> None:
         raise NotFound(name)
 
 
+# Every column that holds ciphertexts, and what a row is called: rotation re-encrypts them
+# all, and start-up checks the keys against them. A running deployment's sealed values count:
+# a restart must still read them to redact its output.
+_HOLDERS = ((Secret, Secret.name, Secret.value, "secret"),
+            (Deployment, Deployment.id, Deployment.secrets_sealed, "deployment"))
+
+
+def _stored() -> Iterator[tuple[type[Model], Field, Field, Any, str, str]]:
+    """(model, key, column, row key, its name, ciphertext) for every ciphertext stored."""
+    for model, key, column, what in _HOLDERS:
+        for row in list(model.select(key, column).where(column.is_null(False))):
+            row_key = getattr(row, key.name)
+            yield model, key, column, row_key, f"{what} {row_key}", getattr(row, column.name)
+
+
+def ciphertexts() -> dict[str, str]:
+    """Every ciphertext stored, by what holds it ("secret NAME", "deployment ID")."""
+    return {name: ciphertext for *_, name, ciphertext in _stored()}
+
+
+def check_keys(keyring: Keyring) -> None:
+    """Keyring.check against every ciphertext stored: before the keys are first used."""
+    keyring.check(list(ciphertexts().values()))
+
+
 def reencrypt(rotate: Callable[[str], str]) -> int:
-    """Replace every ciphertext by rotate(ciphertext) in one transaction; how many there were."""
+    """Put rotate(ciphertext) for each ciphertext it can read, in one transaction; how many."""
+    replaced = 0
     with write_transaction():
-        secrets = list(Secret.select(Secret.name, Secret.value))
-        for secret in secrets:
-            Secret.update(value=rotate(secret.value)).where(Secret.name == secret.name).execute()
-    return len(secrets)
+        for model, key, column, row_key, _, ciphertext in _stored():
+            try:
+                new = rotate(ciphertext)
+            except KeyringError:
+                continue  # left as it is: the caller names what no key reads
+            # Only if unchanged: a value set meanwhile (another database session) stays.
+            replaced += model.update({column: new}).where(
+                key == row_key, column == ciphertext).execute()
+    return replaced

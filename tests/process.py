@@ -80,11 +80,13 @@ class SpeedProcess:
         self.timeout = config["runner"]["timeout"]
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, preexec_fn=None) -> None:
+        """Start it (preexec_fn runs in the child before SPEED: e.g. to lower a limit there
+        only) and wait until it answers."""
         log = open(self.log_path, "a")
         self.process = subprocess.Popen([sys.executable, "main.py", "--config", str(self.config_path)],
                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -179,7 +181,11 @@ class SpeedProcess:
                                ("Succeeded", "Failed", "Cancelled") and i, timeout)
 
     def wait_output(self, deployment_id: int, text: str, timeout: float = 60.0) -> None:
-        self.wait_until(lambda: text in self.results(deployment_id), timeout)
+        try:
+            self.wait_until(lambda: text in self.results(deployment_id), timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{text!r} not in the results: {self.info(deployment_id)}\n"
+                                 f"{self.results(deployment_id)[-3000:]}\n{e}") from None
 
 
 @contextlib.contextmanager
@@ -187,9 +193,9 @@ def speed_processes(tmp_path: pathlib.Path, docker_client):
     """Yield make(**runner) starting SpeedProcesses; on exit check those running, stop all."""
     processes = []
 
-    def make(**runner) -> SpeedProcess:
+    def make(preexec_fn=None, **runner) -> SpeedProcess:
         process = SpeedProcess(tmp_path, free_port(), free_port(), **runner)
-        process.start()
+        process.start(preexec_fn)
         processes.append(process)
         TEST_INSTANCES.add(process.instance)
         return process

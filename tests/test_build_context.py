@@ -198,7 +198,7 @@ async def test_build_steps_are_kept_apart_from_deployments(client, repo, docker_
         found = docker_client.api.containers(filters={"label": [
             f"speed.instance={instance_of(client)}", f"speed.deployment={listener}"]})
         return found and docker_client.api.inspect_container(found[0]["Id"])[
-            "NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+            "NetworkSettings"]["Networks"]["speed-deployments"]["IPAddress"]
 
     target = await wait_for(address)
     probe = (f"(ping -c 1 -W 2 {target} >/dev/null 2>&1 && echo reached || echo unreached);"

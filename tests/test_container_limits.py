@@ -82,6 +82,7 @@ def files_bytes(pattern: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a gigabyte through the engine, sampled every 0.1 s: not beside other work
 def test_a_gigabyte_of_output_is_capped_everywhere_and_the_exit_code_decides(
         tmp_path, docker_client, base_image, repo):
     """Fault: a container prints 1 GB (16 KiB lines) against a 1 MB log cap, then exits 3; SPEED
@@ -152,3 +153,31 @@ async def test_containers_lack_raw_sockets_and_other_capabilities_they_do_not_ne
             "SETFCAP": 31}
     held = {name for name, bit in bits.items() if effective & (1 << bit)}
     assert held == {"CHOWN", "KILL", "SETUID"}, held
+
+
+async def test_deployments_cannot_reach_each_other(client, repo, docker_client):
+    """Isolation (found by a hostile review): a fork's deployment shared the default bridge with
+    containers holding secrets and could connect to any port they listen on. Asserts: a
+    deployment cannot open a connection to another's web server, while that server answers its
+    own container (it is up)."""
+    from tests.conftest import instance_of, wait_for
+    get = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} 8000 | grep -q served"
+    url, _ = repo("mkdir /www; echo served > /www/index.html; (httpd -f -p 8000 -h /www &)\n"
+                  f"sleep 0.5; {get.format('127.0.0.1')} && echo up-inside\nsleep 600\n")
+    server = await start(client, url)
+
+    async def address():
+        if "up-inside" not in await results_of(client, server):
+            return None
+        found = docker_client.api.containers(filters={"label": [
+            f"speed.instance={instance_of(client)}", f"speed.deployment={server}"]})
+        networks = docker_client.api.inspect_container(found[0]["Id"])["NetworkSettings"]["Networks"]
+        return next(iter(networks.values()))["IPAddress"]
+
+    target = await wait_for(address)
+    url, _ = repo(f"{get.format(target)} && echo reached || echo unreached\n")
+    prober = await start(client, url)
+    assert (await wait_finished(client, prober))["status"] == "Succeeded"
+    results = await results_of(client, prober)
+    assert "\nunreached\n" in results and "\nreached\n" not in results
+    await client.post(f"/cancel/{server}")

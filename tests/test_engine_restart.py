@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import DOCKERFILE, instance_of, results_of, wait_finished, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("app_invariants")]
+# serial: it restarts the one engine every other test uses, so it runs alone (see Makefile).
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.usefixtures("app_invariants")]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PIDFILE = pathlib.Path("/var/run/docker.pid")

@@ -570,3 +570,32 @@ async def test_reports_survive_github_timing_out(github_client, project, fake):
     fake.delay = 0
     await client.app[reporter_key].idle()
     assert fake.statuses_for(full_name, sha)[-1]["state"] == "success"
+
+
+async def test_pull_requests_supersede_only_their_own_deployments(github_client, project,
+                                                                   git_server):
+    """Attack (found by a hostile review): a fork's pull request whose head branch has the same
+    name as another pull request's (GitHub's default is `patch-1`) cancelled that one's
+    deployment. Asserts: a new commit of pull request #5 cancels #5's older deployment; a fork's
+    #99 from a branch of the same name cancels nothing of #5's."""
+    client = await github_client()
+    full_name, url, first = project("open", "echo started\nsleep 600\n", branch="feature")
+    fork_name, fork_url, fork_sha = project("stranger", "echo fork\n", branch="feature")
+
+    async def pull_request(number: int, sha: str, **head) -> int:
+        response = await deliver(client, "pull_request", pull_request_payload(
+            full_name, url, action="synchronize", number=number, head_sha=sha,
+            head_ref="feature", **head))
+        assert response.status == 202, await response.text()
+        return (await response.json())["id"]
+
+    older = await pull_request(5, first)
+    fork = await pull_request(99, fork_sha, head_full_name=fork_name, head_clone_url=fork_url)
+    assert (await wait_finished(client, fork))["status"] == "Succeeded"
+    assert (await (await client.get(f"/info/{older}")).json())["status"] in ("Pending", "Running")
+    second = git_server.commit(full_name, {"run.sh": "echo second\n"}, branch="feature")
+    newer = await pull_request(5, second)
+    older_info = await wait_finished(client, older)
+    assert (older_info["status"], older_info["reason"]) == (
+        "Cancelled", f"superseded by deployment {newer}")
+    assert (await wait_finished(client, newer))["status"] == "Succeeded"

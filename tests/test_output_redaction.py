@@ -160,3 +160,20 @@ async def test_container_printing_its_token_in_a_40_kb_line_never_stores_it(
     assert token not in results
     assert token[:8] not in results and token[-8:] not in results
     assert f"\n{f'{REDACTED},' * copies}\nprinted\n" in results
+
+
+def test_the_open_end_of_output_is_found_as_a_plain_search_would():
+    """Unit: what is held back (the longest end of the output that begins a secret, found with
+    str.find instead of a loop over every position — that cost a 64 KiB secret quadratic time)
+    equals a plain search's answer, for secrets shorter and longer than the search window."""
+    import random
+
+    from runner.output import _open_prefix
+    chooser = random.Random(7)
+    for _ in range(3000):
+        secret = "".join(chooser.choice("ab") for _ in range(chooser.randint(1, 150)))
+        text = "".join(chooser.choice("ab") for _ in range(chooser.randint(0, 80)))
+        text += secret[:chooser.randint(0, len(secret))]
+        plain = next((k for k in range(min(len(text), len(secret) - 1), 0, -1)
+                      if text.endswith(secret[:k])), 0)
+        assert _open_prefix(secret, text) == plain, (secret, text)

@@ -61,6 +61,38 @@ def test_reasons_and_notes_are_one_line():
     assert one_line("exit 1\n[speed] Succeeded\r\x1b[0m") == "exit 1\\n[speed] Succeeded\\r\\x1b[0m"
 
 
+def test_reasons_and_notes_spell_out_invisible_characters():
+    """A reason quoting a key someone named `A\\u202eB` or `\\u200bA` shows those characters
+    spelt out, as Python writes them, not reordering or hiding text; so do every listed format
+    character and the line and paragraph separators."""
+    assert one_line("env.\u202eA\u200bB\u2066\ufeff\U000e0041\xad") == \
+        r"env.\u202eA\u200bB\u2066\ufeff\U000e0041\xad"
+    assert one_line("a\u2028b\u2029c\x85d") == r"a\u2028b\u2029c\x85d"
+    from storage.quoting import FORMAT_RANGES
+    every = "".join(chr(c) for a, b in FORMAT_RANGES for c in range(a, b + 1))
+    assert one_line(every).isascii()
+    assert one_line("café 日本 😀 \\n") == "café 日本 😀 \\n"  # what shows is left alone
+
+
+def test_one_line_keeps_to_a_limit_without_cutting_a_spelt_character():
+    """With limit, at most that many characters, the cut marked with …; a spelt-out character
+    is never cut in two (`\\u20` would read as something else); without limit, all of it."""
+    assert one_line("x" * 5_000, limit=2_000) == "x" * 1_999 + "…"
+    assert one_line("x" * 2_000, limit=2_000) == "x" * 2_000
+    assert one_line("short", limit=2_000) == "short"
+    assert one_line("x" * 5_000) == "x" * 5_000
+    for before in range(1_990, 2_000):
+        text = "x" * before + "\u200b" + "y" * 10
+        kept = one_line(text, limit=2_000)
+        assert len(kept) <= 2_000 and kept.endswith("…"), before
+        whole = "x" * before + r"\u200b" + "y" * (1_993 - before)  # the escape before the cut
+        assert kept[:-1] in ("x" * before, whole), before
+    assert one_line("\u200b" * 1_000, limit=2_000) == r"\u200b" * 333 + "…"
+    assert one_line("\n" * 3, limit=5) == r"\n\n…"
+    huge = one_line("\x1b" * 50_000_000, limit=2_000)  # a 92 MB reason is not spelt out whole
+    assert len(huge) <= 2_000
+
+
 def test_the_listed_format_characters_are_unicodes():
     """The hard-coded list of invisible format characters is Unicode's category Cf, whole."""
     import sys

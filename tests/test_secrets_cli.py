@@ -190,7 +190,8 @@ async def test_errors_are_one_line_and_exit_3(secured, tmp_path):
                                                 "becomes an environment variable)\n")
     slash = await speed_with(server, "secret", "set", "a/../../start", *repo, "--token", TOKEN,
                              stdin=b"a-good-value\n")
-    assert slash.code == 3 and slash.err.startswith("speed: 400: A secret's name is")
+    # Refused by the command itself, before anything is read or sent.
+    assert slash.code == 3 and slash.err.startswith("speed: a secret's name is letters")
     bad_repo = await speed_with(server, "secret", "set", "KEY", "--repo", "acme/app",
                                 "--token", TOKEN, stdin=b"a-good-value\n")
     assert bad_repo.code == 3 and bad_repo.err.startswith("speed: 400: 'repositories': ")
@@ -274,3 +275,16 @@ async def test_on_a_terminal_the_value_is_typed_without_echo(client):
     assert value.encode() not in seen, bytes(seen)
     assert bytes(seen).endswith(b"(not shown; end with Enter): \r\n")
     assert await stored_value(client, "TYPED") == value
+
+
+def test_a_name_carrying_a_value_is_refused_before_anything_is_read_or_sent():
+    """Leak (found by a hostile review): `speed secret set API_KEY=s3cr3t` (the habit other
+    tools teach) sent the value in the path, into SPEED's access log. Asserts: refused with
+    exit 3 before reading stdin or calling SPEED, without repeating the value."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "speedcli", "--url", "http://127.0.0.1:9",
+                           "secret", "set", "API_KEY=s3cr3t-value", "--repo", "github.com/a/b"],
+                          input="never read\n", capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert "s3cr3t" not in done.stderr + done.stdout and "letters, digits" in done.stderr

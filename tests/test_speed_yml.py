@@ -116,8 +116,19 @@ async def test_no_file_is_todays_behaviour(client, repo):
                                                   "repository"),
     ("build: {context: run.sh}\n", "build.context: run.sh is not a directory in the repository"),
     ("secrets: [NOPE]\n", "secret NOPE: not defined"),
+    ("resources: {cpus: 1.0e-10}\n", ".speed.yml: resources.cpus (line 1): 1e-10 is under Docker's "
+                                     "minimum of 0.01"),
+    ("resources: {memory: 1k}\n", ".speed.yml: resources.memory (line 1): 1k is under Docker's "
+                                  "minimum of 6m"),
+    ("timeout: 1" + "0" * 400 + "\n", ".speed.yml: timeout (line 1): about 1e+400 s is over the "
+                                      "server's limit of 60 s"),
+    ("env:\n  A: 1\0\n", ".speed.yml: file (line 2): not valid YAML: character U+0000 is not "
+                         "allowed"),
+    ("env:\n  A: \x1b[2J\n", ".speed.yml: file (line 2): not valid YAML: character U+001B is not "
+                             "allowed"),
+    ("env:\n  <<: {A: 1}\n", ".speed.yml: file (line 2): merge keys (<<) are not supported"),
 ], ids=["yaml", "reserved", "timeout", "unknown", "memory", "outside", "missing", "context",
-        "secret"])
+        "secret", "tiny-cpus", "tiny-memory", "huge-timeout", "nul", "escape", "merge"])
 async def test_a_bad_file_fails_before_the_build_naming_the_key(client, repo, text, reason):
     """Bad input: the deployment fails with the reason (no 500, no traceback in the results),
     and nothing was built."""
@@ -126,6 +137,35 @@ async def test_a_bad_file_fails_before_the_build_naming_the_key(client, repo, te
     assert info["status"] == "Failed"
     assert info["reason"].startswith(reason), info["reason"]
     assert "Step 1/" not in results and "Traceback" not in results and "ran\n" not in results
+
+
+async def test_aliases_cannot_make_the_settings_huge(client, repo):
+    """Leak: a 64 KiB file with a 32,000-character build argument aliased 2,884 times in env
+    was 92 MB of settings, stored and sent by /deployments. Asserts: the deployment fails before
+    the build with the reason, no settings are stored, and /deployments stays small."""
+    bomb = ("build:\n  args:\n    A: &a " + "x" * 32_000 + "\nenv:\n"
+            + "".join(f"  E{i}: *a\n" for i in range(2_884)))
+    assert len(bomb.encode()) <= 64 * 1024
+    url, _ = repo("echo ran\n", extra={".speed.yml": bomb})
+    info, results = await deployed(client, url)
+    assert (info["status"], info["reason"]) == (
+        "Failed", ".speed.yml: file: its values come to more than 65536 bytes (YAML aliases count "
+                  "each time they are used)")
+    assert info["settings"] is None and "Step 1/" not in results
+    listed = await client.get("/deployments")
+    assert listed.status == 200 and len(await listed.read()) < 10_000
+
+
+async def test_a_reason_shows_an_odd_key_spelt_out_and_cut(client, repo):
+    """A key with zero-width and bidi characters, thousands of characters long: the reason
+    spells them out (`\\u202e`) and quotes at most 100 characters of the key."""
+    key = "\u202eA\u200b" + "x-" * 3_000
+    url, _ = repo("echo ran\n", extra={".speed.yml": f"env:\n  ? {key}\n  : 1\n"})
+    info, _ = await deployed(client, url)
+    assert info["status"] == "Failed"
+    assert info["reason"] == (".speed.yml: env.\\u202eA\\u200b" + ("x-" * 50)[:92]
+                              + "… (line 3): not a valid name (letters, digits and _, not "
+                                "starting with a digit)")
 
 
 async def test_a_file_that_is_a_link_out_or_too_large_is_refused(client, git_server, base_image):
