@@ -26,15 +26,18 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# git and a Docker engine are what SPEED itself needs.
+# git and a Docker engine are what SPEED itself needs, and Caddy as the proxy in front of services
+# (its admin API at SPEED_PROXY_ADMIN, default http://localhost:2019, as app.yaml's proxy.admin).
 system:
-	scripts/ensure-packages.sh git:git dockerd:docker.io
+	scripts/ensure-packages.sh git:git dockerd:docker.io caddy:caddy
 	scripts/ensure-docker.sh
+	scripts/ensure-caddy.sh
 
 # The tests also need busybox-static (their base image), git's smart HTTP backend, and Debian's
-# chromium for the dashboard's browser tests (Playwright drives it; it never downloads a browser).
+# chromium for the dashboard's browser tests (Playwright drives it; it never downloads a browser),
+# and caddy: the proxy's tests start a private Caddy of their own (never the one on port 2019).
 test-system:
-	scripts/ensure-packages.sh busybox:busybox-static chromium:chromium
+	scripts/ensure-packages.sh busybox:busybox-static chromium:chromium caddy:caddy
 	test -x /usr/lib/git-core/git-http-backend
 
 bench: setup system test-system

@@ -12,9 +12,10 @@ from bot.auth import host_guard_middleware, same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, feed_key, github_key,
-                      keyring_key, metrics_key, reporter_key, store_key, worker_key)
+                      keyring_key, metrics_key, reporter_key, router_key, store_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
+from bot.environments import routes as environment_routes
 from bot.events import routes as event_routes
 from bot.feed import Feed
 from bot.listener import CallbackSite, listener_runner
@@ -33,6 +34,9 @@ from bot.server import name_the_server
 from runner.base import Backend, Limits
 from runner.docker_backend import DockerBackend
 from runner.pipeline import RunnerSettings
+from runner.proxy import Proxy
+from runner.router import Router
+from runner.service import HealthWatch
 from runner.secrets import SecretSource
 from runner.errors import RunnerError
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
@@ -67,6 +71,7 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.add_routes(openapi_routes)
     app.add_routes(login_routes)
     app.add_routes(secret_routes)
+    app.add_routes(environment_routes)
     app.middlewares.append(read_guard_middleware)
     # GET /secrets is the secrets page for a browser (Accept: text/html), JSON for the rest.
     app.middlewares.append(secrets_page_middleware)
@@ -156,24 +161,31 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
         keep_images=runner.keep_images, git_timeout=runner.git_timeout,
         reuse_images=runner.reuse_images, allowed_urls=runner.allowed_urls)
+    proxy = Proxy(config.proxy.admin, config.proxy.listen)
+    router = app[router_key] = Router(store, proxy, config.proxy)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),
-                    secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}))
+                    secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}),
+                    router=router)
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
-    task = asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker")
+    tasks = [asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker"),
+             asyncio.create_task(router.watch(), name="speed-routes"),
+             asyncio.create_task(HealthWatch(store, app[backend_key]).run(),
+                                 name="speed-health")]
 
     async def stop_taking_work(_: web.Application) -> None:
         # At the start of shutdown, before open requests (a live log stream) are waited for:
         # nothing new is claimed, and running containers are left for the next start.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await worker.close()
 
     app.on_shutdown.append(stop_taking_work)
     yield
     await stop_taking_work(app)
+    await proxy.close()
     for site_runner in listener:
         await site_runner.cleanup()
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from runner.proxy import admin_url, is_address, is_dns_name
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
@@ -104,6 +106,28 @@ class RepoRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    # Where Caddy serves environments (host:port), the domain their hosts end in, and the
+    # address of Caddy's admin API, through which SPEED sets its routes.
+    listen: str = "127.0.0.1:8000"
+    domain: str = "localhost"
+    admin: str = "http://localhost:2019"
+
+    def url(self, host: str) -> str:
+        """The URL at which the proxy serves host."""
+        port = self.listen.rpartition(":")[2]
+        return f"http://{host}/" if port == "80" else f"http://{host}:{port}/"
+
+    def host(self, address: str) -> str:
+        """The host name an environment's address (<name>.<repository>) is served at."""
+        return f"{address}.{self.domain}"
+
+    def environment_url(self, address: str) -> str:
+        """The URL users reach an environment at."""
+        return self.url(self.host(address))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -112,6 +136,7 @@ class Config:
     github: GitHubConfig = GitHubConfig()
     repos: tuple[RepoRule, ...] = ()
     secrets: SecretsConfig = SecretsConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
     def __post_init__(self):
         _validate(self)
@@ -247,6 +272,15 @@ def _validate(config: Config) -> None:
     for i, rule in enumerate(config.repos):
         if not rule.context or len(rule.context) > 255:
             raise ConfigError(f"repos[{i}].context: needs 1 to 255 characters")
+    proxy = config.proxy
+    if not is_address(proxy.listen):
+        raise ConfigError(f"proxy.listen: {proxy.listen!r} is not host:port")
+    if not is_dns_name(proxy.domain):
+        raise ConfigError(f"proxy.domain: {proxy.domain!r} is not a DNS name")
+    try:
+        admin_url(proxy.admin)
+    except ValueError as e:
+        raise ConfigError(f"proxy.admin: {e}") from None
     if not (config.secrets.key or secrets_key_file(config)):
         raise ConfigError("secrets.key: needed when the database is not an SQLite file (every "
                           "replica must hold the same key); or set secrets.key_file")

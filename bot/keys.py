@@ -8,6 +8,7 @@ from bot.github import GitHub
 from bot.metrics import Metrics
 from bot.reporter import Reporter
 from runner.base import Backend
+from runner.router import Router
 from runner.worker import Worker
 from storage.keyring import Keyring
 from storage.store import Store
@@ -23,6 +24,7 @@ github_key = web.AppKey("github", GitHub | None)
 reporter_key = web.AppKey("reporter", Reporter)
 metrics_key = web.AppKey("metrics", Metrics)
 keyring_key = web.AppKey("keyring", Keyring)
+router_key = web.AppKey("router", Router)
 # True on the listener that containers reach: it serves only their callbacks, token always required.
 callback_only_key = web.AppKey("callback_only", bool)
 # Typed by annotation only: bot.feed reads the keys above, so importing it here would be a cycle.

@@ -22,6 +22,10 @@ class Metrics:
                                ["phase"], buckets=PHASE_BUCKETS, registry=self.registry)
         self.deliveries = Counter("speed_webhook_deliveries_total", "Webhook deliveries received",
                                   ["event", "outcome"], registry=self.registry)
+        self.environment_healthy = Gauge(
+            "speed_environment_healthy", "1 when the environment's live release answers its "
+            "health check, 0 when not (or nothing is live)", ["repository", "environment"],
+            registry=self.registry)
         self.report_failures = Counter("speed_github_report_failures_total",
                                        "Failed attempts to report to GitHub",
                                        registry=self.registry)

@@ -11,6 +11,7 @@ from bot import feed
 from bot.keys import config_key
 from bot.secrets_api import MAX_PATTERNS, MAX_VALUE
 from runner.secrets import MIN_VALUE
+from storage.releases import ReleaseState
 
 routes = web.RouteTableDef()
 
@@ -106,7 +107,7 @@ SETTINGS = _nullable("object", **{
                    "accepted (after the clone), and for good when it could not be used. "
                    "Secrets by name only: no value is ever shown.",
     "additionalProperties": False,
-    "required": ["env", "secrets", "timeout", "build", "resources"],
+    "required": ["env", "secrets", "timeout", "build", "resources", "service"],
     "properties": {
         "env": {**_STRINGS, "description": "Environment variables for the container."},
         "secrets": {"type": "array", "items": {"type": "string"},
@@ -131,8 +132,66 @@ SETTINGS = _nullable("object", **{
                 "cpus": _nullable("number", minimum=0, description="null: runner.cpus."),
             },
         },
+        "service": _nullable("object", **{
+            "description": "Set when the deployment is a service (a release that stays up "
+                           "behind the proxy); null: a job, whose container runs to its exit.",
+            "additionalProperties": False, "required": ["port", "health", "keep", "drain"],
+            "properties": {
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "health": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["path", "interval", "timeout", "deadline", "passes"],
+                    "properties": {"path": {"type": "string"},
+                                   "interval": {"type": "number", "minimum": 0},
+                                   "timeout": {"type": "number", "minimum": 0},
+                                   "deadline": {"type": "number", "minimum": 0},
+                                   "passes": {"type": "integer", "minimum": 1}},
+                },
+                "keep": {"type": "integer", "minimum": 0},
+                "drain": {"type": "number", "minimum": 0},
+            },
+        }),
     },
 })
+
+RELEASE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "deployment", "commit", "state", "started_at", "live_since", "retired_at",
+                 "rollback"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "deployment": {"type": "integer", "minimum": 1, "description": "The deployment that "
+                       "started it."},
+        "commit": _nullable("string"),
+        "state": {"type": "string", "enum": [s.value for s in ReleaseState],
+                  "description": "starting → healthy → live → draining → retired; failed: "
+                                 "never healthy; removed: torn down or beyond `service.keep`."},
+        "started_at": {"type": "string", "format": "date-time"},
+        "live_since": _nullable("string", format="date-time"),
+        "retired_at": _nullable("string", format="date-time"),
+        "rollback": {"type": "boolean", "description": "Whether a rollback may return to it "
+                     "(a retired release whose image is kept)."},
+    },
+}
+
+ENVIRONMENT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "repository", "name", "url", "live", "healthy", "health", "releases"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "repository": {"type": "string", "description": "owner/name on GitHub, else the "
+                       "repository's host and path."},
+        "name": {"type": "string", "description": "production (or the repos: rule's "
+                 "environment) for pushes and manual starts; pr-<number> for a pull request."},
+        "url": {"type": "string", "description": "Where the proxy serves it."},
+        "live": {**_ref("schemas", "Release"), "nullable": True},
+        "healthy": {"type": "boolean"},
+        "health": _nullable("string", description="What the last check of the live release "
+                            "saw; null when healthy."),
+        "releases": {"type": "array", "items": _ref("schemas", "Release"),
+                     "description": "The newest releases first."},
+    },
+}
 
 # A secret's name: it becomes an environment variable of the container.
 SECRET_NAME = "^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -217,6 +276,8 @@ COMPONENTS = {
         },
         "Deployment": DEPLOYMENT,
         "Settings": SETTINGS,
+        "Environment": ENVIRONMENT,
+        "Release": RELEASE,
         "Secret": SECRET,
         "Health": {
             "type": "object", "additionalProperties": False, "required": ["status", "checks"],
@@ -447,6 +508,38 @@ PATHS = {
             "responses": {
                 "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
                 **_errors(401, 404),
+            },
+        },
+    },
+    "/environments": {
+        "get": {
+            "operationId": "environments", "tags": ["environments"],
+            "summary": "Every environment with its live release, health and history",
+            "responses": {
+                "200": {"description": "The environments, by repository and name.",
+                        "content": _json({
+                            "type": "object", "additionalProperties": False,
+                            "required": ["environments"],
+                            "properties": {"environments": {
+                                "type": "array", "items": _ref("schemas", "Environment")}}})},
+                **_errors(),
+            },
+        },
+    },
+    "/environments/{id}/rollback": {
+        "post": {
+            "operationId": "rollback", "tags": ["environments"],
+            "summary": "Queue a deployment that makes an earlier kept release live again",
+            "description": "No clone and no build: the release's image and settings, health-"
+                           "gated like any switch. Without a body, the newest kept release.",
+            "security": OPTIONAL_BEARER,
+            "parameters": [{**ID_PARAMETER, "description": "An environment id."}],
+            "requestBody": {**_json_body({
+                "type": "object", "properties": {"release": {"type": "integer", "minimum": 1}},
+            }, {"release": 1}), "required": False},
+            "responses": {
+                "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
+                **_errors(400, 401, 404, 409, 413),
             },
         },
     },
@@ -742,7 +835,8 @@ DOCUMENT = {
                        "JSON, `{\"error\": \"...\"}`; a method a path does not serve is answered "
                        "405 with an `Allow` header, an unknown path 404.",
     },
-    "tags": [{"name": "deployments"}, {"name": "secrets"}, {"name": "github"},
+    "tags": [{"name": "deployments"}, {"name": "environments"}, {"name": "secrets"},
+             {"name": "github"},
              {"name": "pages"}, {"name": "operations"}],
     "paths": PATHS,
     "components": COMPONENTS,

@@ -4,6 +4,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bot.environments import environment_list
 from bot.keys import backend_key, metrics_key, store_key, worker_key
 from runner.errors import RunnerError
 from storage import deployments as queries
@@ -21,6 +22,10 @@ async def metrics(request: web.Request) -> web.Response:
     counts = await request.app[store_key].run(queries.counts)
     collected.queued.set(counts[Status.PENDING.value])
     collected.running.set(len(request.app[worker_key].runs))
+    collected.environment_healthy.clear()  # torn-down environments drop out
+    for environment in await environment_list(request.app):
+        collected.environment_healthy.labels(environment["repository"], environment["name"]).set(
+            1 if environment["healthy"] else 0)
     response = web.Response(body=generate_latest(collected.registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

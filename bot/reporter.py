@@ -13,6 +13,8 @@ from bot.config import Config, public_url
 from bot.github import GitHub
 from bot.rules import rule_for
 from storage import deployments as queries
+from storage import releases
+from storage.releases import environment_name
 from storage.models import Deployment, utcnow
 from storage.status import Status
 from storage.store import Store
@@ -222,15 +224,38 @@ class Reporter:
             github_id = (await self.store.run(queries.get, deployment.id)).github_deployment_id
         if github_id is None:
             created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
-                "ref": deployment.commit, "environment": rule.environment, "auto_merge": False,
+                "ref": deployment.commit, "environment": environment_name(deployment),
+                "auto_merge": False,
                 "required_contexts": [], "description": f"SPEED deployment {deployment.id}",
                 "transient_environment": deployment.trigger == "pull_request"})
             github_id = created["id"]
             await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
+        status = {"state": report.deployment_state, "log_url": self._page(deployment),
+                  "description": report.description}
+        if report.deployment_state == "success":
+            address = await self.store.run(releases.address_of, deployment.id)
+            if address:  # a service: the pull request shows "View deployment"
+                status["environment_url"] = self.config.proxy.environment_url(address)
         await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
-                                   data={"state": report.deployment_state,
-                                         "log_url": self._page(deployment),
-                                         "description": report.description})
+                                   data=status)
+
+    async def deactivate(self, deployments: list[Deployment]) -> None:
+        """Mark the GitHub Deployments of a torn-down environment inactive (logged if not)."""
+        for deployment in deployments:
+            if not (deployment.repo_full_name and deployment.github_deployment_id):
+                continue
+            try:
+                token = await self.github.token(deployment.repo_full_name,
+                                                deployment.installation_id)
+                await self.github.api.post(
+                    f"/repos/{deployment.repo_full_name}/deployments/"
+                    f"{deployment.github_deployment_id}/statuses", oauth_token=token,
+                    data={"state": "inactive", "log_url": self._page(deployment),
+                          "description": "Environment torn down"})
+            except GITHUB_FAILURES as e:
+                log.warning("could not mark GitHub deployment %s inactive: %s",
+                            deployment.github_deployment_id, _describe(e),
+                            extra={"deployment": deployment.id})
 
 
 def _describe(error: Exception) -> str:

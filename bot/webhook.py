@@ -7,6 +7,7 @@ from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.config import Config
+from bot.environments import close_preview
 from bot.errors import json_error
 from bot.keys import config_key, metrics_key, store_key, worker_key
 from bot.requests import read_body
@@ -43,6 +44,7 @@ class Decision:
     message: str = ""
     deployment: dict | None = None
     supersede: bool = False
+    closed: tuple[str, int] | None = None  # a pull request (owner/name, number) whose preview goes
 
 
 class Ignored(Exception):
@@ -137,6 +139,20 @@ async def on_pull_request(event: sansio.Event, config: Config, decision: Decisio
     decision.message = f"deploying pull request #{number} at {sha[:12]}"
 
 
+@router.register("pull_request", action="closed")
+async def on_pull_request_closed(event: sansio.Event, config: Config, decision: Decision) -> None:
+    data = event.data
+    full_name = _text(data, "repository", "full_name")
+    rule = rule_for(config, full_name)
+    if rule is None or not rule.pull_requests:
+        raise Ignored(f"pull requests are not deployed for {full_name}")
+    number = _number(data, "pull_request", "number", limit=MAX_NUMBER)
+    if number is None:
+        raise Ignored("the payload has no pull_request.number")
+    decision.closed = (full_name, number)
+    decision.message = f"pull request #{number} closed: its deployments stop, its preview goes"
+
+
 def _parse(request: web.Request, body: bytes, secret: str | None) -> sansio.Event:
     headers = request.headers
     if not (EVENT_NAME.fullmatch(headers.get("X-GitHub-Event", ""))
@@ -217,6 +233,8 @@ async def _receive(request: web.Request) -> web.Response:
         decision.message, decision.supersede)
     log.info("delivery %s (%s): %s%s", event.delivery_id, event.event, delivery.message,
              "" if new else " (redelivered)", extra={"deployment": delivery.deployment_id})
+    if decision.closed and new:
+        await close_preview(request.app, *decision.closed)
     if delivery.deployment_id is None:
         return web.json_response({"message": delivery.message})
     if created is not None:

@@ -35,9 +35,12 @@ class LogCursor:
 class ContainerState:
     """What the engine knows about a deployment's container."""
 
-    status: str  # Docker's words: created, running, exited, ...
+    status: str  # Docker's words: created, running, restarting, exited, ...
     exit_code: int | None
     oom_killed: bool = False
+    health: str | None = None  # the image's HEALTHCHECK says: starting, healthy, unhealthy
+    restarts: int = 0  # times the engine restarted it (a service's restart policy)
+    last_exit: int | None = None  # the exit code of its last run, even while it runs again
 
     @property
     def never_started(self) -> bool:
@@ -81,8 +84,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, name: str, image: str, env: Mapping[str, str],
-                     labels: Mapping[str, str], limits: Limits) -> str:
-        """Create (not start) a container and return its id."""
+                     labels: Mapping[str, str], limits: Limits, port: int | None = None) -> str:
+        """Create (not start) a container and return its id. With a port, a service's: it
+        publishes that port at an address the proxy can reach (see address) and the engine
+        restarts it, a bounded number of times, when it exits with an error."""
+
+    @abc.abstractmethod
+    async def address(self, container_id: str, port: int) -> str | None:
+        """host:port at which a service's container serves its port (None if it publishes none)."""
 
     @abc.abstractmethod
     async def start(self, container_id: str) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import socket
 import threading
 from typing import AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
@@ -38,9 +39,19 @@ CPU_PERIOD = 100_000  # microseconds; the quota is cpus times this
 # build API cannot drop capabilities) and must never share one with deployments' containers.
 BUILD_NETWORK = "speed-builds"
 RUN_NETWORK = "speed-deployments"
+# Services publish their port on loopback only: the proxy, on this host, is their way in.
+PUBLISH_HOST = "127.0.0.1"
+RESTARTS = 5  # times the engine restarts a service's container that exits before it gives up
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})$", re.M)
 _BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagged) \S+)\n?$",
                             re.M)
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((PUBLISH_HOST, 0))
+        return probe.getsockname()[1]
 
 
 async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: None,
@@ -287,8 +298,14 @@ class DockerBackend(Backend):
         return self._cgroups
 
     async def create(self, name: str, image: str, env: Mapping[str, str],
-                     labels: Mapping[str, str], limits: Limits) -> str:
+                     labels: Mapping[str, str], limits: Limits, port: int | None = None) -> str:
         api = await self._api()
+        service = {}
+        if port is not None:
+            # A host port of SPEED's choosing, not the engine's: the engine picks a new one at
+            # every restart, and the proxy's route must stay right across a crash.
+            service = {"port_bindings": {port: (PUBLISH_HOST, _free_port())},
+                       "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTARTS}}
         with _engine_errors(RunFailed, "create container"):
             host_config = api.create_host_config(
                 mem_limit=limits.memory, memswap_limit=limits.memory,
@@ -296,11 +313,20 @@ class DockerBackend(Backend):
                 security_opt=["no-new-privileges"], network_mode=self._network, privileged=False,
                 cap_drop=list(DROPPED_CAPABILITIES),
                 # The engine's own copy of the output is bounded too; SPEED stores what it keeps.
-                log_config={"type": "json-file", "config": {"max-size": "20m", "max-file": "2"}})
+                log_config={"type": "json-file", "config": {"max-size": "20m", "max-file": "2"}},
+                **service)
             created = await asyncio.to_thread(
                 api.create_container, image, name=name, environment=dict(env),
-                labels=dict(labels), host_config=host_config, detach=True)
+                labels=dict(labels), host_config=host_config, detach=True,
+                ports=[port] if port is not None else None)
         return created["Id"]
+
+    async def address(self, container_id: str, port: int) -> str | None:
+        api = await self._api()
+        with _engine_errors(RunFailed, "inspect container"):
+            info = await asyncio.to_thread(api.inspect_container, container_id)
+        bound = (info["HostConfig"].get("PortBindings") or {}).get(f"{port}/tcp") or []
+        return f"{bound[0]['HostIp']}:{bound[0]['HostPort']}" if bound else None
 
     async def start(self, container_id: str) -> None:
         api = await self._api()
@@ -348,7 +374,10 @@ class DockerBackend(Backend):
         state = info["State"]
         exited = state["Status"] in ("exited", "dead")
         return ContainerState(status=state["Status"], exit_code=state["ExitCode"] if exited else None,
-                              oom_killed=state.get("OOMKilled", False))
+                              oom_killed=state.get("OOMKilled", False),
+                              health=(state.get("Health") or {}).get("Status"),
+                              restarts=info.get("RestartCount", 0),
+                              last_exit=state["ExitCode"])
 
     async def kill(self, container_id: str) -> None:
         api = await self._api()

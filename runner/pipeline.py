@@ -11,14 +11,19 @@ import shutil
 import tempfile
 from typing import Awaitable, Callable
 
-from runner import context, git
+from runner import context, git, scope
 from runner import settings as repository_settings
 from runner.base import Backend, ContainerState, Limits, LogCursor
-from runner.errors import CheckoutFailed, EngineUnavailable, RunnerError, SettingsInvalid
+from runner.errors import CheckoutFailed, EngineUnavailable, RunFailed, RunnerError, SettingsInvalid
 from runner.output import OutputRecorder
+from runner.proxy import ProxyError
+from runner.router import Router
 from runner.secrets import SecretSource, forms
+from runner.service import Retirer, wait_healthy
 from runner.settings import Ceiling, Settings
 from storage import deployments as queries
+from storage import releases
+from storage.releases import ReleaseState, environment_name
 from storage.deployments import IllegalTransition
 from storage.models import Deployment, utcnow
 from storage.quoting import one_line
@@ -50,6 +55,17 @@ class RunnerSettings:
     allowed_urls: tuple[str, ...] = ()  # runner.allowed_urls, checked again at clone time
 
 
+def _repository(deployment: Deployment) -> str:
+    """The repository an environment belongs to: owner/name on GitHub (a pull request from a
+    fork previews in its base repository's environment), else host and path."""
+    if deployment.repo_full_name:
+        return deployment.repo_full_name.lower()
+    try:
+        return scope.repository(deployment.url)
+    except ValueError:
+        return deployment.url
+
+
 def token_hash(token: str) -> str:
     """The stored form of a deployment token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -74,12 +90,15 @@ class Pipeline:
     """Carries out deployments on a backend and records everything in the store."""
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
-                 credentials: Credentials | None = None, secrets: SecretSource | None = None):
+                 credentials: Credentials | None = None, secrets: SecretSource | None = None,
+                 router: Router | None = None):
         self.store = store
         self.backend = backend
         self.settings = settings
         self.credentials = credentials
         self.secrets = secrets
+        self.router = router  # None: no proxy, so no services
+        self.retirer = Retirer(store, backend, router) if router else None
 
     def labels(self, deployment_id: int | None = None) -> dict[str, str]:
         """The labels on this instance's containers and images (of one deployment, if given)."""
@@ -138,8 +157,13 @@ class Pipeline:
                     shutil.rmtree(workspace, ignore_errors=True)
                     if run.stopped:
                         return
+                    if run.settings.service:
+                        await self._release(deployment, commit, run, recorder)
+                        return
                     await self._start_container(deployment, commit, run, recorder)
                 except RunnerError as e:
+                    if run.settings.service:
+                        raise  # a release starts afresh: nothing of it to wait for
                     if not await self._engine_lost(e):
                         raise
                     await self._engine_back(recorder, e)
@@ -175,6 +199,8 @@ class Pipeline:
         # Checked again now, and git held to what was checked: DNS may have changed its answer.
         addresses = await git.pin(url, self.settings.allowed_urls, timeout)
         commit = deployment.commit
+        if deployment.trigger == "rollback":
+            return await self._return_to(deployment, run, recorder)
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
         if commit and self.settings.reuse_images:
@@ -209,6 +235,19 @@ class Pipeline:
         await self.store.run(queries.record, deployment.id, built_at=utcnow(), image=run.image)
         return commit
 
+    async def _return_to(self, deployment: Deployment, run: Run,
+                         recorder: OutputRecorder) -> str:
+        """A rollback: the kept image and settings of an earlier release, no clone, no build."""
+        if not await self.backend.reuse_image([deployment.image], run.image):
+            raise RunFailed("the release's image is no longer kept")
+        await self._use_settings(deployment, run, repository_settings.from_json(
+            deployment.settings or Settings().to_json(), self.ceiling))
+        run.built, now = True, utcnow()
+        await self.store.run(queries.record, deployment.id, cloned_at=now, built_at=now,
+                             image=run.image)
+        await recorder.say(f"rolling back to the release of {deployment.commit}")
+        return deployment.commit
+
     def _read_settings(self, source_dir: str) -> Settings:
         """The checkout's .speed.yml, checked against this server's limits."""
         return repository_settings.parse(context.read_file(
@@ -221,6 +260,8 @@ class Pipeline:
             await self.secrets.check(deployment, settings.secrets)
         elif settings.secrets:
             raise SettingsInvalid("secrets: this SPEED has no secrets")
+        if settings.service and self.router is None:
+            raise SettingsInvalid("service: this SPEED has no proxy to serve it")
         run.settings = settings
         if run.deadline is not None:
             run.deadline.reschedule(asyncio.get_running_loop().time() + self._remaining(
@@ -240,6 +281,11 @@ class Pipeline:
         try:
             async with self._deadline(deployment, run, recorder):
                 await self._redact_sealed(deployment, recorder)
+                if run.settings.service and self.router:
+                    release = await self.store.run(releases.of_deployment, deployment.id)
+                    if release:
+                        await self._switch(deployment, release, run, recorder)
+                        return
                 await self._follow(deployment.id, run, recorder, after=LogCursor(
                     deployment.log_cursor, deployment.log_seen) if deployment.log_cursor else None)
         except RunnerError as e:
@@ -305,7 +351,9 @@ class Pipeline:
                                f"timed out after {self._timeout(run.settings):g} s")
 
     async def _start_container(self, deployment: Deployment, commit: str, run: Run,
-                               recorder: OutputRecorder) -> None:
+                               recorder: OutputRecorder, release: int | None = None) -> None:
+        """Create and start the deployment's container (a release's, if given: it serves its
+        port and the engine restarts it)."""
         token = secrets.token_urlsafe(32)
         recorder.redact(token)
         # Decrypted now, in the process that makes the container, and redacted before it runs.
@@ -325,10 +373,17 @@ class Pipeline:
         if deployment.environment:
             env["SPEED_ENVIRONMENT"] = deployment.environment
         name = f"speed-{self.settings.instance}-{deployment.id}"
+        labels, port = self.labels(deployment.id), None
+        if release is not None:
+            labels["speed.release"] = str(release)
+            port = run.settings.service.port
         # A container left by a crash before its id was stored is removed by reconcile, before
         # the requeue: nothing to look for on this path.
         run.container_id = await self.backend.create(
-            name, run.image, env, self.labels(deployment.id), self._limits(run.settings))
+            name, run.image, env, labels, self._limits(run.settings), port)
+        if release is not None:
+            await self.store.run(releases.record, release, container_id=run.container_id,
+                                 upstream=await self.backend.address(run.container_id, port))
         # The id is stored before the container starts: after a crash, a stored id means the
         # container may have run, so it is reattached, never started twice.
         await self.store.run(queries.record, deployment.id, container_id=run.container_id,
@@ -340,6 +395,57 @@ class Pipeline:
         await recorder.say("starting the container")
         await self.backend.start(run.container_id)
         await self.store.change(queries.update, deployment.id, container_started_at=utcnow())
+
+    async def _release(self, deployment: Deployment, commit: str, run: Run,
+                       recorder: OutputRecorder) -> None:
+        """A service: start a release beside the live one, then switch to it once healthy."""
+        environment = await self.store.run(
+            releases.environment_for, _repository(deployment), environment_name(deployment))
+        release = await self.store.run(releases.start, deployment.id, environment.id, run.image)
+        await recorder.say(f"releasing to {environment.name} "
+                           f"({self.router.url(environment.address)})")
+        await self._start_container(deployment, commit, run, recorder, release=release.id)
+        await self._switch(deployment, await self.store.run(releases.get, release.id), run,
+                           recorder)
+
+    async def _switch(self, deployment: Deployment, release, run: Run,
+                      recorder: OutputRecorder) -> None:
+        """Take a started release on from wherever it got (a restart may have come between):
+        healthy → live (routed) → the deployment Succeeded; the one it replaces drains."""
+        service = run.settings.service
+        run.container_id = release.container_id
+        environment = await self.store.run(releases.environment_of, release.id)
+        url = self.router.url(environment.address)
+        if release.state == ReleaseState.FAILED.value:
+            raise RunFailed("its release failed")
+        if release.state in (ReleaseState.STARTING.value, ReleaseState.HEALTHY.value):
+            output = asyncio.create_task(self._record_logs(release.container_id, recorder,
+                                                           None, True))
+            try:
+                await recorder.say(f"waiting for GET {service.health.path} to answer 2xx "
+                                   f"{service.health.passes} times in a row")
+                await wait_healthy(self.backend, release.container_id, release.upstream,
+                                   service.health, lambda: run.stopped)
+            finally:
+                output.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RunnerError):
+                    await output
+            if run.stopped:
+                return
+            await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
+            try:
+                _, old = await self.router.switch(release.id, environment.address,
+                                                  release.upstream, service.drain)
+            except ProxyError as e:
+                raise RunFailed(f"the proxy did not take the route: {e.message}") from None
+            except releases.ReleaseRefused as e:
+                raise RunFailed(str(e)) from None
+            if old is not None:
+                self.retirer.schedule(old, service.keep)
+        run.container_id = None  # the release's now: it outlives the deployment
+        await recorder.say(f"live at {url}")
+        await recorder.close()
+        await self._finish(deployment.id, Status.SUCCEEDED, f"live at {url}")
 
     async def _secret_values(self, deployment: Deployment, settings: Settings,
                              recorder: OutputRecorder) -> dict[str, str]:
@@ -453,6 +559,9 @@ class Pipeline:
         unfinished = await self.store.run(queries.unfinished_images_once_finished, deployment_id)
         if unfinished is None:
             return  # interrupted by shutdown: the next start reattaches or requeues it
+        if run.settings.service:
+            # A release its deployment did not make live (failed, timed out, cancelled) is over.
+            await self.store.run(releases.abandon, deployment_id)
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)

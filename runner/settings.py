@@ -27,6 +27,9 @@ MAX_KEY = 100  # characters of a key an error quotes: keys are the file's, of an
 MAX_QUOTED = 200  # characters of anything else from the file an error quotes
 MIN_CPUS = 0.01  # Docker's: a quota that rounds to 0 would mean no limit at all
 MIN_MEMORY = "6m"  # Docker's (6 MiB): it refuses a container below it
+MAX_KEEP = 20  # earlier releases a service may keep for rollback
+MAX_DRAIN = 600.0  # seconds an old release may go on serving
+_HEALTH_PATH = re.compile(r"/[\x21-\x7e]{0,1023}")  # printable ASCII, no spaces
 # libyaml reads a 64 KiB file of 32,767 numbers in ~0.3 s where PyYAML's own Python reader takes
 # ~2 s, and refuses nesting deeper than 1000 levels (PyYAML's runs out of recursion).
 LOADER = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
@@ -72,6 +75,28 @@ class Resources:
 
 
 @dataclasses.dataclass(frozen=True)
+class Health:
+    """How a release shows it is ready: an HTTP GET of path that answers 2xx."""
+
+    path: str = "/"
+    interval: float = 0.5  # seconds between two checks
+    timeout: float = 2.0  # seconds one check may take
+    deadline: float = 60.0  # seconds in all for the release to become healthy
+    # Checks in a row that must pass: one lucky answer from an app about to fail moves nothing.
+    passes: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """A deployment that ends with a release that stays up, behind the proxy."""
+
+    port: int  # where the app listens inside its container
+    health: Health = Health()
+    keep: int = 5  # earlier releases kept for rollback
+    drain: float = 5.0  # seconds the old release goes on serving what it already has
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """What a deployment's commit asks for; the defaults are what a commit without the file gets."""
 
@@ -80,6 +105,7 @@ class Settings:
     timeout: float | None = None
     build: Build = Build()
     resources: Resources = Resources()
+    service: Service | None = None  # without one, a job: its container runs to its exit
 
     def to_json(self) -> str:
         """The settings as stored and shown: plain JSON, secret names only (there are no values)."""
@@ -92,7 +118,8 @@ def _plain(settings: Settings) -> dict:
             "timeout": settings.timeout,
             "build": {"dockerfile": build.dockerfile, "context": build.context,
                       "args": dict(build.args), "target": build.target},
-            "resources": {"memory": resources.memory, "cpus": resources.cpus}}
+            "resources": {"memory": resources.memory, "cpus": resources.cpus},
+            "service": dataclasses.asdict(settings.service) if settings.service else None}
 
 
 MAPPING, SEQUENCE, SCALAR = "mapping", "sequence", "scalar"
@@ -401,7 +428,7 @@ def _memory(entry: _Value, ceiling: Ceiling, budget: _Budget) -> str:
 
 def _settings(tree: _Value, ceiling: Ceiling) -> Settings:
     entries = _mapping(tree, "")
-    _known(entries, {"env", "secrets", "timeout", "build", "resources"}, "")
+    _known(entries, {"env", "secrets", "timeout", "build", "resources", "service"}, "")
     budget = _Budget()
     settings = Settings()
     if "env" in entries:
@@ -419,7 +446,65 @@ def _settings(tree: _Value, ceiling: Ceiling) -> Settings:
     if "resources" in entries:
         settings = dataclasses.replace(settings, resources=_resources(entries["resources"],
                                                                       ceiling, budget))
+    if "service" in entries and entries["service"].value is not None:
+        settings = dataclasses.replace(settings, service=_service(entries["service"], ceiling))
     return settings
+
+
+def _whole(value: _Value, key: str, low: int, high: int) -> int:
+    raw = value.value
+    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+        raise SettingsError(key, f"expected a whole number from {low} to {high}", value.line)
+    return raw
+
+
+def _seconds(value: _Value, key: str, low: float, high: float) -> float:
+    raw = value.value
+    if not _is_number(raw) or not low <= raw <= high:
+        raise SettingsError(key, f"expected seconds from {_shown(low)} to {_shown(high)}",
+                            value.line)
+    return float(raw)
+
+
+def _service(value: _Value, ceiling: Ceiling) -> Service:
+    entries = _mapping(value, "service")
+    _known(entries, {"port", "health", "keep", "drain"}, "service")
+    if "port" not in entries:
+        raise SettingsError("service.port", "required: the port the app listens on in its "
+                            "container", value.line)
+    service = Service(port=_whole(entries["port"], "service.port", 1, 65535))
+    if "keep" in entries:
+        service = dataclasses.replace(service, keep=_whole(entries["keep"], "service.keep",
+                                                           0, MAX_KEEP))
+    if "drain" in entries:
+        service = dataclasses.replace(service, drain=_seconds(entries["drain"], "service.drain",
+                                                              0, MAX_DRAIN))
+    if "health" in entries and entries["health"].value is not None:
+        service = dataclasses.replace(service, health=_health(entries["health"], ceiling))
+    return service
+
+
+def _health(value: _Value, ceiling: Ceiling) -> Health:
+    entries = _mapping(value, "service.health")
+    _known(entries, {"path", "interval", "timeout", "deadline", "passes"}, "service.health")
+    health = Health()
+    if "path" in entries:
+        path = entries["path"]
+        if not isinstance(path.value, str) or not _HEALTH_PATH.fullmatch(path.value):
+            raise SettingsError("service.health.path", "expected a path such as /healthz",
+                                path.line)
+        health = dataclasses.replace(health, path=path.value)
+    for key, low, high in (("interval", 0.1, 60), ("timeout", 0.1, 60)):
+        if key in entries:
+            health = dataclasses.replace(health, **{key: _seconds(
+                entries[key], f"service.health.{key}", low, high)})
+    if "passes" in entries:
+        health = dataclasses.replace(health, passes=_whole(entries["passes"],
+                                                           "service.health.passes", 1, 10))
+    if "deadline" in entries:
+        health = dataclasses.replace(health, deadline=_number(
+            entries["deadline"], "service.health.deadline", ceiling.timeout, " s"))
+    return health
 
 
 def _secret_names(value: _Value, env: dict[str, str], budget: _Budget) -> tuple[str, ...]:

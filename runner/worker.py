@@ -10,8 +10,10 @@ import shutil
 from runner.base import Backend
 from runner.errors import EngineUnavailable, RunnerError
 from runner.pipeline import Credentials, Pipeline, Run, RunnerSettings
+from runner.router import Router
 from runner.secrets import SecretSource
 from storage import deployments as queries
+from storage import releases
 from storage.status import Status
 from storage.store import Store
 
@@ -30,11 +32,11 @@ class Worker:
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
                  max_concurrent: int, credentials: Credentials | None = None,
-                 secrets: SecretSource | None = None):
+                 secrets: SecretSource | None = None, router: Router | None = None):
         # Patient: a full database disk makes the queue and the deployments wait, never fail.
         self.store = store.patient()
         self.backend = backend
-        self.pipeline = Pipeline(self.store, backend, settings, credentials, secrets)
+        self.pipeline = Pipeline(self.store, backend, settings, credentials, secrets, router)
         self.max_concurrent = max_concurrent
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
@@ -134,10 +136,14 @@ class Worker:
                 log.info("reattaching", extra={"deployment": deployment.id})
                 reattached.add(deployment.container_id)
                 self._spawn(deployment.id, lambda run, d=deployment: self.pipeline.reattach(d, run))
-        await self._sweep(keep=reattached)
+        # Live services run on; those draining when SPEED stopped are retired when due.
+        await self._sweep(keep=reattached | await self.store.run(releases.running_containers))
+        if self.pipeline.retirer:
+            await self.pipeline.retirer.resume()
 
     async def _sweep(self, keep: set[str]) -> None:
-        """Remove this instance's containers that no unfinished deployment owns any more."""
+        """Remove this instance's containers that no unfinished deployment or running release
+        owns any more."""
         for container_id in await self.backend.find(self.pipeline.labels()):
             if container_id not in keep:
                 with contextlib.suppress(RunnerError):
@@ -149,3 +155,5 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.pipeline.retirer:
+            await self.pipeline.retirer.close()

@@ -66,6 +66,17 @@ def listing(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def environments(api: Api, args: argparse.Namespace) -> int:
+    print(render.environments(_field(api.get("/environments"), "environments", list)))
+    return 0
+
+
+def rollback(api: Api, args: argparse.Namespace) -> int:
+    body = {"release": args.release} if args.release is not None else None
+    return _queued(api, api.post(f"/environments/{args.environment}/rollback", body),
+                   args.follow)
+
+
 def cancel(api: Api, args: argparse.Namespace) -> int:
     print(render.info(_deployment(api.post(f"/cancel/{args.id}"))))
     return 0

@@ -91,6 +91,15 @@ def build() -> Parser:
     p.add_argument("id", type=int, metavar="ID")
     follow_option(p, "the new deployment's log")
 
+    command("environments", commands.environments,
+            "list every environment: its live release, health and address")
+
+    p = command("rollback", commands.rollback,
+                "make an earlier kept release of an environment live again; print the deployment")
+    p.add_argument("environment", type=int, metavar="ENVIRONMENT", help="the environment's id")
+    p.add_argument("--release", type=int, help="this release (default: the newest kept one)")
+    follow_option(p, "the rollback's log")
+
     _secret_commands(command("secret", None, "manage the secrets deployments may receive",
                              SECRET_EPILOG), server)
     return parser

@@ -97,3 +97,19 @@ def secrets(found: list[dict]) -> str:
         str(s.get("name")), _patterns(s.get("repositories"), "-"),
         _patterns(s.get("branches"), "*"), "yes" if s.get("pull_requests") is True else "no",
         _created(s.get("updated_at")), str(s.get("updated_by") or "-"))) for s in found])
+
+
+ENVIRONMENT_COLUMNS = ("ID", "ENVIRONMENT", "REPOSITORY", "LIVE", "COMMIT", "SINCE", "HEALTH", "URL")
+
+
+def environments(found: list[dict]) -> str:
+    """A header and one row per environment; every cell escaped (it all comes from the server)."""
+    rows = []
+    for e in found:
+        live = e.get("live") if isinstance(e.get("live"), dict) else {}
+        rows.append(tuple(field(str(cell)) for cell in (
+            e.get("id"), e.get("name"), e.get("repository"),
+            f"release {live['id']}" if live.get("id") else "-", (live.get("commit") or "-")[:12],
+            _created(live.get("live_since")), "healthy" if e.get("healthy") is True
+            else f"unhealthy: {e.get('health')}", e.get("url"))))
+    return aligned(ENVIRONMENT_COLUMNS, rows)

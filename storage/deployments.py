@@ -9,6 +9,7 @@ from storage.db import database, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.quoting import one_line, quote
+from storage.releases import images_in_use
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
@@ -70,6 +71,23 @@ def _supersede(newer: Deployment) -> list[Deployment]:
     return [transition(deployment_id, Status.CANCELLED,
                        note=f"[speed] Cancelled: superseded by deployment {newer.id}",
                        reason=f"superseded by deployment {newer.id}") for deployment_id in older]
+
+
+def close_pull_request(full_name: str, number: int) -> tuple[list[Deployment], list[Deployment]]:
+    """A pull request was closed: cancel its unfinished deployments. Returns those cancelled,
+    and those that made GitHub Deployments (to be marked inactive)."""
+    of_it = ((fn.LOWER(Deployment.repo_full_name) == full_name.lower())
+             & (Deployment.pull_request == number))
+    with write_transaction():
+        unfinished = _ids(Deployment.select(Deployment.id).where(
+            of_it, Deployment.status.in_(UNFINISHED)))
+        cancelled = [transition(deployment_id, Status.CANCELLED,
+                                note="[speed] Cancelled: the pull request was closed",
+                                reason="the pull request was closed")
+                     for deployment_id in unfinished]
+    reported = list(Deployment.select().where(of_it,
+                                              Deployment.github_deployment_id.is_null(False)))
+    return cancelled, reported
 
 
 def record_delivery(guid: str, event: str, deployment: dict | None, message: str,
@@ -285,12 +303,11 @@ def _ids(query) -> list[int]:
 
 
 def unfinished_images_once_finished(deployment_id: int) -> set[str] | None:
-    """None while the deployment is unfinished; once it finished, the images of the Pending
-    and Running deployments (clean-up spares them)."""
+    """None while the deployment is unfinished; once it finished, the images clean-up spares:
+    those of the Pending and Running deployments and of the releases kept."""
     if not _status(deployment_id).finished:
         return None
-    return {image for (image,) in database.execute(Deployment.select(Deployment.image).where(
-        Deployment.status.in_(UNFINISHED), Deployment.image.is_null(False)))}
+    return images_in_use()
 
 
 def pending_ids() -> list[int]:

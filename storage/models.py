@@ -1,5 +1,5 @@
-"""peewee models: deployments, their results, deliveries, settings and sessions (the schema
-itself comes from storage/migrations)."""
+"""peewee models: deployments, their results, deliveries, settings, sessions, secrets,
+environments and releases (the schema itself comes from storage/migrations)."""
 import datetime
 
 from peewee import (
@@ -119,3 +119,35 @@ class Secret(BaseModel):
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
     updated_by = CharField(max_length=64)  # which token, by the start of its sha256
+
+
+class Environment(BaseModel):
+    """Where a repository's service runs: production, pr-12, ...; one release of it is live."""
+
+    repository = TextField()  # host/path, as runner.scope.repository names it
+    name = CharField(max_length=64)
+    address = CharField(max_length=200, unique=True)  # <name>.<repo>: the proxy adds its domain
+    # The live release (a Release id; no foreign key, which would make the two tables refer to
+    # each other and peewee create neither first).
+    live = IntegerField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    removed_at = DateTimeField(null=True)  # torn down (a closed pull request's preview)
+
+    class Meta:
+        indexes = ((("repository", "name"), True),)
+
+
+class Release(BaseModel):
+    """One deployment's container of an environment, from its start to its retirement."""
+
+    environment = ForeignKeyField(Environment, backref="releases", on_delete="CASCADE", index=True)
+    deployment = ForeignKeyField(Deployment, on_delete="CASCADE", unique=True)
+    image = TextField()
+    container_id = CharField(max_length=64, null=True)
+    upstream = CharField(max_length=64, null=True)  # host:port the proxy sends its requests to
+    state = CharField(max_length=16, index=True)  # storage.releases.ReleaseState
+    health = TextField(null=True)  # what the last check of a live release saw; None: healthy
+    started_at = DateTimeField(default=utcnow)
+    live_since = DateTimeField(null=True)
+    drain_until = DateTimeField(null=True)
+    retired_at = DateTimeField(null=True)

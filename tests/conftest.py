@@ -92,6 +92,9 @@ def speed_config(tmp_path: pathlib.Path, **overrides):
         "runner__allowed_urls": ["http://127.0.0.1:*", "https://*", "ssh://*"],
         "runner__callback_port": free_port(),
         "runner__timeout": 60,
+        # Never the machine's own Caddy (a `make run` may be using it): tests that want a proxy
+        # name the private one of the caddy fixture.
+        "proxy__admin": f"http://127.0.0.1:{free_port()}",
     }
     values.update(overrides)
     return load(None, **values)
@@ -152,3 +155,18 @@ def instance_of(client) -> str:
 
 async def results_of(client, deployment_id: int) -> str:
     return (await (await client.get(f"/results/{deployment_id}")).json())["results"]
+
+
+@pytest.fixture(scope="session")
+def caddy(tmp_path_factory):
+    """A private Caddy (tests/caddy.py) for this worker; without one the run fails (make test
+    installs Debian's caddy), it never skips and never downloads one."""
+    from tests.caddy import Caddy, binary  # here: tests/caddy.py imports this module
+
+    command = binary()
+    if command is None:
+        pytest.fail("caddy is not installed; run `make test`, which installs Debian's caddy")
+    server = Caddy(tmp_path_factory.mktemp("caddy"), command)
+    server.start()
+    yield server
+    server.stop()

@@ -2,7 +2,7 @@
 # The database is intact; a deployment is finished exactly when it has a finished_at; every
 # deployment reaches a final status within its timeout plus a reconcile window (the checker cancels
 # nothing, it waits); every container labelled for the instance names one existing deployment, at
-# most one container each, and none is left once all finished; and, given the stand-in GitHub, the
+# most one container each, and none is left once all finished but those of releases that serve; and, given the stand-in GitHub, the
 # last commit status of each finished deployment's commit in its context is not `pending`.
 import asyncio
 import contextlib
@@ -85,11 +85,21 @@ def _assert_intact(target: Target) -> None:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
+def _serving(target: Target) -> set[str]:
+    """Containers of releases that serve (live, or draining): they outlive their deployments."""
+    with contextlib.closing(sqlite3.connect(target.db_path, timeout=10)) as db:
+        return {c for (c,) in db.execute("SELECT container_id FROM release WHERE state IN "
+                                         "('live', 'draining') AND container_id IS NOT NULL")}
+
+
 def _containers(target: Target, docker_client) -> list[tuple[str, str]]:
-    """(id, speed.deployment label) of every container of this instance, running or not."""
+    """(id, speed.deployment label) of every container of this instance, running or not, but
+    those of releases that serve."""
     found = docker_client.api.containers(
         all=True, filters={"label": f"speed.instance={target.instance}"})
-    return [(c["Id"][:12], c["Labels"].get("speed.deployment")) for c in found]
+    serving = _serving(target)
+    return [(c["Id"][:12], c["Labels"].get("speed.deployment")) for c in found
+            if c["Id"] not in serving]
 
 
 def _epoch(stored: str) -> float:

@@ -65,7 +65,8 @@ def descendants(pid: int) -> list[HostProcess]:
 class SpeedProcess:
     """One SPEED instance with its own database, workdir and ports; restartable."""
 
-    def __init__(self, tmp_path: pathlib.Path, port: int, callback_port: int, **runner):
+    def __init__(self, tmp_path: pathlib.Path, port: int, callback_port: int,
+                 proxy: dict | None = None, **runner):
         self.db_path = tmp_path / "speed.db"
         self.log_path = tmp_path / "speed.log"
         self.config_path = tmp_path / "app.yaml"
@@ -75,6 +76,8 @@ class SpeedProcess:
             "database": {"url": f"sqlite:///{self.db_path}"},
             "runner": {"workdir": str(tmp_path / "work"), "callback_port": callback_port,
                        "allowed_urls": ["http://127.0.0.1:*"], "timeout": 120, **runner},
+            # Never the machine's own Caddy unless the test names one (the caddy fixture's).
+            "proxy": proxy or {"admin": f"http://127.0.0.1:{free_port()}"},
         }
         self.config_path.write_text(yaml.safe_dump(config))
         self.timeout = config["runner"]["timeout"]
@@ -193,8 +196,8 @@ def speed_processes(tmp_path: pathlib.Path, docker_client):
     """Yield make(**runner) starting SpeedProcesses; on exit check those running, stop all."""
     processes = []
 
-    def make(preexec_fn=None, **runner) -> SpeedProcess:
-        process = SpeedProcess(tmp_path, free_port(), free_port(), **runner)
+    def make(preexec_fn=None, proxy: dict | None = None, **runner) -> SpeedProcess:
+        process = SpeedProcess(tmp_path, free_port(), free_port(), proxy, **runner)
         process.start(preexec_fn)
         processes.append(process)
         TEST_INSTANCES.add(process.instance)

@@ -7,7 +7,7 @@ import pytest
 
 import main
 from bot.config import (
-    AuthConfig, Config, ConfigError, DatabaseConfig, RunnerConfig, load, public_url,
+    AuthConfig, Config, ConfigError, DatabaseConfig, ProxyConfig, RunnerConfig, load, public_url,
 )
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -219,3 +219,55 @@ def test_main_reports_a_bad_configuration_in_one_line(env, write, capsys, restor
     assert out == ""
     assert err.startswith("speed: configuration error: ") and err.count("\n") == 1, err
     assert says in err and "Traceback" not in err
+
+
+def test_the_proxy_section_defaults_and_the_shipped_app_yaml(env):
+    assert load(None).proxy == ProxyConfig("127.0.0.1:8000", "localhost", "http://localhost:2019")
+    assert load(str(REPO / "app.yaml")).proxy == ProxyConfig()
+    env.setenv("SPEED_PROXY_LISTEN", "0.0.0.0:80")
+    env.setenv("SPEED_PROXY_DOMAIN", "apps.example.com")
+    env.setenv("SPEED_PROXY_ADMIN", "http://127.0.0.1:2020")
+    assert load(str(REPO / "app.yaml")).proxy == ProxyConfig(
+        "0.0.0.0:80", "apps.example.com", "http://127.0.0.1:2020")
+
+
+def test_the_proxy_section_from_a_file(env, write):
+    path = write("proxy:\n  listen: '[::1]:8443'\n  domain: Apps.Example\n"
+                 "  admin: http://caddy.internal:2019/\n")
+    assert load(path).proxy == ProxyConfig("[::1]:8443", "Apps.Example",
+                                           "http://caddy.internal:2019/")
+
+
+@pytest.mark.parametrize("listen, host, url", [
+    ("127.0.0.1:8000", "production.app.localhost", "http://production.app.localhost:8000/"),
+    ("0.0.0.0:80", "production.app.example.com", "http://production.app.example.com/"),
+    ("[::1]:8080", "a.localhost", "http://a.localhost:8080/"),
+    ("127.0.0.1:8080", "b.localhost", "http://b.localhost:8080/"),
+])
+def test_proxy_url_names_the_port_unless_it_is_80(env, listen, host, url):
+    assert load(None, proxy__listen=listen).proxy.url(host) == url
+
+
+@pytest.mark.parametrize("text, key", [
+    ("proxy: 5\n", "proxy"),
+    ("proxy:\n  bogus: 1\n", "proxy.bogus"),
+    ("proxy:\n  listen: [a]\n", "proxy.listen"),
+    ("proxy:\n  listen: 8000\n", "proxy.listen"),
+    ("proxy:\n  listen: 127.0.0.1\n", "proxy.listen"),
+    ("proxy:\n  listen: '127.0.0.1:0'\n", "proxy.listen"),
+    ("proxy:\n  listen: '127.0.0.1:70000'\n", "proxy.listen"),
+    ("proxy:\n  listen: 'http://127.0.0.1:8000'\n", "proxy.listen"),
+    ("proxy:\n  domain: ''\n", "proxy.domain"),
+    ("proxy:\n  domain: '*.example.com'\n", "proxy.domain"),
+    ("proxy:\n  domain: 'a..example'\n", "proxy.domain"),
+    ("proxy:\n  domain: 'example.com/x'\n", "proxy.domain"),
+    ("proxy:\n  domain: '-a.example'\n", "proxy.domain"),
+    ("proxy:\n  domain: '10.0.0.1'\n", "proxy.domain"),
+    ("proxy:\n  admin: localhost:2019\n", "proxy.admin"),
+    ("proxy:\n  admin: https://localhost:2019\n", "proxy.admin"),
+    ("proxy:\n  admin: http://\n", "proxy.admin"),
+    ("proxy:\n  admin: 'http://localhost:99999'\n", "proxy.admin"),
+    ("proxy:\n  admin: 'http://localhost:2019/config/'\n", "proxy.admin"),
+])
+def test_a_bad_proxy_section_is_named(env, write, text, key):
+    assert refusal(write(text)).startswith(f"{key}: ")

@@ -190,7 +190,7 @@ async def test_without_a_secret_webhooks_are_refused_off_loopback(github_client,
 
 
 @pytest.mark.parametrize("kind", ["tag", "deleted", "unconfigured repo", "unconfigured branch",
-                                  "closed pull request", "issues event"])
+                                  "issues event"])
 async def test_events_that_ask_for_nothing_are_ignored(github_client, project, kind):
     client = await github_client()
     full_name, url, sha = project("acme")
@@ -199,8 +199,6 @@ async def test_events_that_ask_for_nothing_are_ignored(github_client, project, k
         "deleted": ("push", push_payload(full_name, url, after="0" * 40, deleted=True)),
         "unconfigured repo": ("push", push_payload("elsewhere/app", url, after=sha)),
         "unconfigured branch": ("push", push_payload(full_name, url, ref="refs/heads/wip", after=sha)),
-        "closed pull request": ("pull_request", pull_request_payload(full_name, url, action="closed",
-                                                                     head_sha=sha)),
         "issues event": ("issues", {"action": "opened", "repository": {"full_name": full_name}}),
     }[kind]
     response = await deliver(client, event, payload)

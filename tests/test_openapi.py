@@ -132,11 +132,13 @@ async def test_security_is_optional_without_tokens_and_required_with_them(make_c
     private = await document_of(await make_client("private", auth__api_tokens=[TOKEN]))
     mutating = {("/start", "post"), ("/update", "post"), ("/add_results/{id}", "post"),
                 ("/cancel/{id}", "post"), ("/redeploy/{id}", "post"),
+                ("/environments/{id}/rollback", "post"),
                 # Secrets need a token whenever tokens are set: reads too, even public_reads.
                 ("/secrets", "get"), ("/secrets/{name}", "put"), ("/secrets/{name}", "delete")}
     reads = {("/", "get"), ("/info/{id}", "get"), ("/results/{id}", "get"),
              ("/deployments", "get"), ("/deployments/{id}", "get"),
-             ("/deployments/{id}/events", "get"), ("/metrics", "get")}
+             ("/deployments/{id}/events", "get"), ("/metrics", "get"),
+             ("/environments", "get")}
     token_or_session = [{"bearerAuth": []}, {"sessionCookie": []}]
     for path, method in mutating:
         assert open_["paths"][path][method]["security"] == [{"bearerAuth": []}, {}]
@@ -404,7 +406,7 @@ async def test_a_deployments_settings_environment_and_pull_request_keep_to_the_d
         "env": {"GREETING": "hello", "WORKERS": "4"}, "secrets": ["DEPLOY_KEY"], "timeout": 120.0,
         "build": {"dockerfile": "docker/Dockerfile", "context": "docker",
                   "args": {"VERSION": "1.2"}, "target": "runtime"},
-        "resources": {"memory": "256m", "cpus": 0.5}}
+        "resources": {"memory": "256m", "cpus": 0.5}, "service": None}
     assert (info["environment"], info["pull_request"]) == ("staging", 42)
     assert (bare_info["settings"], bare_info["environment"], bare_info["pull_request"]) == (
         None, None, None)

@@ -263,3 +263,45 @@ def test_stored_settings_over_the_limit_are_refused():
     stored = json.dumps({"env": {f"E{i}": ANCHORED for i in range(3)}})
     with pytest.raises(SettingsError, match="its values come to more than 65536 bytes"):
         from_json(stored, CEILING)
+
+
+def test_a_service_block_is_read_with_its_defaults():
+    """service: makes a deployment a service; only port is required, the rest has defaults;
+    stored settings read it back."""
+    from runner.settings import Health, Service
+    short = parse("service:\n  port: 8000\n", CEILING)
+    assert short.service == Service(port=8000)
+    assert short.service.health == Health(path="/", interval=0.5, timeout=2.0, deadline=60.0,
+                                          passes=2)
+    full = parse("service:\n  port: 80\n  keep: 2\n  drain: 0\n  health:\n    path: /healthz"
+                 "?full=1\n    interval: 0.2\n    timeout: 1\n    deadline: 30\n    passes: 1\n",
+                 CEILING)
+    assert full.service == Service(port=80, keep=2, drain=0.0, health=Health(
+        path="/healthz?full=1", interval=0.2, timeout=1.0, deadline=30.0, passes=1))
+    assert from_json(full.to_json(), CEILING) == full
+    assert parse("env: {A: b}\n", CEILING).service is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("service: {}\n", "service.port (line 1): required"),
+    ("service: {port: 0}\n", "service.port (line 1): expected a whole number from 1 to 65535"),
+    ("service: {port: '80'}\n", "service.port (line 1): expected a whole number"),
+    ("service: {port: 80, keep: 21}\n", "service.keep (line 1): expected a whole number from 0"),
+    ("service: {port: 80, drain: 601}\n", "service.drain (line 1): expected seconds from 0 to 600"),
+    ("service: {port: 80, health: {path: healthz}}\n", "service.health.path (line 1): expected a "
+                                                       "path such as /healthz"),
+    ("service: {port: 80, health: {path: '/a b'}}\n", "service.health.path (line 1)"),
+    ("service: {port: 80, health: {interval: 0}}\n", "service.health.interval (line 1): expected "
+                                                     "seconds from 0.1 to 60"),
+    ("service: {port: 80, health: {deadline: 601}}\n", "service.health.deadline (line 1): 601 s is "
+                                                       "over the server's limit of 600 s"),
+    ("service: {port: 80, health: {passes: 0}}\n", "service.health.passes (line 1): expected a "
+                                                   "whole number from 1 to 10"),
+    ("service: {port: 80, replicas: 2}\n", "service.replicas (line 1): unknown key"),
+    ("service: [80]\n", "service (line 1): expected a mapping"),
+], ids=["no port", "port 0", "port text", "keep", "drain", "path", "path space", "interval",
+        "deadline", "passes", "unknown", "list"])
+def test_a_bad_service_block_names_the_key(text, message):
+    with pytest.raises(SettingsError) as raised:
+        parse(text, CEILING)
+    assert str(raised.value).startswith(f".speed.yml: {message}"), str(raised.value)

@@ -75,7 +75,7 @@ async def test_every_key_takes_effect_and_is_shown(client, repo):
         "env": {"GREETING": "hello world", "COUNT": "3", "DEBUG": "true"}, "secrets": [],
         "timeout": 30.0, "resources": {"memory": "48m", "cpus": 0.5},
         "build": {"dockerfile": "deploy/Dockerfile.app", "context": "app",
-                  "args": {"FLAVOUR": "vanilla"}, "target": "final"}}
+                  "args": {"FLAVOUR": "vanilla"}, "target": "final"}, "service": None}
 
     page = await (await client.get(f"/deployments/{info['id']}")).text()
     for shown in ("GREETING=hello world", "deploy/Dockerfile.app", "FLAVOUR", "48m", "30 s"):

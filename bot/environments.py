@@ -1,0 +1,100 @@
+"""Environments over HTTP: every environment with its live release and history, and rollback."""
+import datetime
+import logging
+
+from aiohttp import web
+
+from bot.auth import require_api_token
+from bot.errors import json_error
+from bot.keys import config_key, reporter_key, router_key, store_key, worker_key
+from bot.requests import deployment_id, json_object
+from runner.errors import RunnerError
+from storage import deployments as queries
+from storage import releases
+from storage.models import Environment, Release
+from storage.releases import NoEnvironment, ReleaseRefused
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+def _iso(moment: datetime.datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
+
+
+def describe_release(release: Release) -> dict:
+    """A release as the API shows it."""
+    deployment = release.deployment
+    return {"id": release.id, "deployment": release.deployment_id,
+            "commit": deployment.commit if deployment else None,
+            "state": release.state, "started_at": _iso(release.started_at),
+            "live_since": _iso(release.live_since), "retired_at": _iso(release.retired_at),
+            "rollback": release.state in releases.RETURNABLE}
+
+
+def describe_environment(environment: Environment, history: list[Release], url: str) -> dict:
+    """An environment as the API shows it: its live release and health first."""
+    live = next((r for r in history if r.id == environment.live), None)
+    return {"id": environment.id, "repository": environment.repository,
+            "name": environment.name, "url": url,
+            "live": describe_release(live) if live else None,
+            "healthy": live is not None and live.health is None,
+            "health": live.health if live else "nothing is live",
+            "releases": [describe_release(r) for r in history]}
+
+
+async def environment_list(app: web.Application) -> list[dict]:
+    """Every environment as the API shows it."""
+    router = app[router_key]
+    return [describe_environment(e["environment"], e["releases"],
+                                 router.url(e["environment"].address))
+            for e in await app[store_key].run(releases.environments)]
+
+
+@routes.get("/environments")
+async def environments(request: web.Request) -> web.Response:
+    """Every environment of every repository, with its live release and its history."""
+    return web.json_response({"environments": await environment_list(request.app)})
+
+
+@routes.post("/environments/{id}/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    """Queue a deployment that makes an earlier release of the environment live again: the
+    one the body's "release" names, else the newest kept one."""
+    await require_api_token(request, request.app[config_key].auth.api_tokens)
+    environment_id = deployment_id(request)
+    release_id = None
+    if request.body_exists:  # a body is optional; when there is one, it is JSON
+        body = await json_object(request)
+        release_id = body.get("release")
+        if release_id is not None and (isinstance(release_id, bool)
+                                       or not isinstance(release_id, int)):
+            raise json_error(400, "'release' must be an integer")
+    try:
+        deployment = await request.app[store_key].change(releases.rollback, environment_id,
+                                                         release_id)
+    except NoEnvironment:
+        raise json_error(404, "Environment not found") from None
+    except ReleaseRefused as e:
+        raise json_error(409, str(e)) from None
+    request.app[worker_key].wake()
+    return web.json_response({"id": deployment.id}, status=201)
+
+
+async def close_preview(app: web.Application, full_name: str, number: int) -> None:
+    """A closed pull request: stop its deployments, tear its preview down (route, containers,
+    images no other environment uses) and mark its GitHub Deployments inactive."""
+    store, worker = app[store_key], app[worker_key]
+    cancelled, reported = await store.run(queries.close_pull_request, full_name, number)
+    store.announce(*cancelled)
+    for deployment in cancelled:
+        await worker.stop(deployment.id)
+    environment = await store.run(releases.find_environment, full_name.lower(), f"pr-{number}")
+    if environment is not None and worker.pipeline.retirer:
+        try:
+            await worker.pipeline.retirer.teardown(environment.id)
+        except RunnerError as e:  # the database says it is gone; the engine's part waits
+            log.warning("tearing down %s: %s", environment.address, e.message)
+    if reporter_key in app:
+        await app[reporter_key].deactivate(reported)

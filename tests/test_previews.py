@@ -1,0 +1,75 @@
+"""Pull-request previews: a pull request deploys to pr-<n> beside production, follows its pushes,
+and goes away when closed; GitHub sees environment_url and, at the end, inactive."""
+import aiohttp
+import pytest
+
+from bot.keys import reporter_key
+from tests.conftest import instance_of, wait_finished
+from tests.test_github import SECRET, TOKEN, deliver, fake  # noqa: F401 - fake is a fixture
+from tests.test_services import APP_DOCKERFILE, SPEED_YML, through_proxy
+from tests.webhooks import pull_request_payload, push_payload
+
+pytestmark = pytest.mark.usefixtures("app_invariants")
+
+RULES = [{"match": "svc/*", "branches": ["main"], "pull_requests": True,
+          "environment": "production"}]
+
+
+def files(version: str) -> dict:
+    return {"Dockerfile": APP_DOCKERFILE, "www/index.html": f"{version}\n", "www/healthz": "ok\n",
+            "www/cgi-bin/.keep": "", ".speed.yml": SPEED_YML % 20}
+
+
+async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
+        make_client, fake, caddy, git_server, docker_client, request):  # noqa: F811
+    speed = await make_client(
+        proxy__admin=caddy.admin, proxy__listen=caddy.listen, github__webhook_secret=SECRET,
+        github__token=TOKEN, github__api_url=fake.url, github__web_url=git_server.base_url,
+        repos=RULES)
+    full_name = f"svc/preview-{request.node.name[-8:]}".lower().replace("_", "-")
+    url = git_server.url(full_name)
+
+    async def delivered(event: str, payload: dict) -> dict:
+        response = await deliver(speed, event, payload)
+        assert response.status == 202, await response.text()
+        finished = await wait_finished(speed, (await response.json())["id"], timeout=90)
+        assert finished["status"] == "Succeeded", finished
+        return finished
+
+    main = git_server.commit(full_name, files("main-v1"))
+    await delivered("push", push_payload(full_name, url, after=main))
+    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
+    await delivered("pull_request", pull_request_payload(full_name, url, number=5, head_sha=head))
+
+    listed = (await (await speed.get("/environments")).json())["environments"]
+    by_name = {e["name"]: e for e in listed}
+    assert set(by_name) == {"production", "pr-5"}
+    async with aiohttp.ClientSession() as session:
+        assert await through_proxy(caddy, by_name["production"]["url"], session) == (200, "main-v1")
+        assert await through_proxy(caddy, by_name["pr-5"]["url"], session) == (200, "pr-v1")
+        head = git_server.commit(full_name, files("pr-v2"), branch="feature")
+        await delivered("pull_request", pull_request_payload(
+            full_name, url, action="synchronize", number=5, head_sha=head))
+        assert await through_proxy(caddy, by_name["pr-5"]["url"], session) == (200, "pr-v2")
+
+        await speed.app[reporter_key].idle()
+        previews = [d for d in fake.deployments if d["environment"] == "pr-5"]
+        assert len(previews) == 2
+        last = fake.deployment_statuses[previews[-1]["id"]][-1]
+        assert (last["state"], last["environment_url"]) == ("success", by_name["pr-5"]["url"])
+
+        closed = await deliver(speed, "pull_request", pull_request_payload(
+            full_name, url, action="closed", number=5, head_sha=head))
+        assert closed.status == 200, await closed.text()
+        listed = (await (await speed.get("/environments")).json())["environments"]
+        assert [e["name"] for e in listed] == ["production"]
+        status, _ = await through_proxy(caddy, by_name["pr-5"]["url"], session)
+        assert status == 404
+        assert await through_proxy(caddy, by_name["production"]["url"], session) == (200, "main-v1")
+    mine = docker_client.containers.list(
+        all=True, filters={"label": f"speed.instance={instance_of(speed)}"})
+    preview_containers = [c for c in mine if c.labels.get("speed.release") in
+                          {str(r["id"]) for r in by_name["pr-5"]["releases"]}]
+    assert preview_containers == []
+    for created in previews:
+        assert fake.deployment_statuses[created["id"]][-1]["state"] == "inactive"
