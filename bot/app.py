@@ -15,7 +15,8 @@ from bot.keys import (backend_key, callback_only_key, config_key, feed_key, gith
                       keyring_key, metrics_key, reporter_key, router_key, store_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
-from bot.environments import routes as environment_routes
+from bot.browser_pages import browser_pages
+from bot.environments import environments_page, routes as environment_routes
 from bot.events import routes as event_routes
 from bot.feed import Feed
 from bot.listener import CallbackSite, listener_runner
@@ -29,7 +30,7 @@ from bot.rules import full_name_of_url
 from bot.webhook import announce_webhook_policy, routes as webhook_routes
 from bot.requests import MAX_BODY
 from bot.secrets_api import keyring_for, routes as secret_routes
-from bot.secrets_page import secrets_page_middleware
+from bot.secrets_page import secrets_page
 from bot.server import name_the_server
 from runner.base import Backend, Limits
 from runner.docker_backend import DockerBackend
@@ -73,8 +74,9 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.add_routes(secret_routes)
     app.add_routes(environment_routes)
     app.middlewares.append(read_guard_middleware)
-    # GET /secrets is the secrets page for a browser (Accept: text/html), JSON for the rest.
-    app.middlewares.append(secrets_page_middleware)
+    # These are pages for a browser (Accept: text/html), JSON for the rest.
+    app.middlewares.append(browser_pages({"/secrets": secrets_page,
+                                          "/environments": environments_page}))
     app.on_startup.append(announce_webhook_policy)
     app[metrics_key] = Metrics()
     app[keyring_key] = keyring_for(config)
@@ -161,7 +163,9 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
         timeout=runner.timeout, workdir=runner.workdir, max_log_bytes=runner.max_log_bytes,
         keep_images=runner.keep_images, git_timeout=runner.git_timeout,
         reuse_images=runner.reuse_images, allowed_urls=runner.allowed_urls)
-    proxy = Proxy(config.proxy.admin, config.proxy.listen)
+    # A server of this instance's own in Caddy: another SPEED on the same Caddy cannot wipe
+    # its routes (and gets Caddy's refusal if it wants the same listen address).
+    proxy = Proxy(config.proxy.admin, config.proxy.listen, server=f"speed-{settings.instance}")
     router = app[router_key] = Router(store, proxy, config.proxy)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),

@@ -120,7 +120,7 @@ class ProxyConfig:
 
     def host(self, address: str) -> str:
         """The host name an environment's address (<name>.<repository>) is served at."""
-        return f"{address}.{self.domain}"
+        return f"{address}.{self.domain.lower()}"  # host names are one case to Caddy
 
     def environment_url(self, address: str) -> str:
         """The URL users reach an environment at."""

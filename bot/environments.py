@@ -7,6 +7,7 @@ from aiohttp import web
 from bot.auth import require_api_token
 from bot.errors import json_error
 from bot.keys import config_key, reporter_key, router_key, store_key, worker_key
+from bot.pages import render
 from bot.requests import deployment_id, json_object
 from runner.errors import RunnerError
 from storage import deployments as queries
@@ -98,3 +99,9 @@ async def close_preview(app: web.Application, full_name: str, number: int) -> No
             log.warning("tearing down %s: %s", environment.address, e.message)
     if reporter_key in app:
         await app[reporter_key].deactivate(reported)
+
+
+async def environments_page(request: web.Request) -> web.Response:
+    """Every environment with its live release, health, address and history, and a rollback
+    button for each release a rollback may return to."""
+    return render("environments.html", environments=await environment_list(request.app))

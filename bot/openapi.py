@@ -514,14 +514,16 @@ PATHS = {
     "/environments": {
         "get": {
             "operationId": "environments", "tags": ["environments"],
-            "summary": "Every environment with its live release, health and history",
+            "summary": "Every environment with its live release, health and history; for a "
+                       "browser, the environments page (with rollback buttons)",
             "responses": {
-                "200": {"description": "The environments, by repository and name.",
-                        "content": _json({
+                "200": {"description": "The environments, by repository and name (or the page).",
+                        "content": {**_json({
                             "type": "object", "additionalProperties": False,
                             "required": ["environments"],
                             "properties": {"environments": {
-                                "type": "array", "items": _ref("schemas", "Environment")}}})},
+                                "type": "array", "items": _ref("schemas", "Environment")}}}),
+                            **HTML_PAGE["content"]}},
                 **_errors(),
             },
         },

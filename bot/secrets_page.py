@@ -15,15 +15,6 @@ from bot.pages import render
 from bot.secrets_api import describe
 from storage import secrets as queries
 
-PATH = "/secrets"
-
-
-def wants_page(request: web.Request) -> bool:
-    """Whether this request is a browser asking for the secrets page (as bot/login.py tells a
-    browser from a program: by text/html in Accept)."""
-    return (request.method in ("GET", "HEAD") and request.path == PATH
-            and "text/html" in request.headers.get("Accept", ""))
-
 
 async def secrets_page(request: web.Request) -> web.Response:
     """Every secret's name, scope, and when and by which token it was last set."""
@@ -33,16 +24,6 @@ async def secrets_page(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode({"next": request.path_qs}))
     found = await request.app[store_key].run(queries.listing)
     response = render("secrets.html", secrets=[describe(secret) for secret in found])
-    # The same address answers JSON to other requests: caches must keep the two apart, and
-    # nothing about secrets should outlive the visit in a browser's cache.
-    response.headers["Vary"] = "Accept"
+    # Nothing about secrets should outlive the visit in a browser's cache.
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-@web.middleware
-async def secrets_page_middleware(request: web.Request, handler):
-    """Serve the page to a browser at /secrets; everything else goes on to its route."""
-    if wants_page(request):
-        return await secrets_page(request)
-    return await handler(request)

@@ -14,6 +14,7 @@ from bot.requests import read_body
 from bot.rules import deploys_branch, rule_for
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
+from storage import releases
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Decision:
     deployment: dict | None = None
     supersede: bool = False
     closed: tuple[str, int] | None = None  # a pull request (owner/name, number) whose preview goes
+    reopened: tuple[str, int] | None = None  # one whose preview may come back
 
 
 class Ignored(Exception):
@@ -130,6 +132,8 @@ async def on_pull_request(event: sansio.Event, config: Config, decision: Decisio
     if fork and not rule.forks:
         raise Ignored("pull requests from forks are not deployed (forks: false)")
     sha = _text(data, "pull_request", "head", "sha")
+    if event.data.get("action") == "reopened":
+        decision.reopened = (full_name, number)
     decision.deployment = await _deployment(
         config, full_name, _text(data, "pull_request", "head", "repo", "clone_url"),
         _text(data, "pull_request", "head", "ref"), sha, trigger="pull_request",
@@ -228,6 +232,9 @@ async def _receive(request: web.Request) -> web.Response:
         action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]
+    if decision.reopened:  # before its deployment can run: a closed preview stays closed
+        full_name, number = decision.reopened
+        await store.run(releases.reopen, full_name.lower(), f"pr-{number}")
     delivery, new, created, superseded = await store.run(
         queries.record_delivery, event.delivery_id, event.event, decision.deployment,
         decision.message, decision.supersede)

@@ -84,10 +84,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, name: str, image: str, env: Mapping[str, str],
-                     labels: Mapping[str, str], limits: Limits, port: int | None = None) -> str:
+                     labels: Mapping[str, str], limits: Limits, port: int | None = None,
+                     avoid: frozenset[int] = frozenset()) -> str:
         """Create (not start) a container and return its id. With a port, a service's: it
-        publishes that port at an address the proxy can reach (see address) and the engine
-        restarts it, a bounded number of times, when it exits with an error."""
+        publishes that port at an address the proxy can reach (see address), on a host port
+        not in avoid, and the engine restarts it, a bounded number of times, when it exits
+        with an error."""
 
     @abc.abstractmethod
     async def address(self, container_id: str, port: int) -> str | None:

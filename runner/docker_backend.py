@@ -47,11 +47,14 @@ _BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagge
                             re.M)
 
 
-def _free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind((PUBLISH_HOST, 0))
-        return probe.getsockname()[1]
+def _free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A loopback port nothing listens on now, and not one of avoid."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((PUBLISH_HOST, 0))
+            port = probe.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: None,
@@ -298,13 +301,14 @@ class DockerBackend(Backend):
         return self._cgroups
 
     async def create(self, name: str, image: str, env: Mapping[str, str],
-                     labels: Mapping[str, str], limits: Limits, port: int | None = None) -> str:
+                     labels: Mapping[str, str], limits: Limits, port: int | None = None,
+                     avoid: frozenset[int] = frozenset()) -> str:
         api = await self._api()
         service = {}
         if port is not None:
             # A host port of SPEED's choosing, not the engine's: the engine picks a new one at
             # every restart, and the proxy's route must stay right across a crash.
-            service = {"port_bindings": {port: (PUBLISH_HOST, _free_port())},
+            service = {"port_bindings": {port: (PUBLISH_HOST, _free_port(avoid))},
                        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTARTS}}
         with _engine_errors(RunFailed, "create container"):
             host_config = api.create_host_config(

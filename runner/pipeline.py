@@ -19,11 +19,11 @@ from runner.output import OutputRecorder
 from runner.proxy import ProxyError
 from runner.router import Router
 from runner.secrets import SecretSource, forms
-from runner.service import Retirer, wait_healthy
+from runner.service import Retirer, service_of, wait_healthy
 from runner.settings import Ceiling, Settings
 from storage import deployments as queries
 from storage import releases
-from storage.releases import ReleaseState, environment_name
+from storage.releases import SWITCHING, ReleaseState, environment_name
 from storage.deployments import IllegalTransition
 from storage.models import Deployment, utcnow
 from storage.quoting import one_line
@@ -271,27 +271,40 @@ class Pipeline:
         """Follow a deployment whose container outlived an earlier SPEED process."""
         recorder = run.recorder = self._recorder(deployment)
         run.container_id = deployment.container_id
+        run.settings = self._stored_settings(deployment)
+        release = None
+        if run.settings.service and self.router:
+            release = await self.store.run(releases.of_deployment, deployment.id)
         try:
-            run.settings = repository_settings.from_json(deployment.settings, self.ceiling) \
-                if deployment.settings else Settings()
-        except SettingsInvalid as e:  # the server's limits changed since: they apply
-            log.warning("its settings no longer hold (%s); the server's apply", e.message,
-                        extra={"deployment": deployment.id})
-            run.settings = Settings()
-        try:
+            if release and release.state == ReleaseState.FAILED.value:
+                raise RunFailed("its release failed")
+            if release and release.state not in SWITCHING:
+                # Live already (or even replaced since): nothing may kill its container now.
+                run.container_id = None
+                await self._live(deployment, release, recorder)
+                return
             async with self._deadline(deployment, run, recorder):
                 await self._redact_sealed(deployment, recorder)
-                if run.settings.service and self.router:
-                    release = await self.store.run(releases.of_deployment, deployment.id)
-                    if release:
-                        await self._switch(deployment, release, run, recorder)
-                        return
+                if release:
+                    await self._switch(deployment, release, run, recorder)
+                    return
                 await self._follow(deployment.id, run, recorder, after=LogCursor(
                     deployment.log_cursor, deployment.log_seen) if deployment.log_cursor else None)
         except RunnerError as e:
             await self._fail(deployment.id, recorder, e)
         finally:
             await self._finish_up(deployment.id, run, recorder)
+
+    def _stored_settings(self, deployment: Deployment) -> Settings:
+        """The settings a deployment started with, under the server's limits of today."""
+        try:
+            return repository_settings.from_json(deployment.settings, self.ceiling) \
+                if deployment.settings else Settings()
+        except SettingsInvalid as e:  # the server's limits changed since: they apply
+            log.warning("its settings no longer hold (%s); the server's apply", e.message,
+                        extra={"deployment": deployment.id})
+            # But a service stays one: its release runs as it was started.
+            return Settings(service=service_of(deployment.settings))
 
     async def _engine_lost(self, error: RunnerError) -> bool:
         """Whether error came from the engine going away (a restart, a crash), not the deployment."""
@@ -380,7 +393,9 @@ class Pipeline:
         # A container left by a crash before its id was stored is removed by reconcile, before
         # the requeue: nothing to look for on this path.
         run.container_id = await self.backend.create(
-            name, run.image, env, labels, self._limits(run.settings), port)
+            name, run.image, env, labels, self._limits(run.settings), port,
+            # Never the port of another release: its route may outlive its container.
+            avoid=await self.store.run(releases.upstream_ports) if port else frozenset())
         if release is not None:
             await self.store.run(releases.record, release, container_id=run.container_id,
                                  upstream=await self.backend.address(run.container_id, port))
@@ -399,8 +414,11 @@ class Pipeline:
     async def _release(self, deployment: Deployment, commit: str, run: Run,
                        recorder: OutputRecorder) -> None:
         """A service: start a release beside the live one, then switch to it once healthy."""
-        environment = await self.store.run(
-            releases.environment_for, _repository(deployment), environment_name(deployment))
+        try:
+            environment = await self.store.run(
+                releases.environment_for, _repository(deployment), environment_name(deployment))
+        except releases.ReleaseRefused as e:
+            raise RunFailed(str(e)) from None
         release = await self.store.run(releases.start, deployment.id, environment.id, run.image)
         await recorder.say(f"releasing to {environment.name} "
                            f"({self.router.url(environment.address)})")
@@ -410,39 +428,40 @@ class Pipeline:
 
     async def _switch(self, deployment: Deployment, release, run: Run,
                       recorder: OutputRecorder) -> None:
-        """Take a started release on from wherever it got (a restart may have come between):
-        healthy → live (routed) → the deployment Succeeded; the one it replaces drains."""
+        """Take a started release on: healthy → live (routed) → the deployment Succeeded; the
+        one it replaces drains."""
         service = run.settings.service
         run.container_id = release.container_id
+        output = asyncio.create_task(self._record_logs(release.container_id, recorder, None, True))
+        try:
+            await recorder.say(f"waiting for GET {service.health.path} to answer 2xx "
+                               f"{service.health.passes} times in a row")
+            await wait_healthy(self.backend, release.container_id, release.upstream,
+                               service.health, lambda: run.stopped)
+        finally:
+            output.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RunnerError):
+                await output
+        if run.stopped:
+            return
+        await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
+        environment = await self.store.run(releases.environment_of, release.id)
+        try:
+            _, old = await self.router.switch(release.id, environment.address, release.upstream,
+                                              service.drain)
+        except ProxyError as e:
+            raise RunFailed(f"the proxy did not take the route: {e.message}") from None
+        except releases.ReleaseRefused as e:  # cancelled meanwhile, torn down, or overtaken
+            raise RunFailed(str(e)) from None
+        if old is not None:
+            self.retirer.schedule(old, service.keep)
+        run.container_id = None  # the release's now: it outlives the deployment
+        await self._live(deployment, release, recorder)
+
+    async def _live(self, deployment: Deployment, release, recorder: OutputRecorder) -> None:
+        """Record the outcome of a deployment whose release went live."""
         environment = await self.store.run(releases.environment_of, release.id)
         url = self.router.url(environment.address)
-        if release.state == ReleaseState.FAILED.value:
-            raise RunFailed("its release failed")
-        if release.state in (ReleaseState.STARTING.value, ReleaseState.HEALTHY.value):
-            output = asyncio.create_task(self._record_logs(release.container_id, recorder,
-                                                           None, True))
-            try:
-                await recorder.say(f"waiting for GET {service.health.path} to answer 2xx "
-                                   f"{service.health.passes} times in a row")
-                await wait_healthy(self.backend, release.container_id, release.upstream,
-                                   service.health, lambda: run.stopped)
-            finally:
-                output.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RunnerError):
-                    await output
-            if run.stopped:
-                return
-            await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
-            try:
-                _, old = await self.router.switch(release.id, environment.address,
-                                                  release.upstream, service.drain)
-            except ProxyError as e:
-                raise RunFailed(f"the proxy did not take the route: {e.message}") from None
-            except releases.ReleaseRefused as e:
-                raise RunFailed(str(e)) from None
-            if old is not None:
-                self.retirer.schedule(old, service.keep)
-        run.container_id = None  # the release's now: it outlives the deployment
         await recorder.say(f"live at {url}")
         await recorder.close()
         await self._finish(deployment.id, Status.SUCCEEDED, f"live at {url}")
@@ -559,9 +578,6 @@ class Pipeline:
         unfinished = await self.store.run(queries.unfinished_images_once_finished, deployment_id)
         if unfinished is None:
             return  # interrupted by shutdown: the next start reattaches or requeues it
-        if run.settings.service:
-            # A release its deployment did not make live (failed, timed out, cancelled) is over.
-            await self.store.run(releases.abandon, deployment_id)
         try:
             if run.container_id:
                 await self.backend.cleanup(run.container_id)

@@ -13,7 +13,7 @@ from runner.base import Backend, ContainerState
 from runner.errors import RunFailed, RunnerError
 from runner.proxy import ProxyError
 from runner.router import Router
-from runner.settings import Health
+from runner.settings import Health, Service
 from storage import releases
 from storage.models import Release, utcnow
 from storage.releases import ReleaseState
@@ -89,6 +89,15 @@ async def wait_healthy(backend: Backend, container_id: str, upstream: str, healt
 
 
 WATCH_SECONDS = 5.0  # how often live releases are checked
+
+
+def service_of(settings_json: str | None) -> Service | None:
+    """The service block of stored settings as it was checked when stored (None: a job)."""
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        stored = json.loads(settings_json)["service"]
+        if stored:
+            return Service(**{**stored, "health": Health(**stored["health"])})
+    return None
 
 
 def health_of(settings_json: str | None) -> Health:

@@ -9,7 +9,7 @@ from storage.db import database, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.quoting import one_line, quote
-from storage.releases import images_in_use
+from storage.releases import abandon, images_in_use
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = 2**63 - 1
@@ -164,6 +164,7 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
             # From now on the container's token is refused: it cannot write for a finished
             # deployment, whatever it still knows; and its secrets are no longer kept.
             values.update(finished_at=utcnow(), token_hash=None, secrets_sealed=None)
+            abandon(deployment_id)  # a release it did not make live is over too
         moved = _set(deployment_id, **values)
         if note:
             _append(deployment_id, one_line(note, limit=REASON_LIMIT))

@@ -38,6 +38,8 @@ LEGAL = {
     S.DRAINING: {S.RETIRED},
     S.RETIRED: {S.REMOVED},
 }
+# Releases their deployment is still making live.
+SWITCHING = (S.STARTING.value, S.HEALTHY.value)
 # Releases with a container that may run: the sweep after a restart leaves theirs alone.
 RUNNING = (S.STARTING.value, S.HEALTHY.value, S.LIVE.value, S.DRAINING.value)
 # Releases whose image is kept: live ones, and those a rollback may return to.
@@ -63,7 +65,7 @@ def environment_name(deployment: Deployment) -> str:
 
 def _label(text: str) -> str:
     """text as one DNS label: lower-case letters, digits and inner hyphens."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-")[:40] or "app"
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower()))[:40].strip("-") or "app"
 
 
 def environment_for(repository: str, name: str) -> Environment:
@@ -74,14 +76,23 @@ def environment_for(repository: str, name: str) -> Environment:
         found = Environment.get_or_none(Environment.repository == repository,
                                         Environment.name == name)
         if found:
-            if found.removed_at:
-                found.removed_at = None
-                found.save()
+            if found.removed_at:  # a preview comes back only when its pull request reopens
+                raise ReleaseRefused(f"{name} was torn down: its pull request was closed")
             return found
-        address = f"{_label(name)}.{_label(repository.rsplit('/', 1)[-1])}"
-        if Environment.select().where(Environment.address == address).exists():
-            address += "-" + hashlib.sha256(repository.encode()).hexdigest()[:6]
+        label = _label(repository.rsplit('/', 1)[-1])
+        digest = hashlib.sha256(repository.encode()).hexdigest()
+        address = f"{_label(name)}.{label}"
+        for length in range(6, len(digest) + 1, 2):  # taken: by a namesake of another owner
+            if not Environment.select().where(Environment.address == address).exists():
+                break
+            address = f"{_label(name)}.{label[:40 - length - 1].strip('-')}-{digest[:length]}"
         return Environment.create(repository=repository, name=name, address=address)
+
+
+def reopen(repository: str, name: str) -> None:
+    """Let a torn-down preview come back: its pull request was reopened."""
+    Environment.update(removed_at=None).where(Environment.repository == repository,
+                                              Environment.name == name).execute()
 
 
 def get(release_id: int) -> Release:
@@ -142,7 +153,8 @@ def move(release_id: int, new: ReleaseState, **fields) -> Release:
 
 
 def abandon(deployment_id: int) -> None:
-    """Mark failed the release of a finished deployment that never went live."""
+    """Mark failed the release of a deployment that finished before it went live (failed,
+    timed out, cancelled: storage.deployments.transition calls this)."""
     Release.update(state=S.FAILED.value, retired_at=utcnow()).where(
         Release.deployment == deployment_id,
         Release.state.in_((S.STARTING.value, S.HEALTHY.value))).execute()
@@ -156,6 +168,16 @@ def go_live(release_id: int, drain: float) -> tuple[Release, Release | None]:
         environment = Environment.get_by_id(release.environment_id)
         if environment.removed_at:
             raise ReleaseRefused("its environment was torn down")
+        status = Deployment.select(Deployment.status).where(
+            Deployment.id == release.deployment_id).scalar()
+        if status != Status.RUNNING.value:  # cancelled or timed out while it got healthy
+            raise ReleaseRefused(f"its deployment is {status}")
+        newer = Release.select(Release.deployment).where(
+            Release.id == environment.live).scalar() if environment.live else None
+        if newer is not None and newer > release.deployment_id:
+            # Deployments of one environment may overlap: the later one wins, whichever got
+            # healthy first (a rollback is a later deployment too).
+            raise ReleaseRefused(f"a later deployment ({newer}) is live already")
         now = utcnow()
         release = move(release_id, S.LIVE, live_since=now, health=None)
         old = None
@@ -201,6 +223,13 @@ def running_containers() -> set[str]:
     """Containers of releases that may run: live services outlive SPEED's restarts."""
     return {c for (c,) in database.execute(Release.select(Release.container_id).where(
         Release.state.in_(RUNNING), Release.container_id.is_null(False)))}
+
+
+def upstream_ports() -> frozenset[int]:
+    """The host ports of releases that may run: a new release never takes one."""
+    return frozenset(int(upstream.rpartition(":")[2]) for (upstream,) in database.execute(
+        Release.select(Release.upstream).where(Release.state.in_(RUNNING),
+                                               Release.upstream.is_null(False))))
 
 
 def live() -> list[Release]:
@@ -249,7 +278,8 @@ def rollback(environment_id: int, release_id: int | None = None) -> Deployment:
                                        Release.state.in_(RETURNABLE))
         if release_id is not None:
             query = query.where(Release.id == release_id)
-        target = query.order_by(Release.id.desc()).first()
+        wrong_id = release_id is not None and not 0 < release_id <= MAX_ID
+        target = None if wrong_id else query.order_by(Release.id.desc()).first()
         if target is None:
             raise ReleaseRefused(
                 f"release {release_id} of {environment.name} is not kept for rollback"

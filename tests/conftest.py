@@ -158,7 +158,7 @@ async def results_of(client, deployment_id: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def caddy(tmp_path_factory):
+def caddy_process(tmp_path_factory):
     """A private Caddy (tests/caddy.py) for this worker; without one the run fails (make test
     installs Debian's caddy), it never skips and never downloads one."""
     from tests.caddy import Caddy, binary  # here: tests/caddy.py imports this module
@@ -170,3 +170,10 @@ def caddy(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def caddy(caddy_process):
+    """This worker's Caddy, as it started: nothing an earlier test (or SPEED) put in it."""
+    caddy_process.reset()
+    return caddy_process

@@ -150,7 +150,7 @@ async def test_security_is_optional_without_tokens_and_required_with_them(make_c
     # A browser opening a page it may not see is sent to sign in; the secrets page even with
     # public reads.
     for document, pages in ((open_, set()), (public, {"/secrets"}),
-                            (private, {"/", "/deployments/{id}", "/secrets"})):
+                            (private, {"/", "/deployments/{id}", "/secrets", "/environments"})):
         assert {path for path, operations in document["paths"].items()
                 if "303" in operations.get("get", {}).get("responses", {})} == pages
     for document, expected in ((open_, mutating), (public, mutating), (private, mutating | reads)):

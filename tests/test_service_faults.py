@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import requests
+import yaml
 
 from tests.process import speed_processes
 from tests.test_services import APP_DOCKERFILE, SPEED_YML
@@ -43,12 +44,14 @@ def _served(caddy, host: str) -> tuple[int, str] | None:
         return None
 
 
-@pytest.mark.parametrize("step", ["starting", "healthy", "live", "draining"])
+@pytest.mark.parametrize("step", ["starting", "healthy", "live", "draining", "live, limits lowered"])
 def test_kill_9_at_every_step_of_a_switch_leaves_one_release_live(
         tmp_path, docker_client, base_image, caddy, git_server, step):
     """The database says where the switch was (a kill at the healthy and live steps is the
     database as the kill would leave it); the restart finishes it: the new release live and
-    routed, the old one stopped, the deployment Succeeded."""
+    routed, the old one stopped, the deployment Succeeded. Also when the server's limits were
+    lowered below the release's settings meanwhile (found by a hostile review: the live
+    release was then followed as a job, and killed at the timeout)."""
     name = f"faults-{uuid.uuid4().hex[:8]}"
     url = git_server.url(name)
     with speed_processes(tmp_path, docker_client) as make:
@@ -69,7 +72,7 @@ def test_kill_9_at_every_step_of_a_switch_leaves_one_release_live(
         now = datetime.datetime.utcnow().isoformat(sep=" ")
         if step != "starting":
             _write(bot, ("UPDATE release SET state = 'healthy' WHERE id = ?", (new["id"],)))
-        if step in ("live", "draining"):  # go_live's one transaction, as it committed
+        if step.startswith("live") or step == "draining":  # go_live's transaction, committed
             _write(bot, ("UPDATE release SET state = 'live', live_since = ? WHERE id = ?",
                          (now, new["id"])),
                    ("UPDATE release SET state = 'draining', drain_until = ? WHERE id = ?",
@@ -79,6 +82,10 @@ def test_kill_9_at_every_step_of_a_switch_leaves_one_release_live(
             _write(bot, ("UPDATE deployment SET status = 'Succeeded', finished_at = ?, "
                          "reason = 'live' WHERE id = ?", (now, second)))
         docker_client.containers.get(new["container_id"]).exec_run("touch /tmp/ready")
+        if step == "live, limits lowered":  # under the release's health deadline (60 s)
+            config = yaml.safe_load(bot.config_path.read_text())
+            config["runner"]["timeout"] = bot.timeout = 40
+            bot.config_path.write_text(yaml.safe_dump(config))
 
         bot.start()
         assert bot.wait_finished(second, 90)["status"] == "Succeeded", bot.results(second)

@@ -173,6 +173,9 @@ async def test_rollback_makes_the_earlier_release_live_without_a_build(speed, ap
     app.push("v2")
     assert (await deploy(speed, app.url))["status"] == "Succeeded"
     (environment,) = await environments(speed)
+    page = await (await speed.get("/environments", headers={"Accept": "text/html"})).text()
+    v1 = next(r for r in environment["releases"] if r["deployment"] == first["id"])
+    assert f'data-release="{v1["id"]}"' in page and "Roll back to this" in page
     response = await speed.post(f"/environments/{environment['id']}/rollback")
     assert response.status == 201, await response.text()
     rollback = await wait_finished(speed, (await response.json())["id"], timeout=60)
@@ -256,3 +259,48 @@ async def test_a_crashed_release_is_restarted_and_one_that_keeps_crashing_shows_
     metrics = await (await speed.get("/metrics")).text()
     assert (f'speed_environment_healthy{{environment="production",repository='
             f'"{environment["repository"]}"}} 0.0') in metrics
+
+
+async def test_a_deployment_cancelled_during_its_switch_leaves_the_live_release_serving(
+        speed, app, caddy):
+    """Found by a hostile review: a cancel while the healthy release waited for the proxy made
+    the release (whose container the cancel had killed) live. Asserts: Cancelled, and v1 is
+    still the live, routed release."""
+    app.push("v1")
+    first = await deploy(speed, app.url)
+    router = speed.app[router_key]
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    route = router.proxy.route
+
+    async def slow_route(host, upstream):  # a Caddy admin call that takes its time
+        entered.set()
+        await go_on.wait()
+        return await route(host, upstream)
+
+    router.proxy.route = slow_route
+    app.push("v2")
+    response = await speed.post("/start", json={"url": app.url, "branch": "main"})
+    second = (await response.json())["id"]
+    await asyncio.wait_for(entered.wait(), 60)
+    assert (await speed.post(f"/cancel/{second}")).status == 200
+    go_on.set()
+    assert (await wait_finished(speed, second))["status"] == "Cancelled"
+    await router.sync()
+    (environment,) = await environments(speed)
+    assert environment["live"]["deployment"] == first["id"]
+    async with aiohttp.ClientSession() as session:
+        assert await through_proxy(caddy, environment["url"], session) == (200, "v1")
+
+
+async def test_a_domain_in_capitals_is_routed_and_left_alone_once_right(make_client, app, caddy):
+    """Found by a hostile review: a proxy.domain in capitals made SPEED rewrite Caddy's config
+    every 2 s for good. Asserts: routed, and a second sync changes nothing."""
+    speed = await make_client(proxy__admin=caddy.admin, proxy__listen=caddy.listen,
+                              proxy__domain="Apps.Example.Test")
+    app.push("v1")
+    assert (await deploy(speed, app.url))["status"] == "Succeeded"
+    router = speed.app[router_key]
+    await router.sync()
+    assert await router.sync() is False
+    (environment,) = await environments(speed)
+    assert ".apps.example.test:" in environment["url"]
