@@ -15,6 +15,7 @@ import docker
 import requests
 import yaml
 
+from bench import services
 from tests.conftest import DOCKERFILE, free_port
 from tests.gitserver import GitServer
 from tests.images import ensure_base_image
@@ -181,6 +182,8 @@ def main() -> int:
         finally:
             bot.stop()
             git.close()
+    # Services: push-to-live against the raw commands, and the proxy's latency (bench/services.py).
+    service = services.measure()
     raw_median = statistics.median(raw)
     results = {
         "load_average_1m": round(load, 2),
@@ -194,6 +197,7 @@ def main() -> int:
         "start_latency_sequential_while_deploying": deploying,
         "start_latency": latency,
         "webhook_latency": webhook,
+        **service,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)

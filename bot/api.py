@@ -24,7 +24,8 @@ callback_routes = web.RouteTableDef()
 MAX_LIMIT = 500
 
 
-def _iso(moment: datetime.datetime | None) -> str | None:
+def iso(moment: datetime.datetime | None) -> str | None:
+    """A moment as the API shows it (UTC, milliseconds)."""
     return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
 
 
@@ -46,9 +47,9 @@ def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
         "progress": d.progress,
         "reason": d.reason,
         "exit_code": d.exit_code,
-        "created_at": _iso(d.created_at),
-        "started_at": _iso(d.started_at),
-        "finished_at": _iso(d.finished_at),
+        "created_at": iso(d.created_at),
+        "started_at": iso(d.started_at),
+        "finished_at": iso(d.finished_at),
         "phases": {"clone": _seconds(d.started_at, d.cloned_at),
                    "build": _seconds(d.cloned_at, d.built_at),
                    "run": _seconds(d.container_started_at, d.finished_at)},

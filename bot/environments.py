@@ -1,9 +1,9 @@
 """Environments over HTTP: every environment with its live release and history, and rollback."""
-import datetime
 import logging
 
 from aiohttp import web
 
+from bot.api import iso
 from bot.auth import require_api_token
 from bot.errors import json_error
 from bot.keys import config_key, reporter_key, router_key, store_key, worker_key
@@ -20,17 +20,13 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-def _iso(moment: datetime.datetime | None) -> str | None:
-    return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
-
-
 def describe_release(release: Release) -> dict:
     """A release as the API shows it."""
     deployment = release.deployment
     return {"id": release.id, "deployment": release.deployment_id,
             "commit": deployment.commit if deployment else None,
-            "state": release.state, "started_at": _iso(release.started_at),
-            "live_since": _iso(release.live_since), "retired_at": _iso(release.retired_at),
+            "state": release.state, "started_at": iso(release.started_at),
+            "live_since": iso(release.live_since), "retired_at": iso(release.retired_at),
             "rollback": release.state in releases.RETURNABLE}
 
 

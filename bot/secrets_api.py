@@ -6,6 +6,7 @@ import re
 
 from aiohttp import web
 
+from bot.api import iso
 from bot.auth import SESSION_COOKIE, bearer, known_token, require_api_token
 from bot.config import Config, ConfigError, secrets_key_file
 from bot.errors import json_error
@@ -38,15 +39,11 @@ def keyring_for(config: Config) -> Keyring:
         raise ConfigError(f"secrets.key_file: {e.filename}: {e.strerror}") from None
 
 
-def _iso(moment) -> str | None:
-    return moment.isoformat(timespec="milliseconds") + "Z" if moment else None
-
-
 def describe(secret: Secret) -> dict:
     """A secret as the API shows it: everything but the value."""
     return {"name": secret.name, "repositories": json.loads(secret.repositories),
             "branches": json.loads(secret.branches), "pull_requests": secret.pull_requests,
-            "created_at": _iso(secret.created_at), "updated_at": _iso(secret.updated_at),
+            "created_at": iso(secret.created_at), "updated_at": iso(secret.updated_at),
             "updated_by": secret.updated_by}
 
 

@@ -160,6 +160,8 @@ class DockerBackend(Backend):
         self._images_idle = asyncio.Condition()
         self._cgroups: BuildCgroups | None | object = _UNKNOWN
         self._networks_made: set[str] = set()
+        # (container, port) -> host:port of services just created, until address() asks once.
+        self._published: dict[tuple[str, int], str] = {}
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -304,11 +306,12 @@ class DockerBackend(Backend):
                      labels: Mapping[str, str], limits: Limits, port: int | None = None,
                      avoid: frozenset[int] = frozenset()) -> str:
         api = await self._api()
-        service = {}
+        service, published = {}, None
         if port is not None:
             # A host port of SPEED's choosing, not the engine's: the engine picks a new one at
             # every restart, and the proxy's route must stay right across a crash.
-            service = {"port_bindings": {port: (PUBLISH_HOST, _free_port(avoid))},
+            published = (PUBLISH_HOST, _free_port(avoid))
+            service = {"port_bindings": {port: published},
                        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTARTS}}
         with _engine_errors(RunFailed, "create container"):
             host_config = api.create_host_config(
@@ -323,9 +326,13 @@ class DockerBackend(Backend):
                 api.create_container, image, name=name, environment=dict(env),
                 labels=dict(labels), host_config=host_config, detach=True,
                 ports=[port] if port is not None else None)
+        if published:  # known: address() need not ask the engine
+            self._published[created["Id"], port] = "%s:%d" % published
         return created["Id"]
 
     async def address(self, container_id: str, port: int) -> str | None:
+        if (container_id, port) in self._published:
+            return self._published.pop((container_id, port))
         api = await self._api()
         with _engine_errors(RunFailed, "inspect container"):
             info = await asyncio.to_thread(api.inspect_container, container_id)

@@ -66,13 +66,14 @@ async def wait_healthy(backend: Backend, container_id: str, upstream: str, healt
     # A fresh connection per check: a kept-alive one would prove nothing about the app now.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         while not stopped():
-            state = await backend.state(container_id)
+            # Both at once: the check's time is the app's, not the engine's plus the app's.
+            state, seen_now = await asyncio.gather(backend.state(container_id),
+                                                   probe(session, upstream, health))
             if state is None:
                 raise HealthCheckFailed("health check: the container vanished")
             trouble = _trouble(state) or trouble  # a restart clears the engine's memory of it
             if state.status == "running":
                 tries += 1
-                seen_now = await probe(session, upstream, health)
                 if seen_now is None and state.health not in (None, "healthy"):
                     seen_now = f"passed, but the image's HEALTHCHECK says {state.health}"
                 passed = passed + 1 if seen_now is None else 0

@@ -79,7 +79,7 @@ class Health:
     """How a release shows it is ready: an HTTP GET of path that answers 2xx."""
 
     path: str = "/"
-    interval: float = 0.5  # seconds between two checks
+    interval: float = 0.2  # seconds between two checks
     timeout: float = 2.0  # seconds one check may take
     deadline: float = 60.0  # seconds in all for the release to become healthy
     # Checks in a row that must pass: one lucky answer from an app about to fail moves nothing.

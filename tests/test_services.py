@@ -2,7 +2,6 @@
 rollback; real Docker, real git, real HTTP through the proxy."""
 import asyncio
 import contextlib
-import time
 import uuid
 
 import aiohttp
@@ -10,6 +9,7 @@ import pytest
 
 from bot.keys import router_key
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
+from tests.test_cli import base_url, speed as cli
 
 pytestmark = pytest.mark.usefixtures("app_invariants")
 
@@ -166,8 +166,8 @@ async def test_each_bad_release_ends_in_a_clear_reason_with_the_old_one_serving(
 
 
 async def test_rollback_makes_the_earlier_release_live_without_a_build(speed, app, caddy):
-    """Rollback: after v2, POST /environments/{id}/rollback makes v1 live again — a deployment
-    with trigger rollback that clones and builds nothing."""
+    """Rollback: after v2, `speed rollback` (POST /environments/{id}/rollback) makes v1 live
+    again — a deployment with trigger rollback that clones and builds nothing."""
     app.push("v1")
     first = await deploy(speed, app.url)
     app.push("v2")
@@ -176,9 +176,11 @@ async def test_rollback_makes_the_earlier_release_live_without_a_build(speed, ap
     page = await (await speed.get("/environments", headers={"Accept": "text/html"})).text()
     v1 = next(r for r in environment["releases"] if r["deployment"] == first["id"])
     assert f'data-release="{v1["id"]}"' in page and "Roll back to this" in page
-    response = await speed.post(f"/environments/{environment['id']}/rollback")
-    assert response.status == 201, await response.text()
-    rollback = await wait_finished(speed, (await response.json())["id"], timeout=60)
+    listed = await cli(base_url(speed), "environments")
+    assert listed.code == 0 and environment["url"] in listed.out and "healthy" in listed.out
+    ran = await cli(base_url(speed), "rollback", str(environment["id"]), "--follow")
+    assert ran.code == 0, ran
+    rollback = await wait_finished(speed, int(ran.out.split()[0]), timeout=60)
     assert rollback["status"] == "Succeeded", await results_of(speed, rollback["id"])
     assert (rollback["trigger"], rollback["commit"]) == ("rollback", first["commit"])
     assert rollback["phases"]["build"] == 0.0

@@ -271,7 +271,7 @@ def test_a_service_block_is_read_with_its_defaults():
     from runner.settings import Health, Service
     short = parse("service:\n  port: 8000\n", CEILING)
     assert short.service == Service(port=8000)
-    assert short.service.health == Health(path="/", interval=0.5, timeout=2.0, deadline=60.0,
+    assert short.service.health == Health(path="/", interval=0.2, timeout=2.0, deadline=60.0,
                                           passes=2)
     full = parse("service:\n  port: 80\n  keep: 2\n  drain: 0\n  health:\n    path: /healthz"
                  "?full=1\n    interval: 0.2\n    timeout: 1\n    deadline: 30\n    passes: 1\n",
