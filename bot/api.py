@@ -14,6 +14,7 @@ from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
+from storage import releases
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
@@ -33,7 +34,8 @@ def _seconds(start: datetime.datetime | None, end: datetime.datetime | None) -> 
     return round((end - start).total_seconds(), 3) if start and end else None
 
 
-def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
+def describe(deployment: Deployment, waiting_reason: str | None = None,
+             environment_url: str | None = None) -> dict:
     """A deployment as the API shows it."""
     d = deployment
     return {
@@ -58,7 +60,15 @@ def describe(deployment: Deployment, waiting_reason: str | None = None) -> dict:
         "settings": json.loads(d.settings) if d.settings else None,
         "environment": d.environment,
         "pull_request": d.pull_request,
+        "environment_url": environment_url,
     }
+
+
+async def environment_urls(app: web.Application, deployments: list[Deployment]) -> dict[int, str]:
+    """Where each deployment that made a service release serves it (one query for all)."""
+    addresses = await app[store_key].run(releases.addresses_of, [d.id for d in deployments])
+    proxy = app[config_key].proxy
+    return {i: proxy.environment_url(address) for i, address in addresses.items()}
 
 
 async def waiting_reasons(request: web.Request, deployments: list[Deployment]) -> dict[int, str]:
@@ -157,7 +167,9 @@ async def info(request: web.Request) -> web.Response:
     """One deployment's fields."""
     deployment = await deployment_or_404(request)
     reasons = await waiting_reasons(request, [deployment])
-    return web.json_response(describe(deployment, reasons.get(deployment.id)))
+    urls = await environment_urls(request.app, [deployment])
+    return web.json_response(describe(deployment, reasons.get(deployment.id),
+                                      urls.get(deployment.id)))
 
 
 @routes.post("/update")
@@ -264,7 +276,9 @@ async def deployments(request: web.Request) -> web.Response:
     found = await request.app[store_key].run(queries.listing, limit, status, query.get("repo"),
                                              int(before) if before else None)
     reasons = await waiting_reasons(request, found)
-    return web.json_response({"deployments": [describe(d, reasons.get(d.id)) for d in found]})
+    urls = await environment_urls(request.app, found)
+    return web.json_response({"deployments": [describe(d, reasons.get(d.id), urls.get(d.id))
+                                              for d in found]})
 
 
 @routes.post("/cancel/{id}")

@@ -9,7 +9,7 @@ from typing import Iterator, NamedTuple
 
 from aiohttp import web
 
-from bot.api import describe, waiting_reasons
+from bot.api import describe, environment_urls, waiting_reasons
 from bot.errors import json_error
 from bot.keys import store_key
 from storage import feeds as queries
@@ -205,6 +205,7 @@ class Feed:
         # results read after it, so `end` comes after the last of them.
         rows = await store.run(queries.rows, sorted(ready))
         reasons = await waiting_reasons(_Caller(self._app), list(rows.values()))
+        urls = await environment_urls(self._app, list(rows.values()))
         # Result ids are assigned in commit order on SQLite (one writer), so a result with an id
         # below a cursor is never committed after the cursor passed it. On PostgreSQL ids come
         # from a sequence and transactions can commit out of order: a cursor there must stay
@@ -219,7 +220,8 @@ class Feed:
                     watch.close()
                     self._unfollow(watch)
                 continue
-            status = event("status", describe(row, reasons.get(deployment_id)))
+            status = event("status", describe(row, reasons.get(deployment_id),
+                                              urls.get(deployment_id)))
             found = results[deployment_id]
             ids = [result_id for result_id, _ in found]
             logs = [event("log", text, result_id) for result_id, text in found]

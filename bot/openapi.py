@@ -61,7 +61,7 @@ DEPLOYMENT = {
     "required": ["id", "repo_name", "repo_branch", "repo_full_name", "status", "commit", "trigger",
                  "progress",
                  "reason", "exit_code", "created_at", "started_at", "finished_at", "phases",
-                 "waiting_reason", "settings", "environment", "pull_request"],
+                 "waiting_reason", "settings", "environment", "pull_request", "environment_url"],
     "properties": {
         "id": {"type": "integer", "minimum": 1},
         "repo_name": {"type": "string", "description": "The repository URL deployed."},
@@ -96,6 +96,8 @@ DEPLOYMENT = {
                                                        "(SPEED_ENVIRONMENT in the container)."),
         "pull_request": _nullable("integer", minimum=1, description="The pull request's number, "
                                                                     "for a pull_request trigger."),
+        "environment_url": _nullable("string", description="A service: the address of the "
+                                     "environment it released to (through the proxy)."),
     },
 }
 

@@ -6,7 +6,7 @@ import urllib.parse
 import jinja2
 from aiohttp import web
 
-from bot.api import MAX_LIMIT, deployment_or_404, describe, waiting_reasons
+from bot.api import MAX_LIMIT, deployment_or_404, describe, environment_urls, waiting_reasons
 from bot.errors import json_error
 from bot.keys import config_key, store_key
 from storage import deployments as queries
@@ -118,9 +118,10 @@ def settings_shown(settings: dict | None) -> list[tuple[str, str]]:
     return [(label, value) for label, value in shown if value]
 
 
-def _view(request: web.Request, deployment: Deployment, reason: str | None) -> dict:
+def _view(request: web.Request, deployment: Deployment, reason: str | None,
+          environment_url: str | None = None) -> dict:
     """describe() plus what the pages add: duration and a link to the commit on GitHub."""
-    d = describe(deployment, reason)
+    d = describe(deployment, reason, environment_url)
     d["duration"] = _elapsed(deployment)
     d["settings_shown"] = settings_shown(d["settings"])
     d["active"] = d["status"] in ACTIVE
@@ -166,7 +167,8 @@ async def deployments_page(request: web.Request) -> web.Response:
                                              before)
     more, found = len(found) > limit, found[:limit]
     reasons = await waiting_reasons(request, found)
-    rows = [_view(request, d, reasons.get(d.id)) for d in found]
+    urls = await environment_urls(request.app, found)
+    rows = [_view(request, d, reasons.get(d.id), urls.get(d.id)) for d in found]
     filters = {"status": status.value if status else "", "repo": repo,
                "limit": str(limit) if limit != PAGE_SIZE else ""}
     return render(
@@ -185,7 +187,9 @@ async def deployment_page(request: web.Request) -> web.Response:
     # Read after the deployment: a stream resuming after the last id misses nothing.
     results = await store.run(queries.results_after, target_id, 0, SQLITE_MAX_INT)
     reasons = await waiting_reasons(request, [deployment])
+    urls = await environment_urls(request.app, [deployment])
     return render(
-        "deployment.html", d=_view(request, deployment, reasons.get(deployment.id)),
+        "deployment.html", d=_view(request, deployment, reasons.get(deployment.id),
+                                   urls.get(deployment.id)),
         results="".join(text for _, text in results), after=results[-1][0] if results else 0,
         token_field=bool(request.app[config_key].auth.api_tokens))

@@ -110,8 +110,16 @@ def environment_of(release_id: int) -> Environment:
 
 def address_of(deployment_id: int) -> str | None:
     """The address of the environment a deployment released to, if it did."""
-    return (Environment.select(Environment.address).join(Release)
-            .where(Release.deployment == deployment_id).scalar())
+    return addresses_of([deployment_id]).get(deployment_id)
+
+
+def addresses_of(deployment_ids: list[int]) -> dict[int, str]:
+    """deployment id -> the address of the environment it released to, for those that did."""
+    if not deployment_ids:
+        return {}
+    return dict(database.execute(
+        Release.select(Release.deployment, Environment.address).join(Environment)
+        .where(Release.deployment.in_(deployment_ids))))
 
 
 def of_deployment(deployment_id: int) -> Release | None:

@@ -12,7 +12,7 @@ TOKEN = "a-token-of-16-chars-or-more"
 STATUSES = {"Pending", "Running", "Succeeded", "Failed", "Cancelled"}
 FIELDS = {"id", "repo_name", "repo_branch", "repo_full_name", "status", "commit", "trigger", "progress", "reason",
           "exit_code", "created_at", "started_at", "finished_at", "phases", "waiting_reason",
-          "settings", "environment", "pull_request"}
+          "settings", "environment", "pull_request", "environment_url"}
 # Path ids that can name no deployment: each must be a JSON 404, never a 500.
 BAD_IDS = ["1", "0", "-1", "9223372036854775808", "99999999999999999999999", "abc", "1.0",
            "0x1", "²", "１"]

@@ -107,7 +107,8 @@ def test_a_gigabyte_of_output_is_capped_everywhere_and_the_exit_code_decides(
                 found = docker_client.api.containers(all=True, filters={"label": labels})
                 if found:
                     inspected = docker_client.api.inspect_container(found[0]["Id"])
-                    log_path = inspected["LogPath"]
+                    # Empty until the container starts: a created one has no log file yet.
+                    log_path = inspected["LogPath"] or None
                     log_config = inspected["HostConfig"]["LogConfig"]
             if log_path:  # sampled until the outcome is recorded; the container goes after it
                 engine_peak = max(engine_peak, files_bytes(log_path + "*"))

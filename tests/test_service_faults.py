@@ -66,9 +66,11 @@ def test_kill_9_at_every_step_of_a_switch_leaves_one_release_live(
                  "AND upstream IS NOT NULL", second), 90)[0]
         bot.wait_output(second, "waiting for GET /cgi-bin/ready")
         bot.kill9()
+        (environment,) = _rows(bot, "SELECT * FROM environment")
+        host = f"{environment['address']}.localhost"
+        assert _served(caddy, host) == (200, "v1")  # SPEED down: the live release serves on
 
         (old,) = _rows(bot, "SELECT * FROM release WHERE deployment_id = ?", first)
-        (environment,) = _rows(bot, "SELECT * FROM environment")
         now = datetime.datetime.utcnow().isoformat(sep=" ")
         if step != "starting":
             _write(bot, ("UPDATE release SET state = 'healthy' WHERE id = ?", (new["id"],)))
@@ -89,7 +91,6 @@ def test_kill_9_at_every_step_of_a_switch_leaves_one_release_live(
 
         bot.start()
         assert bot.wait_finished(second, 90)["status"] == "Succeeded", bot.results(second)
-        host = f"{environment['address']}.localhost"
         bot.wait_until(lambda: _served(caddy, host) == (200, "v2"), 30)
         bot.wait_until(lambda: _rows(bot, "SELECT state FROM release WHERE id = ?",
                                      old["id"])[0]["state"] == "retired", 30)

@@ -79,6 +79,9 @@ async def test_a_service_goes_live_and_a_redeploy_switches_with_no_failed_reques
     (environment,) = await environments(speed)
     assert environment["name"] == "production" and environment["live"]["deployment"] == first["id"]
     assert first["reason"] == f"live at {environment['url']}"
+    assert first["environment_url"] == environment["url"]
+    page = await (await speed.get(f"/deployments/{first['id']}")).text()
+    assert f'href="{environment["url"]}"' in page
     async with aiohttp.ClientSession() as session:
         assert await through_proxy(caddy, environment["url"], session) == (200, "v1")
         seen, stop = [], asyncio.Event()
