@@ -190,17 +190,17 @@ class Pipeline:
     async def _prepare(self, deployment: Deployment, run: Run, recorder: OutputRecorder,
                        workspace: str) -> str:
         """Clone and build the deployment's commit, or reuse the image built of it before."""
+        run.image = self._new_image(deployment.id)
+        recorder.redact(run.image)  # an engine's error message may name it
+        if deployment.trigger == "rollback":  # needs neither the repository nor its server
+            return await self._return_to(deployment, run, recorder)
         token = await self.credentials(deployment) if self.credentials else None
         if token:
             recorder.redact(token)
-        run.image = self._new_image(deployment.id)
-        recorder.redact(run.image)  # an engine's error message may name it
         url, branch, timeout = deployment.url, deployment.branch, self.settings.git_timeout
         # Checked again now, and git held to what was checked: DNS may have changed its answer.
         addresses = await git.pin(url, self.settings.allowed_urls, timeout)
         commit = deployment.commit
-        if deployment.trigger == "rollback":
-            return await self._return_to(deployment, run, recorder)
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
         if commit and self.settings.reuse_images:
@@ -444,9 +444,9 @@ class Pipeline:
                 await output
         if run.stopped:
             return
-        await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
-        environment = await self.store.run(releases.environment_of, release.id)
         try:
+            await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
+            environment = await self.store.run(releases.environment_of, release.id)
             _, old = await self.router.switch(release.id, environment.address, release.upstream,
                                               service.drain)
         except ProxyError as e:
