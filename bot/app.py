@@ -166,7 +166,8 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     # A server of this instance's own in Caddy: another SPEED on the same Caddy cannot wipe
     # its routes (and gets Caddy's refusal if it wants the same listen address).
     proxy = Proxy(config.proxy.admin, config.proxy.listen, server=f"speed-{settings.instance}")
-    router = app[router_key] = Router(store, proxy, config.proxy)
+    # Patient: a full database disk makes the routes and the health watch wait, never stop.
+    router = app[router_key] = Router(store.patient(), proxy, config.proxy)
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),
                     secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}),
@@ -175,7 +176,7 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     listener: list[web.AppRunner] = []
     tasks = [asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker"),
              asyncio.create_task(router.watch(), name="speed-routes"),
-             asyncio.create_task(HealthWatch(store, app[backend_key]).run(),
+             asyncio.create_task(HealthWatch(store.patient(), app[backend_key]).run(),
                                  name="speed-health")]
 
     async def stop_taking_work(_: web.Application) -> None:

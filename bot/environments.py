@@ -1,5 +1,4 @@
 """Environments over HTTP: every environment with its live release and history, and rollback."""
-import logging
 
 from aiohttp import web
 
@@ -9,35 +8,31 @@ from bot.errors import json_error
 from bot.keys import config_key, reporter_key, router_key, store_key, worker_key
 from bot.pages import render
 from bot.requests import deployment_id, json_object
-from runner.errors import RunnerError
 from storage import deployments as queries
 from storage import releases
-from storage.models import Environment, Release
+from storage.models import Environment
 from storage.releases import NoEnvironment, ReleaseRefused
-
-log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
 
-def describe_release(release: Release) -> dict:
-    """A release as the API shows it."""
-    deployment = release.deployment
-    return {"id": release.id, "deployment": release.deployment_id,
-            "commit": deployment.commit if deployment else None,
-            "state": release.state, "started_at": iso(release.started_at),
-            "live_since": iso(release.live_since), "retired_at": iso(release.retired_at),
-            "rollback": release.state in releases.RETURNABLE}
+def describe_release(release: dict) -> dict:
+    """A release (as storage.releases.environments lists it) as the API shows it."""
+    return {"id": release["id"], "deployment": release["deployment"],
+            "commit": release["commit"], "state": release["state"],
+            "started_at": iso(release["started_at"]), "live_since": iso(release["live_since"]),
+            "retired_at": iso(release["retired_at"]),
+            "rollback": release["state"] in releases.RETURNABLE}
 
 
-def describe_environment(environment: Environment, history: list[Release], url: str) -> dict:
+def describe_environment(environment: Environment, history: list[dict], url: str) -> dict:
     """An environment as the API shows it: its live release and health first."""
-    live = next((r for r in history if r.id == environment.live), None)
+    live = next((r for r in history if r["id"] == environment.live), None)
     return {"id": environment.id, "repository": environment.repository,
             "name": environment.name, "url": url,
             "live": describe_release(live) if live else None,
-            "healthy": live is not None and live.health is None,
-            "health": live.health if live else "nothing is live",
+            "healthy": live is not None and live["health"] is None,
+            "health": live["health"] if live else "nothing is live",
             "releases": [describe_release(r) for r in history]}
 
 
@@ -89,12 +84,9 @@ async def close_preview(app: web.Application, full_name: str, number: int) -> No
         await worker.stop(deployment.id)
     environment = await store.run(releases.find_environment, full_name.lower(), f"pr-{number}")
     if environment is not None and worker.pipeline.retirer:
-        try:
-            await worker.pipeline.retirer.teardown(environment.id)
-        except RunnerError as e:  # the database says it is gone; the engine's part waits
-            log.warning("tearing down %s: %s", environment.address, e.message)
+        await worker.pipeline.retirer.teardown(environment.id)  # the engine's part goes on after
     if reporter_key in app:
-        await app[reporter_key].deactivate(reported)
+        app[reporter_key].deactivate(reported)  # in the background: GitHub may be slow
 
 
 async def environments_page(request: web.Request) -> web.Response:

@@ -89,6 +89,7 @@ class Reporter:
         # one of them timed out (so GitHub may apply it after a later one).
         self._posted: dict[int, collections.Counter] = {}
         self._uncertain: set[int] = set()
+        self._background: set[asyncio.Task] = set()  # reports not of one deployment's states
         self.failures = 0
 
     def __call__(self, deployment: Deployment) -> None:
@@ -109,13 +110,15 @@ class Reporter:
 
     async def idle(self) -> None:
         """Wait until every queued report was sent or given up (for tests and shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        while self._tasks or self._background:
+            await asyncio.gather(*self._tasks.values(), *self._background,
+                                 return_exceptions=True)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drain(self, deployment_id: int) -> None:
         queue = self._queues[deployment_id]
@@ -239,8 +242,14 @@ class Reporter:
         await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
                                    data=status)
 
-    async def deactivate(self, deployments: list[Deployment]) -> None:
-        """Mark the GitHub Deployments of a torn-down environment inactive (logged if not)."""
+    def deactivate(self, deployments: list[Deployment]) -> None:
+        """Mark the GitHub Deployments of a torn-down environment inactive, in the background
+        (logged if GitHub refuses)."""
+        task = asyncio.create_task(self._deactivate(deployments))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _deactivate(self, deployments: list[Deployment]) -> None:
         for deployment in deployments:
             if not (deployment.repo_full_name and deployment.github_deployment_id):
                 continue

@@ -232,12 +232,12 @@ async def _receive(request: web.Request) -> web.Response:
         action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]
-    if decision.reopened:  # before its deployment can run: a closed preview stays closed
-        full_name, number = decision.reopened
-        await store.run(releases.reopen, full_name.lower(), f"pr-{number}")
     delivery, new, created, superseded = await store.run(
         queries.record_delivery, event.delivery_id, event.event, decision.deployment,
         decision.message, decision.supersede)
+    if decision.reopened and new:  # before the worker wakes: a closed preview stays closed
+        full_name, number = decision.reopened
+        await store.run(releases.reopen, full_name.lower(), f"pr-{number}")
     log.info("delivery %s (%s): %s%s", event.delivery_id, event.event, delivery.message,
              "" if new else " (redelivered)", extra={"deployment": delivery.deployment_id})
     if decision.closed and new:

@@ -83,6 +83,9 @@ class Run:
         self.recorder: OutputRecorder | None = None
         self.deadline: asyncio.Timeout | None = None
         self.stopped = False
+        # Set while a healthy release switches: stopping it then is the switch's to decide (the
+        # database refuses a deployment no longer Running), never a kill or a cancel midway.
+        self.switching = False
         self.task: asyncio.Task | None = None
 
 
@@ -383,7 +386,9 @@ class Pipeline:
         }
         if deployment.pull_request is not None:
             env["SPEED_PULL_REQUEST"] = str(deployment.pull_request)
-        if deployment.environment:
+        if release is not None:  # where it serves: pr-7 for a preview, never production
+            env["SPEED_ENVIRONMENT"] = environment_name(deployment)
+        elif deployment.environment:
             env["SPEED_ENVIRONMENT"] = deployment.environment
         name = f"speed-{self.settings.instance}-{deployment.id}"
         labels, port = self.labels(deployment.id), None
@@ -444,18 +449,25 @@ class Pipeline:
                 await output
         if run.stopped:
             return
+        # From here the switch completes or is undone, whole: no deadline cuts it, no cancel
+        # kills the container (a timeout or a cancel that comes meanwhile is refused by go_live,
+        # since the deployment is then no longer Running).
+        if run.deadline is not None:
+            run.deadline.reschedule(None)
+        run.switching, container = True, run.container_id
+        run.container_id = None
         try:
             await self.store.run(releases.move, release.id, ReleaseState.HEALTHY)
             environment = await self.store.run(releases.environment_of, release.id)
             _, old = await self.router.switch(release.id, environment.address, release.upstream,
                                               service.drain)
-        except ProxyError as e:
-            raise RunFailed(f"the proxy did not take the route: {e.message}") from None
-        except releases.ReleaseRefused as e:  # cancelled meanwhile, torn down, or overtaken
-            raise RunFailed(str(e)) from None
+        except (ProxyError, releases.ReleaseRefused) as e:
+            run.container_id = container  # not live: _finish_up removes it
+            if isinstance(e, ProxyError):
+                raise RunFailed(f"the proxy did not take the route: {e.message}") from None
+            raise RunFailed(str(e)) from None  # cancelled meanwhile, torn down, or overtaken
         if old is not None:
             self.retirer.schedule(old, service.keep)
-        run.container_id = None  # the release's now: it outlives the deployment
         await self._live(deployment, release, recorder)
 
     async def _live(self, deployment: Deployment, release, recorder: OutputRecorder) -> None:

@@ -1,6 +1,7 @@
 """The proxy as the database says it should be: each environment's address routed to its live
 release. Every change of routes goes through here, one at a time."""
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -42,11 +43,14 @@ class Router:
         """Route address to a healthy release and record it live (the one it replaces
         draining); return both. The proxy first: if it cannot take the route, nothing changed."""
         async with self._lock:
-            await self.proxy.route(self.host(address), upstream)
             try:
+                await self.proxy.route(self.host(address), upstream)
                 return await self.store.run(releases.go_live, release_id, drain)
-            except Exception:
-                await self._sync()  # the database did not take it: the proxy follows it back
+            except BaseException:
+                # Not recorded (or Caddy took the route but answered late): the proxy goes back
+                # to the database's routes now, not at the next watch.
+                with contextlib.suppress(ProxyError):
+                    await self._sync()
                 raise
 
     async def sync(self) -> bool:
@@ -80,4 +84,6 @@ class Router:
                 away = True
             except ProxyError as e:
                 log.error("the proxy refused SPEED's routes: %s", e.message)
+            except Exception:  # e.g. the database away for a moment: the watch must go on
+                log.exception("could not compare the proxy's routes with the database's")
             await asyncio.sleep(interval)

@@ -21,6 +21,8 @@ from storage.releases import ReleaseState
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 5  # kept releases of an environment whose settings no longer say
+RETRY_FIRST_SECONDS = 1.0  # a retirement the engine refused is tried again after this, doubling
+RETRY_MAX_SECONDS = 30.0
 
 
 class HealthCheckFailed(RunFailed):
@@ -119,8 +121,10 @@ class HealthWatch:
     async def check(self) -> None:
         """Check each live release once and record what changed."""
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            for release in await self.store.run(releases.live):
-                seen = await self._look(session, release)
+            live = await self.store.run(releases.live)
+            # All at once: one app that hangs must not hold up the checks of the others.
+            seen_all = await asyncio.gather(*(self._look(session, r) for r in live))
+            for release, seen in zip(live, seen_all):
                 if seen != release.health:
                     await self.store.run(releases.record, release.id, health=seen)
                     log.info("%s is %s", release.environment.address,
@@ -144,6 +148,8 @@ class HealthWatch:
                 await self.check()
             except RunnerError as e:
                 log.warning("could not check live releases: %s", e.message)
+            except Exception:  # e.g. the database away for a moment: the watch must go on
+                log.exception("could not check live releases")
             await asyncio.sleep(interval)
 
 
@@ -166,8 +172,10 @@ class Retirer:
 
     def schedule(self, release: Release, keep: int) -> None:
         """Retire a draining release when its drain time is up."""
-        task = asyncio.create_task(self._retire_later(release, keep),
-                                   name=f"retire-release-{release.id}")
+        self._spawn(self._retire_later(release, keep), f"retire-release-{release.id}")
+
+    def _spawn(self, work, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -180,27 +188,50 @@ class Retirer:
     async def _retire_later(self, release: Release, keep: int) -> None:
         wait = ((release.drain_until or utcnow()) - utcnow()) / datetime.timedelta(seconds=1)
         await asyncio.sleep(max(wait, 0))
-        try:
-            await self.retire(release, keep)
-        except RunnerError as e:  # the engine is away: the next start retires it
-            log.warning("could not retire release %s: %s", release.id, e.message)
+        await self._until_done(lambda: self.retire(release, keep), f"retiring release {release.id}")
+
+    @staticmethod
+    async def _until_done(work, what: str) -> None:
+        """Do work, again and again while the engine is away (backing off), until it is done."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await work()
+            except RunnerError as e:
+                log.warning("%s: %s; trying again in %g s", what, e.message, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def retire(self, release: Release, keep: int) -> None:
         """Stop a drained release (its image stays for rollback) and drop what the
         environment keeps no longer."""
         if release.container_id:
             await self.backend.cleanup(release.container_id)
-        await self.store.run(releases.move, release.id, ReleaseState.RETIRED, retired_at=utcnow())
+        try:
+            await self.store.run(releases.move, release.id, ReleaseState.RETIRED,
+                                 retired_at=utcnow())
+        except releases.ReleaseRefused:
+            return  # its environment was torn down meanwhile: nothing left to retire
         await self._remove(await self.store.run(releases.surplus, release.environment_id, keep))
 
     async def teardown(self, environment_id: int) -> None:
-        """Take an environment down: its route first, then its containers and images."""
+        """Take an environment down: at once in the database; its route, then its containers
+        and images, in the background (a proxy or an engine that is slow or away must not hold
+        up the webhook that asked)."""
         gone = await self.store.run(releases.teardown, environment_id)
+        self._spawn(self._take_down(gone), f"teardown-environment-{environment_id}")
+
+    async def _take_down(self, gone: list[Release]) -> None:
         try:
             await self.router.sync()
         except ProxyError as e:  # the watch removes the route once the proxy answers
             log.warning("could not remove the route now: %s", e.message)
-        await self._remove(gone)
+        await self._until_done(lambda: self._remove(gone), "removing a torn-down environment")
+
+    async def idle(self) -> None:
+        """Wait until every retirement and teardown under way is done (for tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _remove(self, gone: list[Release]) -> None:
         for release in gone:

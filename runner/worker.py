@@ -57,6 +57,8 @@ class Worker:
         if run is None:
             return
         run.stopped = True
+        if run.switching:
+            return  # the switch finds the deployment stopped and undoes itself
         if run.container_id:
             try:
                 # Killing lets the pipeline drain the container's last output before it finishes.

@@ -9,6 +9,10 @@ from playhouse.migrations import Runner
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Replicas starting side by side must not migrate at once (PostgreSQL races on CREATE TABLE).
 MIGRATION_LOCK = 0x5EED_0001
+# The largest value of an id column (peewee's AutoField): SQLite's integer is 64-bit,
+# PostgreSQL's serial 32-bit. A larger id names no row: it must not reach a query.
+SQLITE_MAX_ID = 2**63 - 1
+POSTGRES_MAX_ID = 2**31 - 1
 
 
 class _ThreadDatabase(DatabaseProxy):
@@ -42,6 +46,11 @@ SQLITE_PRAGMAS = {
     "synchronous": "normal",
     "busy_timeout": 10_000,
 }
+
+
+def max_id() -> int:
+    """The largest id this thread's database can hold."""
+    return POSTGRES_MAX_ID if isinstance(database.obj, PostgresqlDatabase) else SQLITE_MAX_ID
 
 
 def write_transaction():

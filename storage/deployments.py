@@ -5,14 +5,14 @@ from typing import Callable, TypeVar
 
 from peewee import fn
 
-from storage.db import database, write_transaction
+from storage.db import SQLITE_MAX_ID, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.quoting import one_line, quote
 from storage.releases import abandon, images_in_use
 from storage.status import Status, is_legal
 
-SQLITE_MAX_INT = 2**63 - 1
+SQLITE_MAX_INT = SQLITE_MAX_ID  # the widest any database's ids go: what a request may name
 # A deployment claimed this many times without finishing (SPEED died with it each time, or its
 # engine did) is failed rather than queued again: it may be what takes SPEED down.
 MAX_ATTEMPTS = 3
@@ -22,8 +22,8 @@ T = TypeVar("T")
 
 
 def _found(deployment_id: int, read: Callable[[], T | None]) -> T:
-    """What read() finds for the deployment, or NotFound (also for ids SQLite cannot hold)."""
-    found = read() if 0 < deployment_id <= SQLITE_MAX_INT else None
+    """What read() finds for the deployment, or NotFound (also for ids the database cannot hold)."""
+    found = read() if 0 < deployment_id <= max_id() else None
     if found is None:
         raise NotFound(deployment_id)
     return found

@@ -4,16 +4,15 @@ import enum
 import hashlib
 import re
 
-from peewee import JOIN
+from peewee import JOIN, SQL, fn
 
-from storage.db import database, write_transaction
+from storage.db import database, max_id, write_transaction
 from storage.errors import StorageError
 from storage.models import Deployment, Environment, Release, utcnow
 from storage.status import Status
 
 PRODUCTION = "production"
 HISTORY = 20  # releases an environment's listing shows
-MAX_ID = 2**63 - 1  # the largest id SQLite (and PostgreSQL's bigint) can hold
 
 
 class ReleaseState(str, enum.Enum):
@@ -279,14 +278,14 @@ def rollback(environment_id: int, release_id: int | None = None) -> Deployment:
     with write_transaction():
         environment = Environment.get_or_none(
             Environment.id == environment_id, Environment.removed_at.is_null()
-        ) if 0 < environment_id <= MAX_ID else None
+        ) if 0 < environment_id <= max_id() else None
         if environment is None:
             raise NoEnvironment(f"no environment {environment_id}")
         query = Release.select().where(Release.environment == environment_id,
                                        Release.state.in_(RETURNABLE))
         if release_id is not None:
             query = query.where(Release.id == release_id)
-        wrong_id = release_id is not None and not 0 < release_id <= MAX_ID
+        wrong_id = release_id is not None and not 0 < release_id <= max_id()
         target = None if wrong_id else query.order_by(Release.id.desc()).first()
         if target is None:
             raise ReleaseRefused(
@@ -301,16 +300,28 @@ def rollback(environment_id: int, release_id: int | None = None) -> Deployment:
 
 
 def environments() -> list[dict]:
-    """Every environment not torn down, with its live release and its newest releases."""
+    """Every environment not torn down, with its newest releases (HISTORY each, as dicts with
+    their deployment's commit): two queries, however many environments there are."""
     shown = list(Environment.select().where(Environment.removed_at.is_null())
                  .order_by(Environment.repository, Environment.name))
-    history = {}
-    for environment in shown:
-        history[environment.id] = list(
-            Release.select(Release, Deployment).join(Deployment, JOIN.LEFT_OUTER)
-            .where(Release.environment == environment.id)
-            .order_by(Release.id.desc()).limit(HISTORY))
+    place = fn.ROW_NUMBER().over(partition_by=[Release.environment], order_by=[Release.id.desc()])
+    newest = (Release.select(Release.id, Release.environment.alias("environment"),
+                             Release.deployment.alias("deployment"), Release.state,
+                             Release.health, Release.started_at, Release.live_since,
+                             Release.retired_at, Deployment.commit, place.alias("place"))
+              .join(Deployment, JOIN.LEFT_OUTER)
+              .where(Release.environment.in_([e.id for e in shown])))
+    rows = (Release.select(*[SQL(f'"{column}"') for column in _HISTORY_COLUMNS])
+            .from_(newest.alias("newest")).where(SQL('"place"') <= HISTORY)
+            .order_by(SQL('"id"').desc()).dicts())
+    history: dict[int, list[dict]] = {e.id: [] for e in shown}
+    for row in rows:
+        history[row["environment"]].append(row)
     return [{"environment": e, "releases": history[e.id]} for e in shown]
+
+
+_HISTORY_COLUMNS = ("id", "environment", "deployment", "state", "health", "started_at",
+                    "live_since", "retired_at", "commit")
 
 
 def is_finished(deployment_id: int) -> bool:

@@ -22,13 +22,18 @@ PATIENT_MAX_DELAY = 2.0
 # SQLite's codes for "no room": a table or the WAL cannot grow, or the WAL index (the -shm file,
 # made when the database is opened) cannot.
 _NO_SPACE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE}
+# PostgreSQL's SQLSTATE for the same (disk_full), as psycopg2's errors carry it in pgcode.
+_PG_DISK_FULL = "53100"
 
 
 def _disk_full(error: BaseException | None) -> bool:
-    """Whether SQLite said it had no room anywhere in the chain: when COMMIT fails for lack of
-    space, SQLite rolls back by itself and peewee's own ROLLBACK then fails over the real cause."""
+    """Whether the database said it had no room anywhere in the chain: when COMMIT fails for
+    lack of space, SQLite rolls back by itself and peewee's own ROLLBACK then fails over the
+    real cause."""
     while error is not None:
         if isinstance(error, sqlite3.Error) and error.sqlite_errorcode in _NO_SPACE:
+            return True
+        if getattr(error, "pgcode", None) == _PG_DISK_FULL:
             return True
         error = error.__cause__ or error.__context__
     return False

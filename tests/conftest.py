@@ -177,3 +177,60 @@ def caddy(caddy_process):
     """This worker's Caddy, as it started: nothing an earlier test (or SPEED) put in it."""
     caddy_process.reset()
     return caddy_process
+
+
+# PostgreSQL (issue 11): one server for the whole run, on a fixed port so that the xdist workers
+# share it (scripts/ensure-postgres.sh starts it under a file lock, installing Debian's postgresql
+# first when missing), and a fresh database of its own for each test.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the tests' PostgreSQL server, as its role, which may create databases. Without
+    one (and no root to install it) the run fails, in CI or not: it never skips. The server stays
+    up after the run, like the Docker engine, so the next run finds it at once."""
+    import os
+    import subprocess
+    import tempfile
+
+    port = int(os.environ.get("SPEED_TEST_PG_PORT", "55432"))
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "ensure-postgres.sh"
+    env = dict(os.environ,
+               SPEED_PG_DIR=os.path.join(tempfile.gettempdir(), f"speed-test-postgres-{port}"),
+               SPEED_PG_USER="speed_test", SPEED_PG_DATABASE="speed_test",
+               # Durability the tests do not need: commits wait for no disk.
+               SPEED_PG_OPTIONS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    try:
+        done = subprocess.run([str(script), str(port)], env=env, capture_output=True,
+                              text=True, timeout=900, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.fail(f"scripts/ensure-postgres.sh could not run: {e}")
+    if done.returncode != 0 or not done.stdout.strip():
+        pytest.fail(f"no PostgreSQL for the tests on 127.0.0.1:{port} (scripts/ensure-postgres.sh "
+                    f"installs Debian's postgresql as root; SPEED_TEST_PG_PORT picks another "
+                    f"port):\n{done.stderr}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """database.url of a new, empty PostgreSQL database on the tests' server, dropped after the
+    test (with whatever connections the test left open)."""
+    import uuid
+
+    import psycopg2
+
+    name = f"speed_{uuid.uuid4().hex}"
+
+    def admin(sql: str) -> None:
+        connection = psycopg2.connect(postgres_server)
+        try:
+            connection.autocommit = True  # CREATE and DROP DATABASE refuse a transaction
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            connection.close()
+
+    admin(f'CREATE DATABASE "{name}"')
+    yield f"{postgres_server.rpartition('/')[0]}/{name}"
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

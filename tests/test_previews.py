@@ -3,7 +3,7 @@ and goes away when closed; GitHub sees environment_url and, at the end, inactive
 import aiohttp
 import pytest
 
-from bot.keys import reporter_key
+from bot.keys import reporter_key, worker_key
 from tests.conftest import instance_of, wait_finished
 from tests.test_github import SECRET, TOKEN, deliver, fake  # noqa: F401 - fake is a fixture
 from tests.test_services import APP_DOCKERFILE, SPEED_YML, through_proxy
@@ -53,6 +53,10 @@ async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
         assert await through_proxy(caddy, by_name["pr-5"]["url"], session) == (200, "pr-v2")
 
         await speed.app[reporter_key].idle()
+        (release,) = docker_client.containers.list(filters={"label": [
+            f"speed.instance={instance_of(speed)}",
+            f"speed.release={by_name['pr-5']['live']['id']}"]})
+        assert "SPEED_ENVIRONMENT=pr-5" in release.attrs["Config"]["Env"]
         previews = [d for d in fake.deployments if d["environment"] == "pr-5"]
         assert len(previews) == 2
         last = fake.deployment_statuses[previews[-1]["id"]][-1]
@@ -61,6 +65,8 @@ async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
         closed = await deliver(speed, "pull_request", pull_request_payload(
             full_name, url, action="closed", number=5, head_sha=head))
         assert closed.status == 200, await closed.text()
+        await speed.app[worker_key].pipeline.retirer.idle()  # route, containers: after the answer
+        await speed.app[reporter_key].idle()
         listed = (await (await speed.get("/environments")).json())["environments"]
         assert [e["name"] for e in listed] == ["production"]
         status, _ = await through_proxy(caddy, by_name["pr-5"]["url"], session)
@@ -73,3 +79,33 @@ async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
     assert preview_containers == []
     for created in previews:
         assert fake.deployment_statuses[created["id"]][-1]["state"] == "inactive"
+
+
+async def test_a_closed_preview_stays_closed_whatever_github_sends_again(
+        make_client, fake, caddy, git_server, request):  # noqa: F811
+    """Found by a hostile review: the same `reopened` delivery sent again after a second close
+    brought the preview back. Asserts: reopened deploys; after closed, the redelivered
+    reopened (same delivery id) and a late synchronize leave pr-9 torn down."""
+    speed = await make_client(
+        proxy__admin=caddy.admin, proxy__listen=caddy.listen, github__webhook_secret=SECRET,
+        github__token=TOKEN, github__api_url=fake.url, github__web_url=git_server.base_url,
+        repos=RULES)
+    full_name = f"svc/reopen-{request.node.name[-6:]}".lower().replace("_", "-")
+    url = git_server.url(full_name)
+    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
+
+    def pr(action: str) -> dict:
+        return pull_request_payload(full_name, url, action=action, number=9, head_sha=head)
+
+    assert (await deliver(speed, "pull_request", pr("closed"))).status == 200
+    reopened = await deliver(speed, "pull_request", pr("reopened"), guid="reopen-1")
+    assert reopened.status == 202
+    assert (await wait_finished(speed, (await reopened.json())["id"], 90))["status"] == "Succeeded"
+    assert (await deliver(speed, "pull_request", pr("closed"))).status == 200
+    again = await deliver(speed, "pull_request", pr("reopened"), guid="reopen-1")
+    assert again.status == 202  # answered as the first time, nothing new done
+    late = await deliver(speed, "pull_request", pr("synchronize"))
+    finished = await wait_finished(speed, (await late.json())["id"], 90)
+    assert finished["status"] == "Failed" and "pull request was closed" in finished["reason"]
+    listed = (await (await speed.get("/environments")).json())["environments"]
+    assert listed == []

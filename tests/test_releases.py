@@ -128,3 +128,13 @@ def test_retired_releases_beyond_keep_are_removed_and_their_images_freed(db):
     removed = releases.surplus(environment.id, keep=1)
     assert [r.id for r in removed] == [made[1].id, made[0].id]
     assert releases.kept_images() == {made[2].image, made[3].image}
+
+
+def test_an_environments_history_is_its_newest_releases_with_their_commits(db):
+    environment = releases.environment_for("acme/app", "production")
+    other = releases.environment_for("acme/app", "pr-1")
+    made = [healthy(environment, port=41000 + n) for n in range(releases.HISTORY + 5)]
+    healthy(other, port=42000)
+    listed = {e["environment"].name: e["releases"] for e in releases.environments()}
+    assert [r["id"] for r in listed["production"]] == [r.id for r in made[::-1][:releases.HISTORY]]
+    assert listed["production"][0]["commit"] == "a" * 40 and len(listed["pr-1"]) == 1

@@ -2,6 +2,7 @@
 rollback; real Docker, real git, real HTTP through the proxy."""
 import asyncio
 import contextlib
+import datetime
 import uuid
 
 import aiohttp
@@ -309,3 +310,36 @@ async def test_a_domain_in_capitals_is_routed_and_left_alone_once_right(make_cli
     assert await router.sync() is False
     (environment,) = await environments(speed)
     assert ".apps.example.test:" in environment["url"]
+
+
+async def test_a_deployments_timeout_never_cuts_its_switch_in_half(speed, app, caddy):
+    """Found by a hostile review: a timeout that fired while the healthy release switched
+    killed it after it went live (502 until the next deploy). Asserts: the switch completes —
+    v2 live, routed, the deployment Succeeded — though its timeout passed meanwhile."""
+    app.push("v1")
+    assert (await deploy(speed, app.url))["status"] == "Succeeded"
+    router = speed.app[router_key]
+    route = router.proxy.route
+    deadline_passed = asyncio.Event()
+
+    async def slow_route(host, upstream):  # a Caddy admin call that outlasts the timeout
+        await deadline_passed.wait()
+        return await route(host, upstream)
+
+    router.proxy.route = slow_route
+    app.push("v2", speed_yml=SPEED_YML % 10 + "timeout: 15\n")
+    response = await speed.post("/start", json={"url": app.url, "branch": "main"})
+    second = (await response.json())["id"]
+
+    async def past_its_timeout():
+        info = await (await speed.get(f"/info/{second}")).json()
+        started = info["started_at"] and datetime.datetime.fromisoformat(info["started_at"][:-1])
+        return started and datetime.datetime.utcnow() - started > datetime.timedelta(seconds=16)
+
+    await wait_for(past_its_timeout, timeout=60)
+    deadline_passed.set()
+    finished = await wait_finished(speed, second)
+    assert finished["status"] == "Succeeded", finished
+    (environment,) = await environments(speed)
+    async with aiohttp.ClientSession() as session:
+        assert await through_proxy(caddy, environment["url"], session) == (200, "v2")

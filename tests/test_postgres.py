@@ -1,0 +1,265 @@
+"""SPEED's storage on PostgreSQL (issue 11): migrations from empty and in place, replicas starting
+side by side, every kind of query, ids past the columns' range, and one real deployment."""
+import threading
+
+import psycopg2
+import pytest
+from cryptography.fernet import Fernet
+from peewee import PostgresqlDatabase
+from playhouse.db_url import parse
+from playhouse.migrations import Runner
+
+from bot.keys import store_key
+from storage import deployments as queries
+from storage import feeds, secrets, sessions
+from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, max_id,
+                        open_database, upgrade)
+from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
+from storage.models import Deployment
+from storage.status import Status
+from tests import test_releases
+from tests.conftest import results_of, wait_finished
+
+# Every test of the release state machine (tests/test_releases.py) runs here again, on
+# PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
+globals().update({name: test for name, test in vars(test_releases).items()
+                  if name.startswith("test_")})
+
+MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
+GITHUB = "https://github.com/acme/app.git"
+
+
+@pytest.fixture
+def db(postgres_url):
+    """This thread's models on a new PostgreSQL database, migrated."""
+    database_ = open_database(postgres_url)
+    with database_.connection_context():
+        yield database_
+
+
+def sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on its own connection (as another client would); its rows."""
+    connection = psycopg2.connect(url)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+def test_migrations_make_an_empty_database_and_run_once(db, postgres_url):
+    assert isinstance(db, PostgresqlDatabase) and max_id() == POSTGRES_MAX_ID
+    assert set(db.get_tables()) >= {"deployment", "result", "delivery", "setting", "session",
+                                    "secret", "environment", "release", "schema_migration"}
+    assert upgrade(db) == []  # a second start applies nothing
+    assert open_database(postgres_url) is not None
+    applied = sql(postgres_url, "SELECT name FROM schema_migration ORDER BY name")
+    assert [name for (name,) in applied] == MIGRATION_NAMES
+    # The migration lock is released: another session takes it at once.
+    assert sql(postgres_url, "SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,)) == [(True,)]
+
+
+def test_replicas_starting_side_by_side_migrate_one_at_a_time(postgres_url):
+    """Found in the field: tables created at the same moment race in PostgreSQL's catalog
+    (duplicate key ... pg_type_typname_nsp_index). Every replica starts; the schema is made once."""
+    replicas = 6
+    barrier, errors = threading.Barrier(replicas), []
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            open_database(postgres_url)
+            database.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    applied = sql(postgres_url, "SELECT name FROM schema_migration ORDER BY name")
+    assert [name for (name,) in applied] == MIGRATION_NAMES
+
+
+def test_a_first_release_database_upgrades_in_place(postgres_url):
+    """The migrations' own SQL (db.param, ||, CAST, booleans) on PostgreSQL, with rows to move."""
+    first = PostgresqlDatabase(**parse(postgres_url))
+    Runner(first, directory=str(MIGRATIONS), table_name="schema_migration").up("0001_initial")
+    first.execute_sql("DROP TABLE schema_migration")
+    first.execute_sql("INSERT INTO setting (key, value) VALUES ('instance_id', 'abcdef012345')")
+    for status, built, pull in (("Failed", "2026-11-01 10:00:00", None), ("Pending", None, 7)):
+        first.execute_sql(
+            "INSERT INTO deployment (url, branch, status, trigger, token_hash, built_at, "
+            "infrastructure_failure, log_bytes, created_at, pull_request, repo_full_name, "
+            "log_cursor) VALUES (%s, 'main', %s, 'push', 'f00d', %s, false, 12, "
+            "'2026-11-01 09:59:00', %s, 'acme/app', 5)",
+            ("https://github.com/fork/app.git", status, built, pull))
+    first.execute_sql("INSERT INTO result (deployment_id, text, created_at) VALUES "
+                      "(1, 'old output\n', '2026-11-01 10:00:01')")
+    first.close()
+    db = open_database(postgres_url)
+    with db.connection_context():
+        finished, queued = queries.get(1), queries.get(2)
+        assert (finished.token_hash, finished.log_seen) == (None, 1)
+        assert finished.image == "speed-abcdef012345:1"
+        assert (queued.token_hash, queued.fork, finished.fork) == ("f00d", True, False)
+        assert queries.results_text(1) == "old output\n"
+    applied = sql(postgres_url, "SELECT name FROM schema_migration ORDER BY name")
+    assert [name for (name,) in applied] == MIGRATION_NAMES
+
+
+def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
+    first = queries.create(GITHUB, "main", trigger="push", repo_full_name="Acme/App")
+    second = queries.create(GITHUB, "dev")
+    assert queries.pending_ids() == [first.id, second.id]
+    claimed = queries.claim_next()
+    assert (claimed.id, claimed.status, claimed.attempts) == (first.id, "Running", 1)
+    assert claimed.started_at is not None and claimed.fork is False
+    assert queries.requeue(first.id, "[speed] back in the queue").status == "Pending"
+    assert queries.claim_next().id == first.id and queries.get(first.id).attempts == 2
+    assert queries.claim_next().id == second.id
+    assert queries.claim_next() is None
+    done = queries.transition(first.id, Status.SUCCEEDED, note="[speed] done", exit_code=0)
+    assert (done.status, done.exit_code, done.token_hash) == ("Succeeded", 0, None)
+    assert done.finished_at >= done.started_at
+    with pytest.raises(IllegalTransition):
+        queries.transition(first.id, Status.FAILED)
+    assert queries.counts() == {"Pending": 0, "Running": 1, "Succeeded": 1, "Failed": 0,
+                                "Cancelled": 0}
+    assert [d.id for d in queries.in_status(Status.RUNNING)] == [second.id]
+    assert queries.latest_for("acme/app").id == first.id  # any case: fn.LOWER
+    assert [d.id for d in queries.listing(repo="ACME/app")] == [second.id, first.id]
+    assert [d.id for d in queries.listing(status=Status.SUCCEEDED)] == [first.id]
+    assert [d.id for d in queries.listing(before=second.id)] == [first.id]
+    again = queries.redeploy(first.id)
+    assert (again.trigger, again.branch, again.status) == ("redeploy", "main", "Pending")
+    assert queries.instance_id() == queries.instance_id()
+    # A deployment claimed MAX_ATTEMPTS times without its container starting fails instead.
+    queries.claim_next()
+    queries.record(again.id, attempts=queries.MAX_ATTEMPTS)
+    failed = queries.requeue(again.id, "[speed] again")
+    assert (failed.status, failed.infrastructure_failure) == ("Failed", True)
+
+
+def test_output_is_stored_in_order_within_its_limit(db):
+    deployment = queries.create(GITHUB, "main")
+    queries.claim_next()
+    assert queries.append_output(deployment.id, "one\n", (10, 1), 12) == (4, 0)
+    assert queries.append_output(deployment.id, "two\nthree\n", (20, 2), 12) == (12, 2)
+    queries.add_result(deployment.id, "x" * 5, limit=100)
+    queries.report_progress(deployment.id, "half way", limit=100, unfinished_only=True)
+    with pytest.raises(ResultsFull):
+        queries.add_result(deployment.id, "y" * 100, limit=100)
+    stored = queries.get(deployment.id)
+    assert (stored.log_cursor, stored.log_seen, stored.progress) == (20, 2, "half way")
+    text = "one\ntwo\nthrexxxxx\nhalf way\n"
+    assert queries.results_text(deployment.id) == text
+    results = queries.results_after(deployment.id)
+    assert "".join(t for _, t in results) == text
+    assert queries.results_after(deployment.id, results[1][0]) == results[2:]
+    assert queries.results_page(deployment.id, 0, rows=10, chars=5) == results[:2]
+    many = feeds.results_of_many({deployment.id: results[0][0], 10**6: 0}, limit=2)
+    assert many == {deployment.id: results[1:3], 10**6: []}
+    assert feeds.rows([deployment.id, 10**6]).keys() == {deployment.id}
+    queries.transition(deployment.id, Status.FAILED, reason="bad\nexit")
+    assert queries.get(deployment.id).reason == "bad\\nexit"  # one line, as on SQLite
+    with pytest.raises(Finished):
+        queries.add_result(deployment.id, "late", limit=1000, unfinished_only=True)
+    assert queries.unfinished_images_once_finished(deployment.id) == set()
+
+
+def test_deliveries_are_recorded_once_and_supersede_older_pushes(db):
+    fields = dict(url=GITHUB, branch="main", trigger="push", repo_full_name="acme/app")
+    _, new, older, _ = queries.record_delivery("guid-1", "push", fields, "queued")
+    assert new and older.status == "Pending"
+    delivery, new, created, superseded = queries.record_delivery("guid-2", "push", fields, "queued",
+                                                                 supersede=True)
+    assert new and [d.id for d in superseded] == [older.id]
+    assert queries.get(older.id).status == "Cancelled"
+    again = queries.record_delivery("guid-2", "push", fields, "queued", supersede=True)
+    assert (again[0].id, again[1], again[2]) == (delivery.id, False, None)
+    assert queries.known_deliveries(["guid-1", "guid-3"]) == {"guid-1"}
+    pull = queries.create(GITHUB, "feature", trigger="pull_request", repo_full_name="acme/app",
+                          pull_request=4, github_deployment_id=99)
+    cancelled, reported = queries.close_pull_request("ACME/app", 4)
+    assert [d.id for d in cancelled] == [pull.id] == [d.id for d in reported]
+    queries.record(created.id, commit="c" * 40, image="img:1",
+                   built_at=created.created_at, settings="{}")
+    later = queries.create(GITHUB, "main")
+    assert queries.built_before(later.id, GITHUB, "c" * 40) == [("img:1", "{}")]
+    assert {d.id for d in queries.unreported(created.created_at)} >= {created.id}
+
+
+def test_ids_past_the_columns_range_are_not_found(db, postgres_url):
+    """PostgreSQL's serial ids stop at 2**31 - 1: a larger id names nothing, and is answered
+    NotFound, never with PostgreSQL's "integer out of range"."""
+    sql(postgres_url, "ALTER SEQUENCE deployment_id_seq RESTART WITH %s", (POSTGRES_MAX_ID,))
+    last = queries.create(GITHUB, "main")
+    assert last.id == POSTGRES_MAX_ID and queries.get(POSTGRES_MAX_ID).id == last.id
+    for wrong in (POSTGRES_MAX_ID + 1, 2**40, 2**63 - 1, 2**63, 10**30, 0, -1):
+        for query in (queries.get, queries.results_text, lambda i: queries.transition(
+                i, Status.CANCELLED), lambda i: queries.add_result(i, "x", limit=10),
+                      queries.unfinished_images_once_finished):
+            with pytest.raises(NotFound):
+                query(wrong)
+    assert queries.results_after(2**40) == [] and queries.listing(before=2**63 - 1) != []
+
+
+def test_secrets_are_kept_replaced_listed_and_reencrypted(db):
+    assert secrets.put("TOKEN", "cipher-1", ["github.com/acme/*"], [], False, "ab12") is True
+    assert secrets.put("TOKEN", "cipher-2", ["github.com/acme/app"], ["main"], True, "cd34") is False
+    secrets.put("OTHER", "cipher-3", ["*"], [], False, "ab12")
+    token = secrets.named(["TOKEN", "NONE"])["TOKEN"]
+    assert (token.value, token.pull_requests, token.updated_by) == ("cipher-2", True, "cd34")
+    assert token.updated_at >= token.created_at
+    assert [s.name for s in secrets.listing()] == ["OTHER", "TOKEN"]
+    sealed = queries.create(GITHUB, "main", secrets_sealed="cipher-4")
+    assert secrets.ciphertexts() == {"secret OTHER": "cipher-3", "secret TOKEN": "cipher-2",
+                                     f"deployment {sealed.id}": "cipher-4"}
+    assert secrets.reencrypt(lambda text: text.replace("cipher", "new")) == 3
+    assert set(secrets.ciphertexts().values()) == {"new-2", "new-3", "new-4"}
+    secrets.delete("OTHER")
+    with pytest.raises(NotFound):
+        secrets.delete("OTHER")
+
+
+def test_sessions_expire_and_end(db):
+    cookie = sessions.create("token-one", seconds=60)
+    assert sessions.valid(cookie, ["token-one"]) and not sessions.valid(cookie, ["token-two"])
+    assert sessions.token_hash_of(cookie) == sessions.fingerprint("token-one")
+    expired = sessions.create("token-one", seconds=-1)
+    assert not sessions.valid(expired, ["token-one"]) and sessions.token_hash_of(expired) is None
+    sessions.create("token-one", seconds=60)  # adding one prunes the expired
+    assert not sessions.Session.select().where(
+        sessions.Session.cookie_hash == sessions.fingerprint(expired)).exists()
+    sessions.delete(cookie)
+    assert not sessions.valid(cookie, ["token-one"])
+
+
+async def test_speed_on_postgresql_deploys_end_to_end(make_client, repo, postgres_url):
+    client = await make_client(database__url=postgres_url,
+                               secrets__key=[Fernet.generate_key().decode()])
+    store = client.app[store_key]
+    assert await store.run(lambda: type(database.obj).__name__) == "PostgresqlDatabase"
+    url, commit = repo("echo hello from postgres\nexit 3\n")
+    response = await client.post("/start", json={"url": url, "branch": "main"})
+    assert response.status == 201, await response.text()
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert (info["status"], info["commit"]) == ("Failed", commit), results
+    assert "hello from postgres" in results
+    assert await store.run(lambda: Deployment.get_by_id(deployment_id).exit_code) == 3
+    listing = await (await client.get("/deployments")).json()
+    assert deployment_id in [d["id"] for d in listing["deployments"]]
+    for wrong in (POSTGRES_MAX_ID + 1, 2**63 - 1):
+        for path in (f"/info/{wrong}", f"/results/{wrong}"):
+            assert (await client.get(path)).status == 404, path
+        assert (await client.post(f"/cancel/{wrong}")).status == 404
+        assert (await client.post(f"/add_results/{wrong}", json={"results": "x"})).status == 404
+    for wrong in (POSTGRES_MAX_ID + 1, 2**70):
+        response = await client.post("/update", json={"id": wrong, "new_results": "x"})
+        assert response.status == 404, await response.text()
