@@ -43,6 +43,9 @@ RUN_NETWORK = "speed-deployments"
 PUBLISH_HOST = "127.0.0.1"
 RESTARTS = 5  # times the engine restarts a service's container that exits before it gives up
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})$", re.M)
+# The legacy builder's words when a cached step's image went away under it.
+_CACHE_LOST = re.compile(r'unable to find image "sha256:[0-9a-f]{64}"|No such image: sha256:')
+BUILD_ATTEMPTS = 2
 _BUILDER_NAMES = re.compile(r"^(?: ---> [0-9a-f]{12}|Successfully (?:built|tagged) \S+)\n?$",
                             re.M)
 
@@ -236,35 +239,54 @@ class DockerBackend(Backend):
         parent = cgroups and await asyncio.to_thread(cgroups.create, limits.pids)
         if parent:
             params["cgroupparent"] = parent
-        image_id = step = None
+        image_id, steps = None, []
         try:
             async with self._using_images():
-                with _engine_errors(BuildFailed, "build"):
-                    stream = await asyncio.to_thread(self._start_build, api, archive, params)
-                    # Leaving early (cancel, timeout) closes the connection: the engine then
-                    # stops the build at once, and tags nothing.
-                    async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
-                        async for chunk in chunks:
-                            if "stream" in chunk:
-                                step = _step_image(chunk["stream"]) or step
-                                text = _BUILDER_NAMES.sub("", chunk["stream"])
-                                if text:
-                                    await output(text)
-                            elif "error" in chunk:
-                                raise BuildFailed(f"build failed: {chunk['error'].strip()}")
-                            elif "aux" in chunk and "ID" in chunk["aux"]:
-                                image_id = chunk["aux"]["ID"]
+                for attempt in range(BUILD_ATTEMPTS):
+                    try:
+                        image_id = await self._build_once(api, archive, params, output, steps)
+                        break
+                    except BuildFailed as e:
+                        # A cached step's image removed while this build used it (another
+                        # SPEED's clean-up, a prune): the same build again finds none to use.
+                        if attempt + 1 == BUILD_ATTEMPTS or not _CACHE_LOST.search(e.message):
+                            raise
+                        await output("the build cache lost an image meanwhile (removed by "
+                                     "another SPEED or a prune); building again\n")
+                        archive.seek(0)
         finally:
             archive.close()
             loop = asyncio.get_running_loop()
             if parent:
                 # Once the engine removed the steps' containers; nobody waits for it.
                 loop.run_in_executor(None, cgroups.remove, parent)
-            if image_id is None and step:
+            if image_id is None and steps:
                 # A failed or stopped build leaves its steps' images, untagged, for good.
-                loop.run_in_executor(None, _remove_untagged, api, step)
+                loop.run_in_executor(None, _remove_untagged, api, steps[-1])
         if image_id is None:
             raise BuildFailed("build failed: the engine reported no image")
+        return image_id
+
+    async def _build_once(self, api: docker.APIClient, archive, params: dict,
+                          output: OutputSink, steps: list[str]) -> str | None:
+        """One build: the image id (None if the engine named none); the steps' images are
+        added to steps as they are made, failure or not."""
+        image_id = None
+        with _engine_errors(BuildFailed, "build"):
+            stream = await asyncio.to_thread(self._start_build, api, archive, params)
+            # Leaving early (cancel, timeout) closes the connection: the engine then stops the
+            # build at once, and tags nothing.
+            async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
+                async for chunk in chunks:
+                    if "stream" in chunk:
+                        steps += filter(None, [_step_image(chunk["stream"])])
+                        text = _BUILDER_NAMES.sub("", chunk["stream"])
+                        if text:
+                            await output(text)
+                    elif "error" in chunk:
+                        raise BuildFailed(f"build failed: {chunk['error'].strip()}")
+                    elif "aux" in chunk and "ID" in chunk["aux"]:
+                        image_id = chunk["aux"]["ID"]
         return image_id
 
     async def _own_network(self, api: docker.APIClient, name: str) -> str:

@@ -9,7 +9,7 @@ from storage.db import SQLITE_MAX_ID, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, utcnow
 from storage.quoting import one_line, quote
-from storage.releases import abandon, images_in_use
+from storage.releases import abandon, images_in_use, went_live
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = SQLITE_MAX_ID  # the widest any database's ids go: what a request may name
@@ -154,7 +154,8 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
         current = _status(deployment_id)
         if current == new and not current.finished:
             return _get(deployment_id)
-        if not is_legal(current, new):
+        if not is_legal(current, new) or (new != Status.SUCCEEDED and went_live(deployment_id)):
+            # A deployment whose release went live succeeded, whatever comes before it says so.
             raise IllegalTransition(current, new)
         values = dict(fields, status=new.value)
         if "reason" in values and values["reason"]:

@@ -167,6 +167,12 @@ def abandon(deployment_id: int) -> None:
         Release.state.in_((S.STARTING.value, S.HEALTHY.value))).execute()
 
 
+def went_live(deployment_id: int) -> bool:
+    """Whether the deployment's release went live (it may have been replaced since)."""
+    return Release.select().where(Release.deployment == deployment_id,
+                                  Release.live_since.is_null(False)).exists()
+
+
 def go_live(release_id: int, drain: float) -> tuple[Release, Release | None]:
     """Make a healthy release its environment's live one, and the one it replaces draining
     until drain seconds from now; return both."""

@@ -138,3 +138,15 @@ def test_an_environments_history_is_its_newest_releases_with_their_commits(db):
     listed = {e["environment"].name: e["releases"] for e in releases.environments()}
     assert [r["id"] for r in listed["production"]] == [r.id for r in made[::-1][:releases.HISTORY]]
     assert listed["production"][0]["commit"] == "a" * 40 and len(listed["pr-1"]) == 1
+
+
+def test_a_deployment_whose_release_went_live_can_only_succeed(db):
+    """Found by a hostile review: a cancel that came just after go_live made a serving release's
+    deployment Cancelled. Asserts: once live, Cancelled and Failed are refused; Succeeded is not."""
+    environment = releases.environment_for("acme/app", "production")
+    release = healthy(environment)
+    releases.go_live(release.id, drain=0)
+    for refused in (Status.CANCELLED, Status.FAILED):
+        with pytest.raises(queries.IllegalTransition):
+            queries.transition(release.deployment_id, refused)
+    assert queries.transition(release.deployment_id, Status.SUCCEEDED).status == "Succeeded"
