@@ -1,5 +1,4 @@
 """Environments over HTTP: every environment with its live release and history, and rollback."""
-
 from aiohttp import web
 
 from bot.api import iso
