@@ -65,8 +65,12 @@ def describe(deployment: Deployment, waiting_reason: str | None = None,
 
 
 async def environment_urls(app: web.Application, deployments: list[Deployment]) -> dict[int, str]:
-    """Where each deployment that made a service release serves it (one query for all)."""
-    addresses = await app[store_key].run(releases.addresses_of, [d.id for d in deployments])
+    """Where each deployment that made a service release serves it (one query for all, and
+    none when no deployment is a service: the read of a job's /info stays one hop)."""
+    services = [d.id for d in deployments if d.settings and json.loads(d.settings).get("service")]
+    if not services:
+        return {}
+    addresses = await app[store_key].run(releases.addresses_of, services)
     proxy = app[config_key].proxy
     return {i: proxy.environment_url(address) for i, address in addresses.items()}
 
