@@ -53,6 +53,15 @@ def _set(deployment_id: int, **fields) -> Deployment:
     return rows[0]
 
 
+def _move(deployment_id: int, current: Status, **fields) -> Deployment | None:
+    """_set, on condition that the deployment is still in current: the state a change was
+    decided from (another replica's write in between makes it None: nothing written)."""
+    rows = list(Deployment.update(**fields)
+                .where(Deployment.id == deployment_id, Deployment.status == current.value)
+                .returning(Deployment).objects(Deployment).execute())
+    return rows[0] if rows else None
+
+
 def create(url: str, branch: str, **fields) -> Deployment:
     """Record a Pending deployment (fields: trigger, commit, repo_full_name, ...)."""
     # One INSERT commits by itself: no BEGIN and COMMIT around it on the path of every /start.
@@ -140,6 +149,8 @@ def claim_next() -> Deployment | None:
     """Mark the oldest Pending deployment Running and return it, in one statement."""
     oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
               .order_by(Deployment.id).limit(1))
+    if database.for_update:  # PostgreSQL: past rows another replica is claiming right now
+        oldest = oldest.for_update(skip_locked=True)
     with write_transaction():
         rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
                                       attempts=Deployment.attempts + 1)
@@ -166,7 +177,9 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
             # deployment, whatever it still knows; and its secrets are no longer kept.
             values.update(finished_at=utcnow(), token_hash=None, secrets_sealed=None)
             abandon(deployment_id)  # a release it did not make live is over too
-        moved = _set(deployment_id, **values)
+        moved = _move(deployment_id, current, **values)
+        if moved is None:  # changed since it was read (another replica): this change lost
+            raise IllegalTransition(_status(deployment_id), new)
         if note:
             _append(deployment_id, one_line(note, limit=REASON_LIMIT))
     return moved

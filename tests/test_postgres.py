@@ -263,3 +263,60 @@ async def test_speed_on_postgresql_deploys_end_to_end(make_client, repo, postgre
     for wrong in (POSTGRES_MAX_ID + 1, 2**70):
         response = await client.post("/update", json={"id": wrong, "new_results": "x"})
         assert response.status == 404, await response.text()
+
+
+def _replicas(url: str, count: int, work) -> list:
+    """work() run at once by count threads, each with its own connection (as replicas would)."""
+    results, barrier, errors = [None] * count, threading.Barrier(count), []
+
+    def replica(n: int) -> None:
+        connection = open_database(url)
+        try:
+            with connection.connection_context():
+                barrier.wait()
+                results[n] = work()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=replica, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
+def test_replicas_claiming_at_once_each_get_their_own_deployment(db, postgres_url):
+    """Claims are conditional and skip what another replica is claiming: four replicas at once
+    with four deployments queued claim all four, none twice (on PostgreSQL, a replica that lost
+    the race for the oldest got nothing while work waited)."""
+    for _ in range(4):
+        queries.create(GITHUB, "main")
+    for _ in range(10):
+        claimed = _replicas(postgres_url, 4, queries.claim_next)
+        assert sorted(d.id for d in claimed if d) == sorted(
+            i for (i,) in sql(postgres_url, "SELECT id FROM deployment WHERE status = 'Running'"))
+        assert all(claimed), claimed
+        sql(postgres_url, "UPDATE deployment SET status = 'Pending'")
+
+
+def test_transitions_at_once_have_exactly_one_winner(db, postgres_url):
+    """A state change is conditional on the state it was decided from: of a cancel and a
+    success racing on one Running deployment, exactly one is recorded, the other refused."""
+    for _ in range(10):
+        deployment = queries.create(GITHUB, "main", status=Status.RUNNING.value)
+
+        def race(n=[0]):  # noqa: B006 - a counter shared by the racing threads
+            n[0] += 1
+            new = Status.CANCELLED if n[0] % 2 else Status.SUCCEEDED
+            try:
+                return queries.transition(deployment.id, new).status
+            except IllegalTransition:
+                return "refused"
+
+        outcomes = _replicas(postgres_url, 2, race)
+        assert sorted(outcomes).count("refused") == 1, outcomes
+        (status,) = sql(postgres_url, "SELECT status FROM deployment WHERE id = %s",
+                        (deployment.id,))[0]
+        assert status in outcomes
