@@ -3,7 +3,7 @@ import datetime
 import uuid
 from typing import Callable, TypeVar
 
-from peewee import fn
+from peewee import IntegrityError, fn
 
 from storage.db import SQLITE_MAX_ID, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
@@ -106,17 +106,22 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
 
     Returns the delivery, whether it is new, the deployment it created (if new), and the
     deployments it superseded (cancelled)."""
-    with write_transaction():
-        existing = Delivery.get_or_none(Delivery.guid == guid)
-        if existing is not None:
-            return existing, False, None, []
-        created, superseded = None, []
-        if deployment is not None:
-            created = Deployment.create(**deployment)
-            if supersede:
-                superseded = _supersede(created)
-        delivery = Delivery.create(guid=guid, event=event, deployment=created,
-                                   status=202 if created else 200, message=message)
+    try:
+        with write_transaction():
+            existing = Delivery.get_or_none(Delivery.guid == guid)
+            if existing is not None:
+                return existing, False, None, []
+            created, superseded = None, []
+            if deployment is not None:
+                created = Deployment.create(**deployment)
+                if supersede:
+                    superseded = _supersede(created)
+            delivery = Delivery.create(guid=guid, event=event, deployment=created,
+                                       status=202 if created else 200, message=message)
+    except IntegrityError:
+        # Another replica recorded the same delivery meanwhile (PostgreSQL; SQLite's one writer
+        # never lets two in): everything of this one was rolled back, and theirs is the answer.
+        return Delivery.get(Delivery.guid == guid), False, None, []
     return delivery, True, created, superseded
 
 

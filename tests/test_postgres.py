@@ -320,3 +320,17 @@ def test_transitions_at_once_have_exactly_one_winner(db, postgres_url):
         (status,) = sql(postgres_url, "SELECT status FROM deployment WHERE id = %s",
                         (deployment.id,))[0]
         assert status in outcomes
+
+
+def test_one_delivery_received_by_replicas_at_once_is_recorded_once(db, postgres_url):
+    """The same GitHub delivery reaching two replicas at once: one records it and its deployment,
+    the other answers as for a redelivery (before: a unique-key error, a 500)."""
+    for n in range(10):
+        guid = f"delivery-{n}"
+        answers = _replicas(postgres_url, 2, lambda: queries.record_delivery(
+            guid, "push", {"url": GITHUB, "branch": "main", "commit": "a" * 40}, "deploying"))
+        assert sorted(new for _, new, _, _ in answers) == [False, True]
+        assert {delivery.deployment_id for delivery, _, _, _ in answers} == {
+            i for (i,) in sql(postgres_url, "SELECT deployment_id FROM delivery WHERE guid = %s",
+                              (guid,))}
+    assert sql(postgres_url, "SELECT count(*) FROM deployment") == [(10,)]
