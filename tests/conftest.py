@@ -198,8 +198,10 @@ def postgres_server() -> str:
     env = dict(os.environ,
                SPEED_PG_DIR=os.path.join(tempfile.gettempdir(), f"speed-test-postgres-{port}"),
                SPEED_PG_USER="speed_test", SPEED_PG_DATABASE="speed_test",
-               # Durability the tests do not need: commits wait for no disk.
-               SPEED_PG_OPTIONS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+               # Durability the tests do not need: commits wait for no disk. No autovacuum: its
+               # workers, which the tests' role may not end, would hold up dropping a database.
+               SPEED_PG_OPTIONS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                                "-c autovacuum=off")
     try:
         done = subprocess.run([str(script), str(port)], env=env, capture_output=True,
                               text=True, timeout=900, stdin=subprocess.DEVNULL)
@@ -233,4 +235,11 @@ def postgres_url(postgres_server):
 
     admin(f'CREATE DATABASE "{name}"')
     yield f"{postgres_server.rpartition('/')[0]}/{name}"
+    for _ in range(100):
+        try:
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg2.errors.InsufficientPrivilege:
+            # An autovacuum worker of a server started before it was turned off: it ends soon.
+            time.sleep(0.1)
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
