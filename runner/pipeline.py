@@ -284,7 +284,8 @@ class Pipeline:
             if release and release.state not in SWITCHING:
                 # Live already (or even replaced since): nothing may kill its container now.
                 run.container_id = None
-                await self._live(deployment, release, recorder)
+                await self._live(deployment, await self.store.run(
+                    releases.environment_of, release.id), recorder)
                 return
             async with self._deadline(deployment, run, recorder):
                 await self._redact_sealed(deployment, recorder)
@@ -468,11 +469,10 @@ class Pipeline:
             raise RunFailed(str(e)) from None  # cancelled meanwhile, torn down, or overtaken
         if old is not None:
             self.retirer.schedule(old, service.keep)
-        await self._live(deployment, release, recorder)
+        await self._live(deployment, environment, recorder)
 
-    async def _live(self, deployment: Deployment, release, recorder: OutputRecorder) -> None:
-        """Record the outcome of a deployment whose release went live."""
-        environment = await self.store.run(releases.environment_of, release.id)
+    async def _live(self, deployment: Deployment, environment, recorder: OutputRecorder) -> None:
+        """Record the outcome of a deployment whose release went live in environment."""
         url = self.router.url(environment.address)
         await recorder.say(f"live at {url}")
         await recorder.close()

@@ -103,11 +103,6 @@ def service_of(settings_json: str | None) -> Service | None:
     return None
 
 
-def health_of(settings_json: str | None) -> Health:
-    """The health check a deployment's settings name (the default if they name none)."""
-    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-        return Health(**json.loads(settings_json)["service"]["health"])
-    return Health()
 
 
 class HealthWatch:
@@ -137,7 +132,8 @@ class HealthWatch:
         if state.status != "running":
             trouble = _trouble(state)
             return f"its container is {state.status}" + (f" ({trouble})" if trouble else "")
-        health = health_of(await self.store.run(releases.settings_of, release.id))
+        service = service_of(release.deployment.settings)
+        health = service.health if service else Health()
         seen = await probe(session, release.upstream, health)
         return f"GET {health.path} {seen}" if seen else None
 
@@ -155,9 +151,8 @@ class HealthWatch:
 
 def keep_of(settings_json: str | None) -> int:
     """How many earlier releases a deployment's settings keep."""
-    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-        return int(json.loads(settings_json)["service"]["keep"])
-    return DEFAULT_KEEP
+    service = service_of(settings_json)
+    return service.keep if service else DEFAULT_KEEP
 
 
 class Retirer:

@@ -246,8 +246,10 @@ def upstream_ports() -> frozenset[int]:
 
 
 def live() -> list[Release]:
-    """Every live release with its environment, for the health watch."""
-    return list(Release.select(Release, Environment).join(Environment)
+    """Every live release with its environment and its deployment's settings (the health
+    check), for the health watch: one query, however many there are."""
+    return list(Release.select(Release, Environment, Deployment.settings)
+                .join(Environment).switch(Release).join(Deployment)
                 .where(Release.state == S.LIVE.value, Environment.removed_at.is_null()))
 
 
@@ -328,9 +330,3 @@ def environments() -> list[dict]:
 
 _HISTORY_COLUMNS = ("id", "environment", "deployment", "state", "health", "started_at",
                     "live_since", "retired_at", "commit")
-
-
-def is_finished(deployment_id: int) -> bool:
-    """Whether the deployment finished (a release outlives it)."""
-    status = Deployment.select(Deployment.status).where(Deployment.id == deployment_id).scalar()
-    return status is None or Status(status).finished

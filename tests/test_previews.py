@@ -20,12 +20,17 @@ def files(version: str) -> dict:
             "www/cgi-bin/.keep": "", ".speed.yml": SPEED_YML % 20}
 
 
-async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
-        make_client, fake, caddy, git_server, docker_client, request):  # noqa: F811
-    speed = await make_client(
+@pytest.fixture
+async def speed(make_client, fake, caddy, git_server):  # noqa: F811
+    """SPEED behind the private Caddy, with the stand-in GitHub and a rule for svc/*."""
+    return await make_client(
         proxy__admin=caddy.admin, proxy__listen=caddy.listen, github__webhook_secret=SECRET,
         github__token=TOKEN, github__api_url=fake.url, github__web_url=git_server.base_url,
         repos=RULES)
+
+
+async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
+        speed, fake, caddy, git_server, docker_client, request):  # noqa: F811
     full_name = f"svc/preview-{request.node.name[-8:]}".lower().replace("_", "-")
     url = git_server.url(full_name)
 
@@ -82,14 +87,10 @@ async def test_a_pull_request_previews_beside_production_and_goes_when_closed(
 
 
 async def test_a_closed_preview_stays_closed_whatever_github_sends_again(
-        make_client, fake, caddy, git_server, request):  # noqa: F811
+        speed, git_server, request):
     """Found by a hostile review: the same `reopened` delivery sent again after a second close
     brought the preview back. Asserts: reopened deploys; after closed, the redelivered
     reopened (same delivery id) and a late synchronize leave pr-9 torn down."""
-    speed = await make_client(
-        proxy__admin=caddy.admin, proxy__listen=caddy.listen, github__webhook_secret=SECRET,
-        github__token=TOKEN, github__api_url=fake.url, github__web_url=git_server.base_url,
-        repos=RULES)
     full_name = f"svc/reopen-{request.node.name[-6:]}".lower().replace("_", "-")
     url = git_server.url(full_name)
     head = git_server.commit(full_name, files("pr-v1"), branch="feature")
