@@ -236,8 +236,7 @@ async def _receive(request: web.Request) -> web.Response:
         queries.record_delivery, event.delivery_id, event.event, decision.deployment,
         decision.message, decision.supersede)
     if decision.reopened and new:  # before the worker wakes: a closed preview stays closed
-        full_name, number = decision.reopened
-        await store.run(releases.reopen, full_name.lower(), f"pr-{number}")
+        await store.run(releases.reopen, *releases.preview(*decision.reopened))
     log.info("delivery %s (%s): %s%s", event.delivery_id, event.event, delivery.message,
              "" if new else " (redelivered)", extra={"deployment": delivery.deployment_id})
     if decision.closed and new:

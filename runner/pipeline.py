@@ -59,7 +59,7 @@ def _repository(deployment: Deployment) -> str:
     """The repository an environment belongs to: owner/name on GitHub (a pull request from a
     fork previews in its base repository's environment), else host and path."""
     if deployment.repo_full_name:
-        return deployment.repo_full_name.lower()
+        return releases.on_github(deployment.repo_full_name)
     try:
         return scope.repository(deployment.url)
     except ValueError:

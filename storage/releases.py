@@ -62,6 +62,17 @@ def environment_name(deployment: Deployment) -> str:
     return deployment.environment or PRODUCTION
 
 
+def on_github(full_name: str) -> str:
+    """A GitHub repository as environments name it: owner/name, in lower case as GitHub's
+    names ignore case."""
+    return full_name.lower()
+
+
+def preview(full_name: str, number: int) -> tuple[str, str]:
+    """The repository and name of a GitHub pull request's preview environment."""
+    return on_github(full_name), f"pr-{number}"
+
+
 def _label(text: str) -> str:
     """text as one DNS label: lower-case letters, digits and inner hyphens."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower()))[:40].strip("-") or "app"
