@@ -252,7 +252,9 @@ class DockerBackend(Backend):
                         if attempt + 1 == BUILD_ATTEMPTS or not _CACHE_LOST.search(e.message):
                             raise
                         await output("the build cache lost an image meanwhile (removed by "
-                                     "another SPEED or a prune); building again\n")
+                                     "another SPEED or a prune); building again without it\n")
+                        # Without the cache: clean-up may go on removing images meanwhile.
+                        params["nocache"] = True
                         archive.seek(0)
         finally:
             archive.close()
