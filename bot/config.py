@@ -47,6 +47,8 @@ class RunnerConfig:
     # Where containers reach SPEED: empty means the gateway of the Docker bridge, on server.port.
     callback_host: str = ""
     callback_port: int = 0
+    # Seconds a replica may be silent before another adopts its deployments (storage.replicas).
+    lease: float = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +258,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"runner.backend: unknown backend {runner.backend!r} (known: docker)")
     for key, value in (("max_concurrent", runner.max_concurrent), ("timeout", runner.timeout),
                        ("cpus", runner.cpus), ("pids", runner.pids),
-                       ("max_log_bytes", runner.max_log_bytes), ("git_timeout", runner.git_timeout)):
+                       ("max_log_bytes", runner.max_log_bytes), ("git_timeout", runner.git_timeout),
+                       ("lease", runner.lease)):
         if value <= 0:
             raise ConfigError(f"runner.{key}: must be greater than 0")
     if runner.keep_images < 0:

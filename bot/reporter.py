@@ -1,6 +1,7 @@
 """Reports deployments back to GitHub: commit statuses and Deployments, in order, retried."""
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import datetime
 import logging
@@ -98,7 +99,10 @@ class Reporter:
             return
         self._queues.setdefault(deployment.id, []).append(deployment)
         if deployment.id not in self._tasks:
-            self._tasks[deployment.id] = asyncio.create_task(self._drain(deployment.id))
+            # Reports are not the run's writes, whichever task's change announced them: none
+            # of its fencing (storage.replicas).
+            self._tasks[deployment.id] = asyncio.create_task(self._drain(deployment.id),
+                                                             context=contextvars.Context())
 
     async def catch_up(self) -> None:
         """Report the states that an earlier process did not get through to GitHub."""

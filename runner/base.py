@@ -118,8 +118,8 @@ class Backend(abc.ABC):
         """Kill the container if it runs."""
 
     @abc.abstractmethod
-    async def find(self, labels: Mapping[str, str]) -> list[str]:
-        """Ids of the containers carrying all the labels."""
+    async def find(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """The containers carrying all the labels: id → all their labels."""
 
     @abc.abstractmethod
     async def cleanup(self, container_id: str | None = None, image: str | None = None) -> None:

@@ -419,12 +419,12 @@ class DockerBackend(Backend):
         with contextlib.suppress(APIError), _engine_errors(RunFailed, "kill container"):
             await asyncio.to_thread(api.kill, container_id)
 
-    async def find(self, labels: Mapping[str, str]) -> list[str]:
+    async def find(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         api = await self._api()
         selector = [f"{key}={value}" for key, value in labels.items()]
         with _engine_errors(RunFailed, "list containers"):
             found = await asyncio.to_thread(api.containers, all=True, filters={"label": selector})
-        return [c["Id"] for c in found]
+        return {c["Id"]: c.get("Labels") or {} for c in found}
 
     async def cleanup(self, container_id: str | None = None, image: str | None = None) -> None:
         api = await self._api()

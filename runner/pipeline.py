@@ -22,7 +22,7 @@ from runner.secrets import SecretSource, forms
 from runner.service import Retirer, service_of, wait_healthy
 from runner.settings import Ceiling, Settings
 from storage import deployments as queries
-from storage import releases
+from storage import releases, replicas
 from storage.releases import SWITCHING, ReleaseState, environment_name
 from storage.deployments import IllegalTransition
 from storage.models import Deployment, utcnow
@@ -86,6 +86,9 @@ class Run:
         # Set while a healthy release switches: stopping it then is the switch's to decide (the
         # database refuses a deployment no longer Running), never a kill or a cancel midway.
         self.switching = False
+        # Set once the run records its outcome (or queues the deployment again): from then on
+        # it only cleans up, and a stop (a finished status seen elsewhere) leaves it be.
+        self.settled = False
         self.task: asyncio.Task | None = None
 
 
@@ -171,11 +174,11 @@ class Pipeline:
                         raise
                     await self._engine_back(recorder, e)
                     if not await self._container_started(run):
-                        await self._deploy_again(deployment.id, recorder)
+                        await self._deploy_again(run, recorder)
                         return
-                await self._follow(deployment.id, run, recorder, after=None)
+                await self._follow(run, recorder, after=None)
         except RunnerError as e:
-            await self._fail(deployment.id, recorder, e)
+            await self._fail(run, recorder, e)
         finally:
             if workspace:
                 shutil.rmtree(workspace, ignore_errors=True)
@@ -284,7 +287,7 @@ class Pipeline:
             if release and release.state not in SWITCHING:
                 # Live already (or even replaced since): nothing may kill its container now.
                 run.container_id = None
-                await self._live(deployment, await self.store.run(
+                await self._live(run, await self.store.run(
                     releases.environment_of, release.id), recorder)
                 return
             async with self._deadline(deployment, run, recorder):
@@ -292,10 +295,10 @@ class Pipeline:
                 if release:
                     await self._switch(deployment, release, run, recorder)
                     return
-                await self._follow(deployment.id, run, recorder, after=LogCursor(
+                await self._follow(run, recorder, after=LogCursor(
                     deployment.log_cursor, deployment.log_seen) if deployment.log_cursor else None)
         except RunnerError as e:
-            await self._fail(deployment.id, recorder, e)
+            await self._fail(run, recorder, e)
         finally:
             await self._finish_up(deployment.id, run, recorder)
 
@@ -341,12 +344,13 @@ class Pipeline:
         state = await self.backend.state(run.container_id)
         return state is not None and not state.never_started
 
-    async def _deploy_again(self, deployment_id: int, recorder: OutputRecorder) -> None:
+    async def _deploy_again(self, run: Run, recorder: OutputRecorder) -> None:
         """Queue a deployment whose container never started afresh, leaving nothing behind."""
-        for container_id in await self.backend.find(self.labels(deployment_id)):
+        for container_id in await self.backend.find(self.labels(run.deployment_id)):
             await self.backend.cleanup(container_id)
         await recorder.close()
-        await self.store.change(queries.requeue, deployment_id,
+        run.settled = True
+        await self.store.change(queries.requeue, run.deployment_id,
                                 "[speed] the engine went away before the container started; "
                                 "deploying again")
 
@@ -359,12 +363,15 @@ class Pipeline:
                     deployment, self._timeout(run.settings))) as run.deadline:
                 yield
         except TimeoutError:
+            # A replica stopped past its lease (and the deadline) may no longer kill: the
+            # container is another replica's now (NotOwner).
+            await self.store.run(replicas.check)
             if run.container_id:
                 # An engine that is away cannot kill it; the clean-up after the outcome retries.
                 with contextlib.suppress(RunnerError):
                     await self.backend.kill(run.container_id)
             await recorder.close()
-            await self._finish(deployment.id, Status.FAILED,
+            await self._finish(run, Status.FAILED,
                                f"timed out after {self._timeout(run.settings):g} s")
 
     async def _start_container(self, deployment: Deployment, commit: str, run: Run,
@@ -469,14 +476,14 @@ class Pipeline:
             raise RunFailed(str(e)) from None  # cancelled meanwhile, torn down, or overtaken
         if old is not None:
             self.retirer.schedule(old, service.keep)
-        await self._live(deployment, environment, recorder)
+        await self._live(run, environment, recorder)
 
-    async def _live(self, deployment: Deployment, environment, recorder: OutputRecorder) -> None:
+    async def _live(self, run: Run, environment, recorder: OutputRecorder) -> None:
         """Record the outcome of a deployment whose release went live in environment."""
         url = self.router.url(environment.address)
         await recorder.say(f"live at {url}")
         await recorder.close()
-        await self._finish(deployment.id, Status.SUCCEEDED, f"live at {url}")
+        await self._finish(run, Status.SUCCEEDED, f"live at {url}")
 
     async def _secret_values(self, deployment: Deployment, settings: Settings,
                              recorder: OutputRecorder) -> dict[str, str]:
@@ -509,7 +516,7 @@ class Pipeline:
                                   f"redact its output ({e.message})") from None
         await self._redact(recorder, values)
 
-    async def _follow(self, deployment_id: int, run: Run, recorder: OutputRecorder,
+    async def _follow(self, run: Run, recorder: OutputRecorder,
                       after: LogCursor | None) -> None:
         """Record the container's output and its exit; the engine going away only pauses this."""
         assert run.container_id
@@ -518,7 +525,7 @@ class Pipeline:
                 state = await self.backend.state(run.container_id)
                 if state is None:
                     await recorder.close()
-                    await self._finish(deployment_id, Status.FAILED,
+                    await self._finish(run, Status.FAILED,
                                        "interrupted: the container vanished",
                                        infrastructure_failure=True)
                     return
@@ -537,7 +544,7 @@ class Pipeline:
             except EngineUnavailable as e:
                 await self._engine_back(recorder, e)
         await recorder.close()
-        await self._record_exit(deployment_id, state)
+        await self._record_exit(run, state)
 
     async def _record_logs(self, container_id: str, recorder: OutputRecorder,
                            after: LogCursor | None, follow: bool) -> LogCursor | None:
@@ -550,30 +557,31 @@ class Pipeline:
                     break  # the rest would be dropped: stop reading, wait for the exit
         return after
 
-    async def _record_exit(self, deployment_id: int, state: ContainerState) -> None:
+    async def _record_exit(self, run: Run, state: ContainerState) -> None:
         if state.exit_code == 0:
-            await self._finish(deployment_id, Status.SUCCEEDED, "exit code 0", exit_code=0)
+            await self._finish(run, Status.SUCCEEDED, "exit code 0", exit_code=0)
             return
         reason = f"exit code {state.exit_code}"
         if state.oom_killed:
             reason = f"out of memory ({reason})"
-        await self._finish(deployment_id, Status.FAILED, reason, exit_code=state.exit_code)
+        await self._finish(run, Status.FAILED, reason, exit_code=state.exit_code)
 
-    async def _fail(self, deployment_id: int, recorder: OutputRecorder,
-                    error: RunnerError) -> None:
+    async def _fail(self, run: Run, recorder: OutputRecorder, error: RunnerError) -> None:
         log.warning("deployment failed: %s", one_line(recorder.redacted(error.message)),
-                    extra={"deployment": deployment_id})
+                    extra={"deployment": run.deployment_id})
         if error.log:
             await recorder.write(error.log if error.log.endswith("\n") else error.log + "\n")
         await recorder.close()
         reason = recorder.redacted(error.message)
         if "no space left on device" in error.log.lower() and "no space" not in reason.lower():
             reason += ": no space left on device"  # e.g. git says why only in its output
-        await self._finish(deployment_id, Status.FAILED, reason,
+        await self._finish(run, Status.FAILED, reason,
                            infrastructure_failure=isinstance(error, EngineUnavailable))
 
-    async def _finish(self, deployment_id: int, status: Status, reason: str, **fields) -> None:
+    async def _finish(self, run: Run, status: Status, reason: str, **fields) -> None:
         """Record the outcome, unless someone (cancel, /update) finished the deployment first."""
+        run.settled = True
+        deployment_id = run.deployment_id
         try:
             await self.store.change(queries.transition, deployment_id, status,
                                     note=f"[speed] {status.value}: {reason}", reason=reason, **fields)

@@ -2,6 +2,7 @@
 and the retirement of releases once they drained or their environment went away."""
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import json
 import logging
@@ -170,7 +171,8 @@ class Retirer:
         self._spawn(self._retire_later(release, keep), f"retire-release-{release.id}")
 
     def _spawn(self, work, name: str) -> None:
-        task = asyncio.create_task(work, name=name)
+        # Not the scheduling deployment's work: none of its run's fencing (storage.replicas).
+        task = asyncio.create_task(work, name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -1,6 +1,8 @@
-"""The worker pool: claims queued deployments in arrival order and reconciles after a restart."""
+"""The worker pool: one replica's share of the queue, its lease, and the adoption of what a
+replica that went silent (or this one's earlier process) left running."""
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import glob
 import logging
@@ -10,21 +12,31 @@ import shutil
 from runner.base import Backend
 from runner.errors import EngineUnavailable, RunnerError
 from runner.pipeline import Credentials, Pipeline, Run, RunnerSettings
+from runner.replica import Identity, process_alive
 from runner.router import Router
 from runner.secrets import SecretSource
 from storage import deployments as queries
-from storage import releases
+from storage import releases, replicas
+from storage.errors import NotOwner
 from storage.status import Status
 from storage.store import Store
 
 log = logging.getLogger(__name__)
 
 ENGINE_RETRY_SECONDS = 2.0
+# A replica renews its lease, adopts orphans, looks for cancels made elsewhere and for queued
+# work at most this often (and three times per lease at least).
+BEAT_SECONDS = 1.0
 
 
-def _remove_workspaces(workdir: str) -> None:
-    for leftover in glob.glob(os.path.join(glob.escape(workdir), "deployment-*")):
+def _remove_workspaces(workdir: str, live: set[str]) -> None:
+    """Remove the clones of replicas that are gone (and those of releases before replicas)."""
+    pattern = os.path.join(glob.escape(workdir), "{}")
+    for leftover in glob.glob(pattern.format("deployment-*")):
         shutil.rmtree(leftover, ignore_errors=True)
+    for folder in glob.glob(pattern.format("replica-*")):
+        if os.path.basename(folder).removeprefix("replica-") not in live:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class Worker:
@@ -32,14 +44,23 @@ class Worker:
 
     def __init__(self, store: Store, backend: Backend, settings: RunnerSettings,
                  max_concurrent: int, credentials: Credentials | None = None,
-                 secrets: SecretSource | None = None, router: Router | None = None):
+                 secrets: SecretSource | None = None, router: Router | None = None,
+                 lease: float = 30.0, identity: Identity | None = None):
         # Patient: a full database disk makes the queue and the deployments wait, never fail.
         self.store = store.patient()
         self.backend = backend
+        self.identity = identity or Identity()
+        self.lease = lease
+        self.workdir = settings.workdir
+        # Each replica clones into a folder of its own: a replica starting beside it on the
+        # same machine removes only the folders of replicas that are gone.
+        settings = dataclasses.replace(settings, workdir=os.path.join(
+            settings.workdir, f"replica-{self.identity.id}"))
         self.pipeline = Pipeline(self.store, backend, settings, credentials, secrets, router)
         self.max_concurrent = max_concurrent
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
+        self._joined = False
 
     def redacted(self, deployment_id: int, text: str) -> str:
         """text without the secrets and tokens of a deployment this process runs: what a
@@ -51,10 +72,14 @@ class Worker:
         """Look at the queue now (called after a deployment was queued)."""
         self._wake.set()
 
+    @property
+    def replica(self) -> str:
+        return self.identity.id
+
     async def stop(self, deployment_id: int) -> None:
         """Stop a deployment this process is running (its status was already made final)."""
         run = self.runs.get(deployment_id)
-        if run is None:
+        if run is None or run.stopped or run.settled:
             return
         run.stopped = True
         if run.switching:
@@ -69,18 +94,56 @@ class Worker:
         if run.task:
             run.task.cancel()
 
+    def _let_go(self, deployment_id: int) -> None:
+        """Stop following a deployment another replica adopted: its container is theirs now."""
+        run = self.runs.get(deployment_id)
+        if run is not None and not run.stopped and not run.settled:
+            log.warning("another replica carries it on now (this replica's lease ran out)",
+                        extra={"deployment": deployment_id})
+            run.stopped = True
+            if run.task:
+                run.task.cancel()
+
     async def serve(self, api_url: str) -> None:
-        """Reconcile what an earlier process left, then work the queue; containers get api_url."""
+        """Join the replicas, adopt what was left running, then work the queue while keeping
+        the lease; containers get api_url."""
         self.pipeline.settings = dataclasses.replace(self.pipeline.settings, api_url=api_url)
+        await self.store.run(replicas.join, self.replica, self.identity.machine, self.identity.pid)
+        self._joined = True
         await self.reconcile()
+        beating = asyncio.create_task(self._beat(), name="speed-lease")
+        try:
+            while True:
+                self._wake.clear()
+                while len(self.runs) < self.max_concurrent:
+                    deployment = await self.store.run(queries.claim_next, self.replica)
+                    if deployment is None:
+                        break
+                    self._spawn(deployment.id,
+                                lambda run, d=deployment: self.pipeline.deploy(d, run))
+                await self._wake.wait()
+        finally:
+            beating.cancel()
+
+    async def _beat(self) -> None:
+        """Renew the lease; adopt what silent replicas left; stop what was finished elsewhere
+        or taken over; look at the queue (work queued on another replica)."""
+        interval = min(BEAT_SECONDS, self.lease / 3)
         while True:
-            self._wake.clear()
-            while len(self.runs) < self.max_concurrent:
-                deployment = await self.store.run(queries.claim_next)
-                if deployment is None:
-                    break
-                self._spawn(deployment.id, lambda run, d=deployment: self.pipeline.deploy(d, run))
-            await self._wake.wait()
+            await asyncio.sleep(interval)
+            try:
+                await self.store.run(replicas.beat, self.replica)
+                await self._forget_dead_here()
+                await self.adopt()
+                for deployment_id, finished in await self.store.run(
+                        replicas.not_carried, self.replica, list(self.runs)):
+                    if finished:
+                        await self.stop(deployment_id)
+                    else:
+                        self._let_go(deployment_id)
+            except Exception:  # the database away: the next beat tries again
+                log.exception("lease renewal failed")
+            self._wake.set()
 
     async def wait_for_engine(self) -> None:
         """Return once the engine answers, retrying meanwhile."""
@@ -94,7 +157,11 @@ class Worker:
 
     def _spawn(self, deployment_id: int, work) -> None:
         run = Run(deployment_id)
-        run.task = asyncio.create_task(self._guard(run, work(run)), name=f"deployment-{deployment_id}")
+        # Every query of the run is fenced: once another replica adopted it, nothing is written.
+        context = contextvars.copy_context()
+        context.run(replicas.acting.set, (self.replica, deployment_id))
+        run.task = asyncio.create_task(self._guard(run, work(run)), context=context,
+                                       name=f"deployment-{deployment_id}")
         self.runs[deployment_id] = run
 
     async def _guard(self, run: Run, work) -> None:
@@ -103,6 +170,9 @@ class Worker:
         except asyncio.CancelledError:
             if not run.stopped:
                 raise
+        except NotOwner:
+            log.warning("stopped following: another replica carries it on now",
+                        extra={"deployment": run.deployment_id})
         except Exception:
             log.exception("deployment crashed", extra={"deployment": run.deployment_id})
             with contextlib.suppress(Exception):
@@ -114,48 +184,84 @@ class Worker:
             self._wake.set()
 
     async def reconcile(self) -> None:
-        """Finish, reattach or requeue what a previous process left Running; sweep leftovers."""
-        # Nothing of this process clones yet: any workspace is a crashed process's half clone.
-        await asyncio.to_thread(_remove_workspaces, self.pipeline.settings.workdir)
-        reattached = set()
-        for deployment in await self.store.run(queries.in_status, Status.RUNNING):
-            state = None
-            if deployment.container_id:
-                state = await self.backend.state(deployment.container_id)
-            if deployment.container_id and state is None:
-                await self.store.change(queries.transition, deployment.id, Status.FAILED,
-                                        note="[speed] Failed: interrupted (the container vanished)",
-                                        reason="interrupted: the container vanished",
-                                        infrastructure_failure=True)
-            elif state is None or state.never_started:
-                for container_id in await self.backend.find(self.pipeline.labels(deployment.id)):
-                    await self.backend.cleanup(container_id)
-                await self.store.change(
-                    queries.requeue, deployment.id,
-                    "[speed] SPEED restarted before the container started; deploying again")
-                log.info("requeued", extra={"deployment": deployment.id})
-            else:
-                log.info("reattaching", extra={"deployment": deployment.id})
-                reattached.add(deployment.container_id)
-                self._spawn(deployment.id, lambda run, d=deployment: self.pipeline.reattach(d, run))
+        """Adopt what replicas that are gone (an earlier process of this one) left Running;
+        remove their leftovers."""
+        await self._forget_dead_here()
+        live = {replica.id for replica in await self.store.run(replicas.live, self.lease)}
+        await asyncio.to_thread(_remove_workspaces, self.workdir, live)
+        await self.adopt()
+        await self._sweep()
         # Live services run on; those draining when SPEED stopped are retired when due.
-        await self._sweep(keep=reattached | await self.store.run(releases.running_containers))
         if self.pipeline.retirer:
             await self.pipeline.retirer.resume()
 
-    async def _sweep(self, keep: set[str]) -> None:
+    async def _forget_dead_here(self) -> None:
+        """End the leases of replicas on this machine whose process is gone (a SPEED restarted
+        after a crash): what they ran is adopted now, not once their lease runs out."""
+        dead = [replica for replica, pid in await self.store.run(
+                    replicas.on_host, self.identity.machine, self.lease)
+                if replica != self.replica and not process_alive(pid)]
+        await self.store.run(replicas.leave, *dead)
+
+    async def adopt(self) -> None:
+        """Take over the deployments of replicas whose lease ran out: each is reattached to its
+        container, queued again if its container never started, or failed if it vanished."""
+        for deployment in await self.store.run(replicas.adopt, self.replica, self.lease):
+            log.info("adopted", extra={"deployment": deployment.id})
+            self._spawn(deployment.id, lambda run, d=deployment: self._carry_on(d, run))
+
+    async def _carry_on(self, deployment, run: Run) -> None:
+        """Go on with an adopted deployment from where its container is."""
+        state = None
+        if deployment.container_id:
+            state = await self.backend.state(deployment.container_id)
+        if deployment.container_id and state is None:
+            await self.store.change(queries.transition, deployment.id, Status.FAILED,
+                                    note="[speed] Failed: interrupted (the container vanished)",
+                                    reason="interrupted: the container vanished",
+                                    infrastructure_failure=True)
+        elif state is None or state.never_started:
+            for container_id in await self.backend.find(self.pipeline.labels(deployment.id)):
+                await self.backend.cleanup(container_id)
+            run.settled = True
+            await self.store.change(
+                queries.requeue, deployment.id,
+                "[speed] SPEED restarted before the container started; deploying again")
+            log.info("requeued", extra={"deployment": deployment.id})
+        else:
+            log.info("reattaching", extra={"deployment": deployment.id})
+            await self.pipeline.reattach(deployment, run)
+
+    async def _sweep(self) -> None:
         """Remove this instance's containers that no unfinished deployment or running release
         owns any more."""
-        for container_id in await self.backend.find(self.pipeline.labels()):
-            if container_id not in keep:
+        # Containers first, then the database: a container made after the listing is not
+        # looked at, and one listed belongs to a deployment the database already shows Running.
+        found = await self.backend.find(self.pipeline.labels())
+        owners = {container_id: _deployment_of(labels) for container_id, labels in found.items()}
+        unfinished = await self.store.run(queries.unfinished_among,
+                                          {d for d in owners.values() if d is not None})
+        serving = await self.store.run(releases.running_containers)
+        for container_id, deployment_id in owners.items():
+            if container_id not in serving and deployment_id not in unfinished:
                 with contextlib.suppress(RunnerError):
                     await self.backend.cleanup(container_id)
 
     async def close(self) -> None:
-        """Stop following deployments; their containers run on for the next start to reattach."""
+        """Stop following deployments and give up the lease: their containers run on, for
+        another replica (or the next start) to adopt at once."""
         tasks = [run.task for run in self.runs.values() if run.task]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.pipeline.retirer:
             await self.pipeline.retirer.close()
+        if self._joined:
+            with contextlib.suppress(Exception):
+                await self.store.run(replicas.leave, self.replica)
+
+
+def _deployment_of(labels: dict[str, str]) -> int | None:
+    """The deployment a container's labels name, if any."""
+    value = labels.get("speed.deployment", "")
+    return int(value) if value.isdigit() else None

@@ -2,7 +2,7 @@
 import pathlib
 import threading
 
-from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
+from peewee import SQL, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect
 from playhouse.migrations import Runner
 
@@ -51,6 +51,14 @@ SQLITE_PRAGMAS = {
 def max_id() -> int:
     """The largest id this thread's database can hold."""
     return POSTGRES_MAX_ID if isinstance(database.obj, PostgresqlDatabase) else SQLITE_MAX_ID
+
+
+def clock() -> SQL:
+    """The database's clock, in seconds since the epoch, as an SQL expression: the one clock
+    every replica reads, whatever the clocks of their machines say."""
+    if isinstance(database.obj, PostgresqlDatabase):
+        return SQL("EXTRACT(EPOCH FROM clock_timestamp())::float8")
+    return SQL("((julianday('now') - 2440587.5) * 86400.0)")
 
 
 def write_transaction():

@@ -150,15 +150,16 @@ def listing(limit: int = 50, status: Status | None = None, repo: str | None = No
     return list(query)
 
 
-def claim_next() -> Deployment | None:
-    """Mark the oldest Pending deployment Running and return it, in one statement."""
+def claim_next(owner: str) -> Deployment | None:
+    """Mark the oldest Pending deployment Running, owned by the replica owner, and return it,
+    in one statement."""
     oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
               .order_by(Deployment.id).limit(1))
     if database.for_update:  # PostgreSQL: past rows another replica is claiming right now
         oldest = oldest.for_update(skip_locked=True)
     with write_transaction():
         rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
-                                      attempts=Deployment.attempts + 1)
+                                      attempts=Deployment.attempts + 1, owner=owner)
                     .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
                     .returning(Deployment).objects(Deployment).execute())
     return rows[0] if rows else None
@@ -203,7 +204,8 @@ def requeue(deployment_id: int, note: str) -> Deployment:
                               reason=reason, infrastructure_failure=True)
         updated = (Deployment.update(status=Status.PENDING.value, started_at=None,
                                      cloned_at=None, built_at=None, container_started_at=None,
-                                     container_id=None, log_cursor=None, log_seen=0)
+                                     container_id=None, log_cursor=None, log_seen=0,
+                                     owner=None)
                    .where(Deployment.id == deployment_id,
                           Deployment.status == Status.RUNNING.value).execute())
         if updated:
@@ -328,6 +330,14 @@ def unfinished_images_once_finished(deployment_id: int) -> set[str] | None:
     if not _status(deployment_id).finished:
         return None
     return images_in_use()
+
+
+def unfinished_among(deployment_ids: set[int]) -> set[int]:
+    """Which of these deployments are Pending or Running."""
+    if not deployment_ids:
+        return set()
+    return set(_ids(Deployment.select(Deployment.id).where(
+        Deployment.id.in_(list(deployment_ids)), Deployment.status.in_(UNFINISHED))))
 
 
 def pending_ids() -> list[int]:

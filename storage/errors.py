@@ -35,3 +35,11 @@ class StorageFull(StorageError):
 
     def __init__(self):
         super().__init__("the database's disk is full")
+
+
+class NotOwner(StorageError):
+    """Another replica carries the deployment now (this one's lease ran out): nothing written."""
+
+    def __init__(self, deployment_id: int):
+        super().__init__(f"deployment {deployment_id} is carried out by another replica now")
+        self.deployment_id = deployment_id

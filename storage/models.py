@@ -1,9 +1,10 @@
 """peewee models: deployments, their results, deliveries, settings, sessions, secrets,
-environments and releases (the schema itself comes from storage/migrations)."""
+environments, releases and replicas (the schema itself comes from storage/migrations)."""
 import datetime
 
 from peewee import (
-    AutoField, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField, IntegerField, Model, TextField,
+    AutoField, BigIntegerField, BooleanField, CharField, DateTimeField, DoubleField, ForeignKeyField,
+    IntegerField, Model, TextField,
 )
 
 from storage.db import database
@@ -45,6 +46,9 @@ class Deployment(BaseModel):
     # How many times a worker claimed it: a deployment that keeps taking SPEED down with it is
     # failed instead of being queued again for ever.
     attempts = IntegerField(default=0)
+    # The replica carrying it out (Replica.id) since it was claimed: only that replica may write
+    # about it until another adopts it, once the owner's lease ran out (storage.replicas).
+    owner = CharField(max_length=32, null=True, index=True)
     # The settings in effect (runner.settings.Settings.to_json): from the commit's .speed.yml.
     settings = TextField(null=True)
     # The environment a repos: rule names (SPEED_ENVIRONMENT), and whether a pull request comes
@@ -151,3 +155,15 @@ class Release(BaseModel):
     live_since = DateTimeField(null=True)
     drain_until = DateTimeField(null=True)
     retired_at = DateTimeField(null=True)
+
+
+class Replica(BaseModel):
+    """A running SPEED process sharing the database; its heartbeat is its lease."""
+
+    id = CharField(max_length=32, primary_key=True)  # random, made at each start
+    host = CharField(max_length=200)  # hostname and boot id: where its pid means something
+    pid = IntegerField()
+    started_at = DateTimeField(default=utcnow)
+    # The database's clock (seconds) at its last heartbeat: the database's, so replicas on
+    # machines whose clocks disagree still agree on whose lease ran out. 0: it left.
+    heartbeat = DoubleField()

@@ -6,6 +6,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from storage import replicas
 from storage.db import database, open_database
 from storage.errors import StorageFull
 from storage.models import Deployment
@@ -82,10 +83,13 @@ class Store(_Changes):
 
     async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a query from storage on the database thread and return its result; StorageFull
-        when the disk had no room for it (then nothing was written)."""
+        when the disk had no room for it (then nothing was written). Within a deployment's run,
+        fenced: NotOwner once another replica adopted the deployment."""
+        acting = replicas.acting.get()
+        call = functools.partial(query, *args, **kwargs) if acting is None else \
+            functools.partial(replicas.fenced, *acting, query, *args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, _translated, functools.partial(query, *args, **kwargs))
+        return await loop.run_in_executor(self._executor, _translated, call)
 
     def patient(self) -> "PatientStore":
         """This store for work that must not lose a write: see PatientStore."""

@@ -151,14 +151,14 @@ def test_a_deployment_that_keeps_dying_with_speed_is_not_queued_for_ever(tmp_pat
     with db.connection_context():
         deployment_id = queries.create("https://example.com/a.git", "main").id
         for attempt in range(1, queries.MAX_ATTEMPTS + 1):
-            claimed = queries.claim_next()
+            claimed = queries.claim_next("r1")
             assert (claimed.id, claimed.attempts) == (deployment_id, attempt)
             after = queries.requeue(deployment_id, "[speed] SPEED restarted; deploying again")
             expected = "Failed" if attempt == queries.MAX_ATTEMPTS else "Pending"
             assert after.status == expected
         assert after.reason == (f"interrupted {queries.MAX_ATTEMPTS} times before its container "
                                 "started; not deploying it again")
-        assert queries.claim_next() is None
+        assert queries.claim_next("r1") is None
 
 
 async def test_a_build_cannot_reach_another_deployments_image_by_an_id_prefix(

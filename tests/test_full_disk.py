@@ -83,7 +83,9 @@ async def test_full_workspace_fails_the_deployment_with_the_reason_then_work_res
     assert info["status"] == "Failed", results
     assert "no space left on device" in info["reason"]
     assert "No space left on device" in results
-    assert os.listdir(workdir) == ["filler"]  # the half-made clone was removed
+    # The half-made clone was removed (the replica's own folder stays while it runs).
+    assert [p.name for p in workdir.rglob("*") if p.name != "filler"
+            and not p.name.startswith("replica-")] == []
 
     filler.unlink()
     deployment_id = await start(client, url)
@@ -200,8 +202,8 @@ async def test_queue_resumes_when_space_returns(tmpfs, make_client, repo, caplog
     client = await make_client(database__url=f"sqlite:///{database}",
                                secrets__key_file=str(tmp_path / "secrets.key"))
 
-    async def claim_waits():
-        return any("claim_next waits for space" in r.getMessage() for r in caplog.records)
+    async def claim_waits():  # to join the replicas, the first write, before any claim
+        return any("join waits for space" in r.getMessage() for r in caplog.records)
 
     await wait_for(claim_waits, timeout=30)
     filler.unlink()

@@ -40,7 +40,7 @@ def test_a_first_release_database_upgrades_in_place_and_keeps_everything(tmp_pat
         assert finished.image == "speed-abcdef012345:1"
         assert (queued.status, queued.token_hash, queued.image) == ("Pending", "f00d", None)
         assert queries.results_text(1) == "old output\n"
-        assert queries.claim_next().id == 2
+        assert queries.claim_next("r1").id == 2
     db.close()
     history = sqlite3.connect(path).execute("SELECT name FROM schema_migration").fetchall()
     assert sorted(name for (name,) in history) == sorted(p.stem for p in MIGRATIONS.glob("0*.py"))

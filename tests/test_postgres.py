@@ -17,13 +17,15 @@ from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, m
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
-from tests import test_releases
+from tests import test_releases, test_replicas
 from tests.conftest import results_of, wait_finished
 
-# Every test of the release state machine (tests/test_releases.py) runs here again, on
-# PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
-globals().update({name: test for name, test in vars(test_releases).items()
-                  if name.startswith("test_")})
+# Every test of the release state machine (tests/test_releases.py) and of replicas
+# (tests/test_replicas.py) runs here again, on PostgreSQL: pytest collects them from this
+# module, where `db` is this module's fixture.
+for module in (test_releases, test_replicas):
+    globals().update({name: test for name, test in vars(module).items()
+                      if name.startswith("test_")})
 
 MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
 GITHUB = "https://github.com/acme/app.git"
@@ -115,13 +117,13 @@ def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
     first = queries.create(GITHUB, "main", trigger="push", repo_full_name="Acme/App")
     second = queries.create(GITHUB, "dev")
     assert queries.pending_ids() == [first.id, second.id]
-    claimed = queries.claim_next()
+    claimed = queries.claim_next("r1")
     assert (claimed.id, claimed.status, claimed.attempts) == (first.id, "Running", 1)
     assert claimed.started_at is not None and claimed.fork is False
     assert queries.requeue(first.id, "[speed] back in the queue").status == "Pending"
-    assert queries.claim_next().id == first.id and queries.get(first.id).attempts == 2
-    assert queries.claim_next().id == second.id
-    assert queries.claim_next() is None
+    assert queries.claim_next("r1").id == first.id and queries.get(first.id).attempts == 2
+    assert queries.claim_next("r1").id == second.id
+    assert queries.claim_next("r1") is None
     done = queries.transition(first.id, Status.SUCCEEDED, note="[speed] done", exit_code=0)
     assert (done.status, done.exit_code, done.token_hash) == ("Succeeded", 0, None)
     assert done.finished_at >= done.started_at
@@ -138,7 +140,7 @@ def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
     assert (again.trigger, again.branch, again.status) == ("redeploy", "main", "Pending")
     assert queries.instance_id() == queries.instance_id()
     # A deployment claimed MAX_ATTEMPTS times without its container starting fails instead.
-    queries.claim_next()
+    queries.claim_next("r1")
     queries.record(again.id, attempts=queries.MAX_ATTEMPTS)
     failed = queries.requeue(again.id, "[speed] again")
     assert (failed.status, failed.infrastructure_failure) == ("Failed", True)
@@ -146,7 +148,7 @@ def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
 
 def test_output_is_stored_in_order_within_its_limit(db):
     deployment = queries.create(GITHUB, "main")
-    queries.claim_next()
+    queries.claim_next("r1")
     assert queries.append_output(deployment.id, "one\n", (10, 1), 12) == (4, 0)
     assert queries.append_output(deployment.id, "two\nthree\n", (20, 2), 12) == (12, 2)
     queries.add_result(deployment.id, "x" * 5, limit=100)
@@ -294,7 +296,7 @@ def test_replicas_claiming_at_once_each_get_their_own_deployment(db, postgres_ur
     for _ in range(4):
         queries.create(GITHUB, "main")
     for _ in range(10):
-        claimed = _replicas(postgres_url, 4, queries.claim_next)
+        claimed = _replicas(postgres_url, 4, lambda: queries.claim_next("r1"))
         assert sorted(d.id for d in claimed if d) == sorted(
             i for (i,) in sql(postgres_url, "SELECT id FROM deployment WHERE status = 'Running'"))
         assert all(claimed), claimed
@@ -334,3 +336,28 @@ def test_one_delivery_received_by_replicas_at_once_is_recorded_once(db, postgres
             i for (i,) in sql(postgres_url, "SELECT deployment_id FROM delivery WHERE guid = %s",
                               (guid,))}
     assert sql(postgres_url, "SELECT count(*) FROM deployment") == [(10,)]
+
+
+def test_replicas_adopting_at_once_each_take_their_own_orphans(db, postgres_url):
+    """Adoption is conditional and skips rows another replica is adopting: four replicas adopt
+    twenty orphans at once, each exactly once."""
+    from storage import replicas
+    for replica_id in ("gone", "r0", "r1", "r2", "r3"):
+        replicas.join(replica_id, "host", 1)
+    for _ in range(20):
+        queries.create(GITHUB, "main")
+        queries.claim_next("gone")
+    replicas.leave("gone")
+    names = iter(("r0", "r1", "r2", "r3"))
+    lock = threading.Lock()
+
+    def adopt():
+        with lock:
+            me = next(names)
+        return me, replicas.adopt(me, 30)
+
+    adopted = _replicas(postgres_url, 4, adopt)
+    taken = [(d.id, me) for me, rows in adopted for d in rows]
+    assert sorted(i for i, _ in taken) == sorted(
+        i for (i,) in sql(postgres_url, "SELECT id FROM deployment WHERE status = 'Running'"))
+    assert sorted(taken) == sorted(sql(postgres_url, "SELECT id, owner FROM deployment"))

@@ -59,7 +59,7 @@ def test_unfinished_images_once_finished(database):
                                     for _ in range(4))
     for deployment in (first, second, third):
         queries.record(deployment.id, image=f"speed-x:{deployment.id}-abc")
-    assert queries.claim_next().id == first.id
+    assert queries.claim_next("r1").id == first.id
     assert queries.unfinished_images_once_finished(first.id) is None
     assert queries.unfinished_images_once_finished(second.id) is None
     queries.transition(third.id, Status.CANCELLED)
