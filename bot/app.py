@@ -171,7 +171,7 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),
                     secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}),
-                    router=router)
+                    router=router, lease=runner.lease)
     app[worker_key] = worker
     listener: list[web.AppRunner] = []
     tasks = [asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker"),

@@ -4,6 +4,7 @@ import logging
 
 from aiohttp import web
 
+from storage.errors import StorageUnavailable
 from storage.store import StorageFull
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ async def error_middleware(request: web.Request, handler):
         log.error("the database's disk is full: %s %s refused", request.method, request.path)
         raise json_error(507, "Insufficient storage: the database's disk is full, so nothing was "
                               "changed; retry once space is freed") from None
+    except StorageUnavailable:
+        log.error("the database cannot be reached: %s %s refused", request.method, request.path)
+        raise json_error(503, "Service unavailable: the database cannot be reached, so nothing "
+                              "was changed; retry shortly") from None
     except Exception as e:
         if isinstance(e, ConnectionResetError) and _client_gone(request):
             # The client hung up mid-request (a body cut short): routine, and nobody to answer.

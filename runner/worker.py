@@ -129,12 +129,20 @@ class Worker:
         """Renew the lease; adopt what silent replicas left; stop what was finished elsewhere
         or taken over; look at the queue (work queued on another replica)."""
         interval = min(BEAT_SECONDS, self.lease / 3)
+        loop = asyncio.get_running_loop()
+        adopt_from = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
+                asked = loop.time()
                 await self.store.run(replicas.beat, self.replica)
+                if loop.time() - asked > interval:
+                    # The database was away (or this process frozen): the others could not
+                    # renew their leases either. Give them a lease's time before adopting.
+                    adopt_from = loop.time() + self.lease
                 await self._forget_dead_here()
-                await self.adopt()
+                if loop.time() >= adopt_from:
+                    await self.adopt()
                 for deployment_id, finished in await self.store.run(
                         replicas.not_carried, self.replica, list(self.runs)):
                     if finished:

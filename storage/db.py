@@ -2,9 +2,10 @@
 import pathlib
 import threading
 
-from peewee import SQL, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
-from playhouse.db_url import connect
+from peewee import SQL, DatabaseProxy, InterfaceError, OperationalError, PostgresqlDatabase, SqliteDatabase
+from playhouse.db_url import connect, parse
 from playhouse.migrations import Runner
+from playhouse.shortcuts import ReconnectMixin
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Replicas starting side by side must not migrate at once (PostgreSQL races on CREATE TABLE).
@@ -48,6 +49,40 @@ SQLITE_PRAGMAS = {
 }
 
 
+# What psycopg2 says when the server went away or cannot be reached (a restart, a failover, a
+# session ended by the server): the query can be tried again on a new connection.
+CONNECTION_LOST = ("server closed the connection", "connection already closed",
+                   "terminating connection", "could not connect", "connection refused",
+                   "the database system is", "ssl connection has been closed", "no connection to the server")
+# A transaction left open this long (seconds) by a replica that froze (SIGSTOP, a long GC pause)
+# is ended by the server, so its row locks never hold another replica's adoption for ever.
+# SPEED's own transactions last milliseconds.
+IDLE_TRANSACTION_SECONDS = 5
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether error says the database server went away or cannot be reached."""
+    text = str(error).lower()
+    return isinstance(error, (OperationalError, InterfaceError)) and any(
+        fragment in text for fragment in CONNECTION_LOST)
+
+
+class _PostgresDatabase(ReconnectMixin, PostgresqlDatabase):
+    """PostgreSQL, connecting again after the server went away (a statement outside a
+    transaction is tried again once on the new connection; a transaction fails whole, and is
+    tried again by whoever asked: storage.store)."""
+
+    reconnect_errors = tuple((kind, fragment) for kind in (OperationalError, InterfaceError)
+                             for fragment in CONNECTION_LOST)
+
+
+def _postgres(url: str) -> PostgresqlDatabase:
+    settings = parse(url)
+    options = settings.pop("options", "")
+    options += f" -c idle_in_transaction_session_timeout={IDLE_TRANSACTION_SECONDS * 1000}"
+    return _PostgresDatabase(settings.pop("database"), options=options.strip(), **settings)
+
+
 def max_id() -> int:
     """The largest id this thread's database can hold."""
     return POSTGRES_MAX_ID if isinstance(database.obj, PostgresqlDatabase) else SQLITE_MAX_ID
@@ -85,7 +120,7 @@ def upgrade(db) -> list[str]:
 
 def open_database(url: str):
     """Connect the models to the database at url, for this thread, and upgrade its schema."""
-    db = connect(url)
+    db = _postgres(url) if url.startswith(("postgres://", "postgresql://")) else connect(url)
     if isinstance(db, SqliteDatabase):
         if db.database not in ("", ":memory:"):
             pathlib.Path(db.database).parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,14 @@ class StorageFull(StorageError):
         super().__init__("the database's disk is full")
 
 
+class StorageUnavailable(StorageError):
+    """The database server cannot be reached (restarting, failing over): the query did not
+    complete, and is to be tried again once it answers."""
+
+    def __init__(self):
+        super().__init__("the database cannot be reached")
+
+
 class NotOwner(StorageError):
     """Another replica carries the deployment now (this one's lease ran out): nothing written."""
 

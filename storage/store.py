@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from storage import replicas
-from storage.db import database, open_database
-from storage.errors import StorageFull
+from storage.db import connection_lost, database, open_database
+from storage.errors import StorageFull, StorageUnavailable
 from storage.models import Deployment
 
 T = TypeVar("T")
@@ -46,6 +46,8 @@ def _translated(query: Callable[[], T]) -> T:
     except Exception as e:
         if _disk_full(e):
             raise StorageFull() from e
+        if connection_lost(e):
+            raise StorageUnavailable() from e
         raise
 
 
@@ -83,7 +85,8 @@ class Store(_Changes):
 
     async def run(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a query from storage on the database thread and return its result; StorageFull
-        when the disk had no room for it (then nothing was written). Within a deployment's run,
+        when the disk had no room for it, StorageUnavailable when the server could not be
+        reached (then nothing was written). Within a deployment's run,
         fenced: NotOwner once another replica adopted the deployment."""
         acting = replicas.acting.get()
         call = functools.partial(query, *args, **kwargs) if acting is None else \
@@ -102,8 +105,8 @@ class Store(_Changes):
 
 
 class PatientStore(_Changes):
-    """A store whose queries wait out a full disk: on StorageFull they retry with backoff until
-    the write goes through. The waiting is on the event loop, never on the database thread, so
+    """A store whose queries wait out a full disk or a database server away: on StorageFull or
+    StorageUnavailable they retry with backoff until the query goes through. The waiting is on the event loop, never on the database thread, so
     reads and the API keep answering meanwhile; a deployment's output stream simply pauses."""
 
     def __init__(self, store: Store):
@@ -116,16 +119,19 @@ class PatientStore(_Changes):
         while True:
             try:
                 result = await self._store.run(query, *args, **kwargs)
-            except StorageFull:
+            except (StorageFull, StorageUnavailable) as e:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # shutting down: give up rather than hold the shutdown until space returns
                 if not waited:
-                    log.warning("the database's disk is full; %s waits for space", _name(query))
+                    if isinstance(e, StorageFull):
+                        log.warning("the database's disk is full; %s waits for space", _name(query))
+                    else:
+                        log.warning("the database cannot be reached; %s waits for it", _name(query))
                     waited = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PATIENT_MAX_DELAY)
                 continue
             if waited:
-                log.info("the database has space again; %s went through", _name(query))
+                log.info("the database answers again; %s went through", _name(query))
             return result

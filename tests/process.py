@@ -66,18 +66,23 @@ class SpeedProcess:
     """One SPEED instance with its own database, workdir and ports; restartable."""
 
     def __init__(self, tmp_path: pathlib.Path, port: int, callback_port: int,
-                 proxy: dict | None = None, **runner):
+                 proxy: dict | None = None, sections: dict | None = None, **runner):
+        """sections: whole sections of app.yaml to use (database and secrets, for replicas
+        sharing a PostgreSQL database)."""
         self.db_path = tmp_path / "speed.db"
         self.log_path = tmp_path / "speed.log"
         self.config_path = tmp_path / "app.yaml"
         self.base_url = f"http://127.0.0.1:{port}"
+        sections = sections or {}
+        self.database_url = sections.get("database", {}).get("url", f"sqlite:///{self.db_path}")
         config = {
             "server": {"host": "127.0.0.1", "port": port},
-            "database": {"url": f"sqlite:///{self.db_path}"},
+            "database": {"url": self.database_url},
             "runner": {"workdir": str(tmp_path / "work"), "callback_port": callback_port,
                        "allowed_urls": ["http://127.0.0.1:*"], "timeout": 120, **runner},
             # Never the machine's own Caddy unless the test names one (the caddy fixture's).
             "proxy": proxy or {"admin": f"http://127.0.0.1:{free_port()}"},
+            **{name: section for name, section in sections.items() if name != "runner"},
         }
         self.config_path.write_text(yaml.safe_dump(config))
         self.timeout = config["runner"]["timeout"]
@@ -103,8 +108,22 @@ class SpeedProcess:
         raise RuntimeError("SPEED did not start within 30 s")
 
     def _instance(self) -> str:
-        with sqlite3.connect(self.db_path) as db:
-            return db.execute("SELECT value FROM setting WHERE key = 'instance_id'").fetchone()[0]
+        return self.sql("SELECT value FROM setting WHERE key = 'instance_id'")[0][0]
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one statement on its database (SQLite's ? or PostgreSQL's %s for params),
+        on a connection of its own."""
+        if not self.database_url.startswith("postgresql"):
+            with sqlite3.connect(self.db_path) as db:
+                return db.execute(statement, params).fetchall()
+        import psycopg2
+        connection = psycopg2.connect(self.database_url)
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                return cursor.fetchall() if cursor.description else []
+        finally:
+            connection.close()
 
     def kill9(self) -> None:
         assert self.process is not None

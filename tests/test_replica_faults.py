@@ -1,0 +1,160 @@
+"""Several SPEED replicas on one PostgreSQL database, as real processes: a replica killed or
+stopped past its lease loses its deployments to another, which carries them on from where their
+containers are; the stale one writes nothing; cancels and queued work reach whichever replica
+runs or can run them."""
+import contextlib
+import signal
+import time
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.process import SpeedProcess
+from tests.conftest import TEST_INSTANCES, free_port
+
+pytestmark = pytest.mark.slow
+
+LEASE = 3  # seconds: short, so a test waits a few seconds for an adoption, not thirty
+LINES = 80
+
+
+def counting(lines: int = LINES, pause: str = "0.1") -> str:
+    """A job printing numbered lines at a steady pace, then exiting 0."""
+    return f"i=1\nwhile [ $i -le {lines} ]; do echo line $i; i=$((i+1)); sleep {pause}; done\n"
+
+
+def assert_every_line_once(results: str, lines: int = LINES) -> None:
+    printed = [line for line in results.splitlines() if line.startswith("line ")]
+    assert printed == [f"line {i}" for i in range(1, lines + 1)], results[-3000:]
+
+
+@pytest.fixture
+def replicas(tmp_path, postgres_url, docker_client, base_image):
+    """make(name, **runner) starts a replica on the test's PostgreSQL database; all of them
+    share one secrets key and one workdir, as replicas on one machine would."""
+    key = Fernet.generate_key().decode()
+    started: list[SpeedProcess] = []
+
+    def make(name: str, **runner) -> SpeedProcess:
+        folder = tmp_path / name
+        folder.mkdir()
+        runner.setdefault("lease", LEASE)
+        runner.setdefault("workdir", str(tmp_path / "work"))
+        replica = SpeedProcess(folder, free_port(), free_port(), sections={
+            "database": {"url": postgres_url}, "secrets": {"key": key}}, **runner)
+        replica.start()
+        started.append(replica)
+        TEST_INSTANCES.add(replica.instance)
+        return replica
+
+    try:
+        yield make
+        for replica in started:
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.send_signal(signal.SIGCONT)
+        if started:  # everything the replicas made is gone once their deployments finished
+            labels = [f"speed.instance={replica.instance}" for replica in started]
+            started[-1].wait_until(lambda: not any(docker_client.containers.list(
+                all=True, filters={"label": label}) for label in labels), timeout=30)
+    finally:
+        for replica in started:
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.send_signal(signal.SIGCONT)
+            replica.stop()
+
+
+def owner(replica: SpeedProcess, deployment_id: int) -> str | None:
+    return replica.sql("SELECT owner FROM deployment WHERE id = %s", (deployment_id,))[0][0]
+
+
+def replica_id(replica: SpeedProcess) -> str:
+    """The id of the replica's process (the newest replica row with its pid)."""
+    return replica.sql("SELECT id FROM replica WHERE pid = %s ORDER BY started_at DESC LIMIT 1",
+                       (replica.process.pid,))[0][0]
+
+
+def test_a_killed_replicas_deployment_is_adopted_with_no_line_lost_or_doubled(replicas, repo):
+    """Fault: kill -9 of the replica running a deployment. Asserts: another replica adopts it
+    (at once: the dead process is on its machine), follows its container from the last line
+    stored, and records its outcome; every line stored exactly once."""
+    first = replicas("first")
+    url, _ = repo(counting())
+    deployment_id = first.start_deployment(url)
+    first.wait_output(deployment_id, "line 5\n")
+    second = replicas("second")  # joins while the first runs it: nothing to adopt yet
+    assert owner(second, deployment_id) == replica_id(first)
+    first.kill9()
+    killed = time.monotonic()
+    second.wait_until(lambda: owner(second, deployment_id) == replica_id(second), timeout=LEASE + 10)
+    adopted_after = time.monotonic() - killed
+    info = second.wait_finished(deployment_id)
+    results = second.results(deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert_every_line_once(results)
+    assert results.count("[speed] starting the container") == 1
+    assert adopted_after < LEASE + 10
+
+
+def test_a_replica_stopped_past_its_lease_writes_nothing_when_it_goes_on(replicas, repo):
+    """Fault: SIGSTOP of the replica running a deployment, past its lease, then SIGCONT while
+    the container still runs. Asserts: another replica adopted it; the stale one, following the
+    same container again, stores not one line and no outcome (fenced), says it let go, and
+    then works on as a replica like any other."""
+    first = replicas("first")
+    url, _ = repo(counting(lines=120))
+    deployment_id = first.start_deployment(url)
+    first.wait_output(deployment_id, "line 5\n")
+    second = replicas("second")
+    first.process.send_signal(signal.SIGSTOP)
+    second.wait_until(lambda: owner(second, deployment_id) == replica_id(second),
+                      timeout=LEASE + 10)
+    second.wait_output(deployment_id, "line 60\n")  # the second follows it now
+    first.process.send_signal(signal.SIGCONT)
+    first.wait_until(lambda: "another replica carries it on" in first.log_path.read_text(),
+                     timeout=LEASE + 10)
+    info = second.wait_finished(deployment_id)
+    results = second.results(deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert_every_line_once(results, lines=120)
+    assert results.count("[speed] Succeeded") == 1
+    # The stale replica renewed its lease and takes work again.
+    other, _ = repo("echo from the first again\n")
+    again = first.start_deployment(other)
+    assert first.wait_finished(again)["status"] == "Succeeded"
+
+
+def test_a_cancel_sent_to_any_replica_stops_the_container_where_it_runs(replicas, repo,
+                                                                         docker_client):
+    first = replicas("first")
+    url, _ = repo("echo started\nsleep 300\n")
+    deployment_id = first.start_deployment(url)
+    first.wait_output(deployment_id, "started\n")
+    second = replicas("second")
+    status, body = second.call("POST", f"/cancel/{deployment_id}")
+    assert (status, body["status"]) == (200, "Cancelled"), body
+    cancelled = time.monotonic()
+
+    def stopped():
+        return not docker_client.containers.list(filters={
+            "label": f"speed.deployment={deployment_id}", "status": "running"})
+
+    first.wait_until(stopped, timeout=10)
+    # Seen by the first replica at its next heartbeat (every second): well within 2 s here.
+    assert time.monotonic() - cancelled < 10
+    assert first.info(deployment_id)["status"] == "Cancelled"
+
+
+def test_work_queued_on_a_busy_replica_is_started_by_an_idle_one(replicas, repo):
+    busy = replicas("busy", max_concurrent=1)
+    idle = replicas("idle", max_concurrent=1)
+    long_url, _ = repo("echo long\nsleep 300\n")
+    short_url, _ = repo("echo short\n")
+    long_id = busy.start_deployment(long_url)
+    busy.wait_until(lambda: owner(busy, long_id) is not None)
+    # Whichever replica took the long one, the short one queued on it runs on the other.
+    holder = busy if owner(busy, long_id) == replica_id(busy) else idle
+    free = idle if holder is busy else busy
+    short_id = holder.start_deployment(short_url)
+    assert holder.wait_finished(short_id)["status"] == "Succeeded"
+    assert owner(busy, short_id) == replica_id(free)
+    assert holder.call("POST", f"/cancel/{long_id}")[0] == 200
