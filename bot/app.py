@@ -43,6 +43,8 @@ from runner.errors import RunnerError
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
 from storage import deployments as queries
 from storage import secrets as secret_queries
+from storage.db import is_postgres
+from storage.notices import Notices
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,14 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
                     secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}),
                     router=router, lease=runner.lease)
     app[worker_key] = worker
+    notices = None
+    if is_postgres(config.database.url):
+        # Work queued and cancels made on other replicas reach this one at once, not at its
+        # next heartbeat.
+        loop = asyncio.get_running_loop()
+        notices = Notices(config.database.url, lambda deployment_id, status: loop.call_soon_threadsafe(
+            worker.heard, deployment_id, status))
+        notices.start()
     listener: list[web.AppRunner] = []
     tasks = [asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker"),
              asyncio.create_task(router.watch(), name="speed-routes"),
@@ -190,6 +200,8 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     app.on_shutdown.append(stop_taking_work)
     yield
     await stop_taking_work(app)
+    if notices:
+        await asyncio.to_thread(notices.close)
     await proxy.close()
     for site_runner in listener:
         await site_runner.cleanup()

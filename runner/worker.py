@@ -61,6 +61,7 @@ class Worker:
         self.runs: dict[int, Run] = {}
         self._wake = asyncio.Event()
         self._joined = False
+        self._stopping: set[asyncio.Task] = set()
 
     def redacted(self, deployment_id: int, text: str) -> str:
         """text without the secrets and tokens of a deployment this process runs: what a
@@ -93,6 +94,16 @@ class Worker:
                 log.warning("could not kill: %s", e.message, extra={"deployment": deployment_id})
         if run.task:
             run.task.cancel()
+
+    def heard(self, deployment_id: int, status: Status) -> None:
+        """Another replica (or this one) queued or finished a deployment: claim now, or stop
+        its container now if this replica runs it, rather than at the next heartbeat."""
+        if status == Status.PENDING:
+            self._wake.set()
+        elif status.finished and deployment_id in self.runs:
+            task = asyncio.create_task(self.stop(deployment_id))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     def _let_go(self, deployment_id: int) -> None:
         """Stop following a deployment another replica adopted: its container is theirs now."""

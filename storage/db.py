@@ -76,6 +76,11 @@ class _PostgresDatabase(ReconnectMixin, PostgresqlDatabase):
                              for fragment in CONNECTION_LOST)
 
 
+def is_postgres(url: str) -> bool:
+    """Whether database.url names a PostgreSQL database."""
+    return url.startswith(("postgres://", "postgresql://"))
+
+
 def _postgres(url: str) -> PostgresqlDatabase:
     settings = parse(url)
     options = settings.pop("options", "")
@@ -120,7 +125,7 @@ def upgrade(db) -> list[str]:
 
 def open_database(url: str):
     """Connect the models to the database at url, for this thread, and upgrade its schema."""
-    db = _postgres(url) if url.startswith(("postgres://", "postgresql://")) else connect(url)
+    db = _postgres(url) if is_postgres(url) else connect(url)
     if isinstance(db, SqliteDatabase):
         if db.database not in ("", ":memory:"):
             pathlib.Path(db.database).parent.mkdir(parents=True, exist_ok=True)

@@ -184,24 +184,22 @@ def caddy(caddy_process):
 # first when missing), and a fresh database of its own for each test.
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The URL of the tests' PostgreSQL server, as its role, which may create databases. Without
-    one (and no root to install it) the run fails, in CI or not: it never skips. The server stays
-    up after the run, like the Docker engine, so the next run finds it at once."""
+# Durability the tests do not need: commits wait for no disk. No autovacuum: its workers, which
+# the tests' role may not end, would hold up dropping a database.
+TEST_POSTGRES_OPTIONS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                         "-c autovacuum=off")
+
+
+def ensure_postgres(port: int, folder: str) -> str:
+    """scripts/ensure-postgres.sh: a server on 127.0.0.1:port with its cluster in folder; its
+    URL, as the tests' role (which may create databases). Without one (and no root to install
+    it) the run fails, in CI or not: it never skips."""
     import os
     import subprocess
-    import tempfile
 
-    port = int(os.environ.get("SPEED_TEST_PG_PORT", "55432"))
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "ensure-postgres.sh"
-    env = dict(os.environ,
-               SPEED_PG_DIR=os.path.join(tempfile.gettempdir(), f"speed-test-postgres-{port}"),
-               SPEED_PG_USER="speed_test", SPEED_PG_DATABASE="speed_test",
-               # Durability the tests do not need: commits wait for no disk. No autovacuum: its
-               # workers, which the tests' role may not end, would hold up dropping a database.
-               SPEED_PG_OPTIONS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                                "-c autovacuum=off")
+    env = dict(os.environ, SPEED_PG_DIR=folder, SPEED_PG_USER="speed_test",
+               SPEED_PG_DATABASE="speed_test", SPEED_PG_OPTIONS=TEST_POSTGRES_OPTIONS)
     try:
         done = subprocess.run([str(script), str(port)], env=env, capture_output=True,
                               text=True, timeout=900, stdin=subprocess.DEVNULL)
@@ -212,6 +210,18 @@ def postgres_server() -> str:
                     f"installs Debian's postgresql as root; SPEED_TEST_PG_PORT picks another "
                     f"port):\n{done.stderr}")
     return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the tests' PostgreSQL server. It stays up after the run, like the Docker
+    engine, so the next run finds it at once."""
+    import os
+    import tempfile
+
+    port = int(os.environ.get("SPEED_TEST_PG_PORT", "55432"))
+    return ensure_postgres(port, os.path.join(tempfile.gettempdir(),
+                                              f"speed-test-postgres-{port}"))
 
 
 @pytest.fixture

@@ -245,7 +245,7 @@ async def test_speed_on_postgresql_deploys_end_to_end(make_client, repo, postgre
     client = await make_client(database__url=postgres_url,
                                secrets__key=[Fernet.generate_key().decode()])
     store = client.app[store_key]
-    assert await store.run(lambda: type(database.obj).__name__) == "PostgresqlDatabase"
+    assert await store.run(lambda: isinstance(database.obj, PostgresqlDatabase))
     url, commit = repo("echo hello from postgres\nexit 3\n")
     response = await client.post("/start", json={"url": url, "branch": "main"})
     assert response.status == 201, await response.text()
@@ -361,3 +361,47 @@ def test_replicas_adopting_at_once_each_take_their_own_orphans(db, postgres_url)
     assert sorted(i for i, _ in taken) == sorted(
         i for (i,) in sql(postgres_url, "SELECT id FROM deployment WHERE status = 'Running'"))
     assert sorted(taken) == sorted(sql(postgres_url, "SELECT id, owner FROM deployment"))
+
+
+def test_every_replica_hears_of_deployments_queued_and_finished(db, postgres_url):
+    """The trigger announces each deployment queued (however it was made) and each one finished;
+    a Notices listener hears them, and goes on hearing after its connection was ended."""
+    import queue
+
+    from storage.notices import Notices
+    heard: queue.Queue = queue.Queue()
+    notices = Notices(postgres_url, lambda deployment_id, status: heard.put((deployment_id, status)))
+    notices.start()
+    try:
+        def next_heard():
+            return heard.get(timeout=10)
+
+        def listening():  # LISTEN is issued once its connection is up
+            return sql(postgres_url, "SELECT count(*) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND query LIKE 'LISTEN%%'")[0][0] == 1
+
+        _until(listening)
+        queued = queries.create(GITHUB, "main")
+        assert next_heard() == (queued.id, Status.PENDING)
+        claimed = queries.claim_next("r1")  # Running: nothing to say
+        queries.transition(claimed.id, Status.CANCELLED)
+        assert next_heard() == (queued.id, Status.CANCELLED)
+        again = queries.redeploy(queued.id)
+        assert next_heard() == (again.id, Status.PENDING)
+        # The server ends its session (as a restart would): it listens again on a new one.
+        sql(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            "datname = current_database() AND query LIKE 'LISTEN%%'")
+        _until(listening)
+        later = queries.create(GITHUB, "main")
+        assert next_heard() == (later.id, Status.PENDING)
+        assert heard.empty()
+    finally:
+        notices.close()
+
+
+def _until(check, timeout: float = 10.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -3,14 +3,18 @@ stopped past its lease loses its deployments to another, which carries them on f
 containers are; the stale one writes nothing; cancels and queued work reach whichever replica
 runs or can run them."""
 import contextlib
+import glob
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 
 import pytest
 from cryptography.fernet import Fernet
 
 from tests.process import SpeedProcess
-from tests.conftest import TEST_INSTANCES, free_port
+from tests.conftest import TEST_INSTANCES, TEST_POSTGRES_OPTIONS, ensure_postgres, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +34,19 @@ def assert_every_line_once(results: str, lines: int = LINES) -> None:
 
 @pytest.fixture
 def replicas(tmp_path, postgres_url, docker_client, base_image):
-    """make(name, **runner) starts a replica on the test's PostgreSQL database; all of them
-    share one secrets key and one workdir, as replicas on one machine would."""
+    """make(name, **runner) starts a replica on the test's PostgreSQL database (or the one
+    database_url names); all of them share one secrets key and one workdir, as replicas on one
+    machine would."""
     key = Fernet.generate_key().decode()
     started: list[SpeedProcess] = []
 
-    def make(name: str, **runner) -> SpeedProcess:
+    def make(name: str, database_url: str = postgres_url, **runner) -> SpeedProcess:
         folder = tmp_path / name
         folder.mkdir()
         runner.setdefault("lease", LEASE)
         runner.setdefault("workdir", str(tmp_path / "work"))
         replica = SpeedProcess(folder, free_port(), free_port(), sections={
-            "database": {"url": postgres_url}, "secrets": {"key": key}}, **runner)
+            "database": {"url": database_url}, "secrets": {"key": key}}, **runner)
         replica.start()
         started.append(replica)
         TEST_INSTANCES.add(replica.instance)
@@ -55,7 +60,8 @@ def replicas(tmp_path, postgres_url, docker_client, base_image):
         if started:  # everything the replicas made is gone once their deployments finished
             labels = [f"speed.instance={replica.instance}" for replica in started]
             started[-1].wait_until(lambda: not any(docker_client.containers.list(
-                all=True, filters={"label": label}) for label in labels), timeout=30)
+                all=True, filters={"label": label}, ignore_removed=True) for label in labels),
+                timeout=30)
     finally:
         for replica in started:
             with contextlib.suppress(ProcessLookupError):
@@ -158,3 +164,56 @@ def test_work_queued_on_a_busy_replica_is_started_by_an_idle_one(replicas, repo)
     assert holder.wait_finished(short_id)["status"] == "Succeeded"
     assert owner(busy, short_id) == replica_id(free)
     assert holder.call("POST", f"/cancel/{long_id}")[0] == 200
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of the test's own, to stop and start: (url, stop(), start())."""
+    folder = tempfile.mkdtemp(prefix="speed-test-postgres-")  # the postgres user must reach it
+    port = free_port()
+    url = ensure_postgres(port, folder)
+    pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]
+
+    def control(*action: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", f"{folder}/data", "-w",
+                        *action], check=True, cwd="/", capture_output=True, timeout=60)
+
+    def start() -> None:  # as scripts/ensure-postgres.sh starts it
+        control("-l", f"{folder}/postgres.log", "-o", f"-p {port} -k {folder}/run -c "
+                f"listen_addresses=127.0.0.1 {TEST_POSTGRES_OPTIONS}", "start")
+
+    try:
+        yield url, lambda: control("stop", "-m", "fast"), start
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            control("stop", "-m", "immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_replicas_wait_for_a_restarted_database_and_lose_nothing(replicas, repo, private_postgres):
+    """Fault: PostgreSQL stops while a deployment runs and another is queued, then starts again.
+    Asserts: what was asked meanwhile is refused (503: nothing acknowledged); once it is back
+    the running deployment goes on with every line once, the queued one runs, and the refused
+    one does not exist."""
+    url, stop, start = private_postgres
+    first = replicas("first", database_url=url)
+    second = replicas("second", database_url=url)
+    running_url, _ = repo(counting(lines=60))
+    queued_url, _ = repo("echo queued ran\n")
+    running = first.start_deployment(running_url)
+    first.wait_output(running, "line 5\n")
+    stop()
+    try:
+        # The running deployment's output waits to be stored (as does the lease).
+        first.wait_until(lambda: "waits for it" in first.log_path.read_text(), timeout=20)
+        status, body = second.call("POST", "/start", {"url": queued_url, "branch": "main"})
+        assert status == 503 and "database cannot be reached" in body["error"], body
+    finally:
+        start()
+    queued = second.start_deployment(queued_url)
+    assert second.wait_finished(queued)["status"] == "Succeeded"
+    info = first.wait_finished(running)
+    results = first.results(running)
+    assert info["status"] == "Succeeded", results
+    assert_every_line_once(results, lines=60)
+    assert first.sql("SELECT count(*) FROM deployment") == [(2,)]

@@ -1,7 +1,20 @@
-"""Replicas: each running SPEED has a row and a heartbeat; a deployment names the one running it."""
+"""Replicas: each running SPEED has a row and a heartbeat; a deployment names the one running it;
+on PostgreSQL, queued and finished deployments are announced to every replica."""
 import datetime
 
-from peewee import CharField, DateTimeField, DoubleField, IntegerField, Model
+from peewee import CharField, DateTimeField, DoubleField, IntegerField, Model, PostgresqlDatabase
+
+# PostgreSQL tells every listening replica when a deployment is queued or finished (the channel
+# and payload storage.notices reads), whatever query made the change.
+NOTIFY = """
+CREATE OR REPLACE FUNCTION speed_deployment_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('speed_deployment', NEW.id || ' ' || NEW.status);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER speed_deployment_notify AFTER INSERT OR UPDATE OF status ON deployment
+    FOR EACH ROW WHEN (NEW.status <> 'Running') EXECUTE FUNCTION speed_deployment_notify();
+"""
 
 
 def _now() -> datetime.datetime:
@@ -26,3 +39,5 @@ def up(migrator, db):
         migrator.add_column("deployment", "owner", CharField(max_length=32, null=True)),
         migrator.add_index("deployment", ("owner",), False),
     )
+    if isinstance(db, PostgresqlDatabase):
+        db.execute_sql(NOTIFY)

@@ -1,0 +1,68 @@
+"""PostgreSQL's announcements of queued and finished deployments (LISTEN), for every replica."""
+import logging
+import select
+import threading
+from typing import Callable
+
+import psycopg2
+from playhouse.db_url import parse
+
+from storage.status import Status
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "speed_deployment"  # as the trigger of migration 0007 sends it
+RETRY_SECONDS = 1.0
+
+Notice = Callable[[int, Status], None]
+
+
+class Notices:
+    """A thread listening on its own connection; calls notice(id, status) in that thread for
+    every deployment queued or finished anywhere. A lost connection is made again (polling
+    covers what was said meanwhile)."""
+
+    def __init__(self, url: str, notice: Notice):
+        self._settings = parse(url)
+        self._notice = notice
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="speed-notices", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen_once()
+            except psycopg2.Error as e:
+                log.warning("not listening for other replicas' deployments (%s); polling "
+                            "meanwhile", str(e).strip().splitlines()[0] if str(e).strip() else e)
+                self._stopping.wait(RETRY_SECONDS)
+
+    def _listen_once(self) -> None:
+        settings = dict(self._settings)
+        connection = psycopg2.connect(dbname=settings.pop("database"), **settings)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f"LISTEN {CHANNEL}")
+            while not self._stopping.is_set():
+                # Woken at least twice a second to see whether it is to stop.
+                if select.select([connection], [], [], 0.5)[0]:
+                    connection.poll()
+                    while connection.notifies:
+                        self._heard(connection.notifies.pop(0).payload)
+        finally:
+            connection.close()
+
+    def _heard(self, payload: str) -> None:
+        deployment_id, _, status = payload.partition(" ")
+        try:
+            self._notice(int(deployment_id), Status(status))
+        except ValueError:
+            log.warning("unexpected notice %r", payload)
