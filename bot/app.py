@@ -43,7 +43,7 @@ from runner.errors import RunnerError
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
 from storage import deployments as queries
 from storage import secrets as secret_queries
-from storage.db import is_postgres
+from storage.db import CATCH_UP_LOCK, is_postgres, try_lock, unlock
 from storage.notices import Notices
 from storage.store import Store
 
@@ -134,11 +134,19 @@ async def _github_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _catch_up(reporter: Reporter, github: GitHub, store: Store) -> None:
-    """Re-send reports an earlier process left unsent; with an App, fetch missed deliveries."""
+    """Re-send reports an earlier process left unsent; with an App, fetch missed deliveries.
+    One replica at a time: one starting meanwhile leaves it to the one catching up."""
     try:
-        await reporter.catch_up()
-        if github.config.app:
-            await redeliver_missed(github, store)
+        if not await store.run(try_lock, CATCH_UP_LOCK):
+            log.info("another replica is catching up with GitHub")
+            return
+        try:
+            await reporter.catch_up()
+            if github.config.app:
+                await redeliver_missed(github, store)
+            await reporter.idle()  # held until what it re-sent went out
+        finally:
+            await store.run(unlock, CATCH_UP_LOCK)
     except Exception:  # noqa: BLE001 - start-up catch-up is best effort; it is logged
         log.exception("catching up with GitHub failed")
 
