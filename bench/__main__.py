@@ -15,7 +15,7 @@ import docker
 import requests
 import yaml
 
-from bench import services
+from bench import replicas, services
 from tests.conftest import DOCKERFILE, free_port
 from tests.gitserver import GitServer
 from tests.images import ensure_base_image
@@ -184,6 +184,8 @@ def main() -> int:
             git.close()
     # Services: push-to-live against the raw commands, and the proxy's latency (bench/services.py).
     service = services.measure()
+    # Replicas: SQLite against 1 and 3 PostgreSQL replicas (bench/replicas.py).
+    cluster = replicas.measure()
     raw_median = statistics.median(raw)
     results = {
         "load_average_1m": round(load, 2),
@@ -198,6 +200,7 @@ def main() -> int:
         "start_latency": latency,
         "webhook_latency": webhook,
         **service,
+        **cluster,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)
