@@ -87,9 +87,16 @@ class Run:
         # database refuses a deployment no longer Running), never a kill or a cancel midway.
         self.switching = False
         # Set once the run records its outcome (or queues the deployment again): from then on
-        # it only cleans up, and a stop (a finished status seen elsewhere) leaves it be.
+        # it only cleans up, a stop (a finished status seen elsewhere) leaves it be, and its
+        # slot is free for the next deployment.
         self.settled = False
+        self.on_settled: Callable[[], None] = lambda: None
         self.task: asyncio.Task | None = None
+
+    def settle(self) -> None:
+        """Only clean-up is left to do."""
+        self.settled = True
+        self.on_settled()
 
 
 class Pipeline:
@@ -349,7 +356,7 @@ class Pipeline:
         for container_id in await self.backend.find(self.labels(run.deployment_id)):
             await self.backend.cleanup(container_id)
         await recorder.close()
-        run.settled = True
+        run.settle()
         await self.store.change(queries.requeue, run.deployment_id,
                                 "[speed] the engine went away before the container started; "
                                 "deploying again")
@@ -580,7 +587,7 @@ class Pipeline:
 
     async def _finish(self, run: Run, status: Status, reason: str, **fields) -> None:
         """Record the outcome, unless someone (cancel, /update) finished the deployment first."""
-        run.settled = True
+        run.settle()
         deployment_id = run.deployment_id
         try:
             await self.store.change(queries.transition, deployment_id, status,

@@ -126,7 +126,8 @@ class Worker:
         try:
             while True:
                 self._wake.clear()
-                while len(self.runs) < self.max_concurrent:
+                # A run that recorded its outcome only cleans up: its slot is free.
+                while sum(not run.settled for run in self.runs.values()) < self.max_concurrent:
                     deployment = await self.store.run(queries.claim_next, self.replica)
                     if deployment is None:
                         break
@@ -176,6 +177,7 @@ class Worker:
 
     def _spawn(self, deployment_id: int, work) -> None:
         run = Run(deployment_id)
+        run.on_settled = self._wake.set
         # Every query of the run is fenced: once another replica adopted it, nothing is written.
         context = contextvars.copy_context()
         context.run(replicas.acting.set, (self.replica, deployment_id))
@@ -199,7 +201,9 @@ class Worker:
                                         note="[speed] Failed: internal error",
                                         reason="internal error", infrastructure_failure=True)
         finally:
-            self.runs.pop(run.deployment_id, None)
+            # A deployment queued again may be claimed again while this run cleans up.
+            if self.runs.get(run.deployment_id) is run:
+                del self.runs[run.deployment_id]
             self._wake.set()
 
     async def reconcile(self) -> None:
@@ -242,7 +246,7 @@ class Worker:
         elif state is None or state.never_started:
             for container_id in await self.backend.find(self.pipeline.labels(deployment.id)):
                 await self.backend.cleanup(container_id)
-            run.settled = True
+            run.settle()
             await self.store.change(
                 queries.requeue, deployment.id,
                 "[speed] SPEED restarted before the container started; deploying again")
