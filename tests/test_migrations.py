@@ -57,3 +57,30 @@ def test_a_new_database_gets_every_migration(tmp_path):
     db.close()
     applied = sqlite3.connect(path).execute("SELECT name FROM schema_migration").fetchall()
     assert len(applied) == len(list(MIGRATIONS.glob("0*.py")))
+
+
+def test_a_database_of_the_release_before_replicas_keeps_its_running_deployment(tmp_path):
+    """Upgrade: a database of the release before replicas (migrations to 0006) with a deployment
+    Running when it stopped. Asserts: it keeps its row and output, has no owner, and the first
+    replica to start adopts it (as the one process used to reattach it)."""
+    from storage import replicas
+
+    path = tmp_path / "services.db"
+    db = SqliteDatabase(str(path))
+    Runner(db, directory=str(MIGRATIONS), table_name="schema_migration").up(
+        "0006_environments_and_releases")
+    db.execute_sql("INSERT INTO deployment (url, branch, status, trigger, infrastructure_failure, "
+                   "log_bytes, log_seen, attempts, fork, container_id, created_at) VALUES "
+                   "('https://example.com/app.git', 'main', 'Running', 'manual', 0, 7, 1, 1, 0, "
+                   "'c0ffee', '2026-11-28 10:00:00')")
+    db.execute_sql("INSERT INTO result (deployment_id, text, created_at) VALUES "
+                   "(1, 'line 1\n', '2026-11-28 10:00:01')")
+    db.close()
+    db = open_database(f"sqlite:///{path}")
+    with db.connection_context():
+        running = queries.get(1)
+        assert (running.status, running.owner, running.container_id) == ("Running", None, "c0ffee")
+        assert queries.results_text(1) == "line 1\n"
+        replicas.join("first", "host", 1)
+        assert [(d.id, d.owner) for d in replicas.adopt("first", 30)] == [(1, "first")]
+    db.close()
