@@ -14,7 +14,7 @@ from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
-from storage import releases
+from storage import releases, replicas
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
@@ -79,11 +79,14 @@ async def waiting_reasons(request: web.Request, deployments: list[Deployment]) -
     """Why each Pending deployment waits: its place in the queue and the limit holding it."""
     if not any(d.state == Status.PENDING for d in deployments):
         return {}
-    queue = await request.app[store_key].run(queries.pending_ids)
-    running = len(request.app[worker_key].runs)
-    limit = request.app[config_key].runner.max_concurrent
-    return {deployment_id: f"position {place} in the queue; {running} of {limit} deployments "
-                           "running (runner.max_concurrent)"
+    store = request.app[store_key]
+    queue = await store.run(queries.pending_ids)
+    # The whole cluster's: any replica with a free slot takes the next one.
+    running, count, slots = await store.run(replicas.capacity, request.app[config_key].runner.lease)
+    where = "(runner.max_concurrent)" if count == 1 else \
+        f"on {count} replicas (runner.max_concurrent of each)"
+    return {deployment_id: f"position {place} in the queue; {running} of {slots} deployments "
+                           f"running {where}"
             for place, deployment_id in enumerate(queue, start=1)}
 
 

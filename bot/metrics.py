@@ -18,6 +18,11 @@ class Metrics:
                             registry=self.registry)
         self.running = Gauge("speed_deployments_running", "Deployments this process is running",
                              registry=self.registry)
+        self.cluster_running = Gauge("speed_cluster_deployments_running",
+                                     "Deployments running on all replicas",
+                                     registry=self.registry)
+        self.replicas = Gauge("speed_replicas", "Replicas whose lease runs (this one included)",
+                              registry=self.registry)
         self.phase = Histogram("speed_phase_duration_seconds", "Duration of deployment phases",
                                ["phase"], buckets=PHASE_BUCKETS, registry=self.registry)
         self.deliveries = Counter("speed_webhook_deliveries_total", "Webhook deliveries received",

@@ -5,9 +5,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.environments import environment_list
-from bot.keys import backend_key, metrics_key, store_key, worker_key
+from bot.keys import backend_key, config_key, metrics_key, store_key, worker_key
 from runner.errors import RunnerError
 from storage import deployments as queries
+from storage import replicas
 from storage.status import Status
 
 routes = web.RouteTableDef()
@@ -22,6 +23,10 @@ async def metrics(request: web.Request) -> web.Response:
     counts = await request.app[store_key].run(queries.counts)
     collected.queued.set(counts[Status.PENDING.value])
     collected.running.set(len(request.app[worker_key].runs))
+    running, count, _ = await request.app[store_key].run(replicas.capacity,
+                                                         request.app[config_key].runner.lease)
+    collected.cluster_running.set(running)
+    collected.replicas.set(count)
     collected.environment_healthy.clear()  # torn-down environments drop out
     for environment in await environment_list(request.app):
         collected.environment_healthy.labels(environment["repository"], environment["name"]).set(

@@ -59,6 +59,7 @@ class OutputRecorder:
         self._dropped = 0
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task | None = None
+        self._failed: Exception | None = None
 
     @property
     def full(self) -> bool:
@@ -95,6 +96,8 @@ class OutputRecorder:
         await self._take(text, cursor, own=False)
 
     async def _take(self, text: str, cursor: object, own: bool) -> None:
+        if self._failed is not None:  # a timed flush failed (NotOwner): the writer hears of it
+            raise self._failed
         self._held.append((text, cursor, own))
         self._release(self._releasable())
         if self._buffered >= FLUSH_BYTES:
@@ -163,7 +166,10 @@ class OutputRecorder:
     async def _flush_soon(self) -> None:
         await asyncio.sleep(FLUSH_SECONDS)
         self._ticker = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as e:  # noqa: BLE001 - nobody awaits this task: the next write raises it
+            self._failed = e
 
     async def flush(self) -> None:
         """Store what is buffered now (held writes wait for more output or close)."""

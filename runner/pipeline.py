@@ -74,8 +74,9 @@ def token_hash(token: str) -> str:
 class Run:
     """A deployment this process is carrying out, and how to stop it."""
 
-    def __init__(self, deployment_id: int):
+    def __init__(self, deployment_id: int, claim: int = 0):
         self.deployment_id = deployment_id
+        self.claim = claim  # which claim of the deployment it carries out (storage.replicas)
         self.container_id: str | None = None
         self.image: str | None = None  # its image's name, once chosen
         self.built = False  # whether that image exists: built, or an earlier one reused
@@ -411,7 +412,9 @@ class Pipeline:
             labels["speed.release"] = str(release)
             port = run.settings.service.port
         # A container left by a crash before its id was stored is removed by reconcile, before
-        # the requeue: nothing to look for on this path.
+        # the requeue: nothing to look for on this path. A run that lost the deployment to
+        # another replica makes none (NotOwner).
+        await self.store.run(replicas.check)
         run.container_id = await self.backend.create(
             name, run.image, env, labels, self._limits(run.settings), port,
             # Never the port of another release: its route may outlive its container.

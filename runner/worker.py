@@ -29,13 +29,13 @@ ENGINE_RETRY_SECONDS = 2.0
 BEAT_SECONDS = 1.0
 
 
-def _remove_workspaces(workdir: str, live: set[str]) -> None:
+def _remove_workspaces(workdir: str, present: set[str]) -> None:
     """Remove the clones of replicas that are gone (and those of releases before replicas)."""
     pattern = os.path.join(glob.escape(workdir), "{}")
     for leftover in glob.glob(pattern.format("deployment-*")):
         shutil.rmtree(leftover, ignore_errors=True)
     for folder in glob.glob(pattern.format("replica-*")):
-        if os.path.basename(folder).removeprefix("replica-") not in live:
+        if os.path.basename(folder).removeprefix("replica-") not in present:
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -62,6 +62,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._joined = False
         self._stopping: set[asyncio.Task] = set()
+        # Held while a claim or an adoption becomes a run, so that neither takes a deployment
+        # the other has claimed and not yet started to carry out.
+        self._taking = asyncio.Lock()
 
     def redacted(self, deployment_id: int, text: str) -> str:
         """text without the secrets and tokens of a deployment this process runs: what a
@@ -119,7 +122,7 @@ class Worker:
         """Join the replicas, adopt what was left running, then work the queue while keeping
         the lease; containers get api_url."""
         self.pipeline.settings = dataclasses.replace(self.pipeline.settings, api_url=api_url)
-        await self.store.run(replicas.join, self.replica, self.identity.machine, self.identity.pid)
+        await self._join()
         self._joined = True
         await self.reconcile()
         beating = asyncio.create_task(self._beat(), name="speed-lease")
@@ -128,40 +131,52 @@ class Worker:
                 self._wake.clear()
                 # A run that recorded its outcome only cleans up: its slot is free.
                 while sum(not run.settled for run in self.runs.values()) < self.max_concurrent:
-                    deployment = await self.store.run(queries.claim_next, self.replica)
-                    if deployment is None:
-                        break
-                    self._spawn(deployment.id,
-                                lambda run, d=deployment: self.pipeline.deploy(d, run))
+                    async with self._taking:
+                        deployment = await self.store.run(queries.claim_next, self.replica)
+                        if deployment is None:
+                            break
+                        self._spawn(deployment,
+                                    lambda run, d=deployment: self.pipeline.deploy(d, run))
                 await self._wake.wait()
         finally:
             beating.cancel()
 
     async def _beat(self) -> None:
-        """Renew the lease; adopt what silent replicas left; stop what was finished elsewhere
-        or taken over; look at the queue (work queued on another replica)."""
+        """Renew the lease; stop what was finished elsewhere or taken over; adopt what silent
+        replicas left; now and then sweep the engine; look at the queue (work queued on
+        another replica)."""
         interval = min(BEAT_SECONDS, self.lease / 3)
         loop = asyncio.get_running_loop()
-        adopt_from = 0.0
+        adopt_from = sweep_at = loop.time() + self.lease
         while True:
             await asyncio.sleep(interval)
             try:
                 asked = loop.time()
-                await self.store.run(replicas.beat, self.replica)
+                if not await self.store.run(replicas.beat, self.replica):
+                    log.warning("this replica was forgotten (silent for a day?); joining again")
+                    await self._join()
                 if loop.time() - asked > interval:
                     # The database was away (or this process frozen): the others could not
                     # renew their leases either. Give them a lease's time before adopting.
                     adopt_from = loop.time() + self.lease
-                await self._forget_dead_here()
-                if loop.time() >= adopt_from:
-                    await self.adopt()
+                # Let go before adopting: a run of an earlier claim must not go on beside
+                # the new one.
+                claims = {i: run.claim for i, run in self.runs.items()}
                 for deployment_id, finished in await self.store.run(
-                        replicas.not_carried, self.replica, list(self.runs)):
+                        replicas.not_carried, self.replica, claims):
                     if finished:
                         await self.stop(deployment_id)
                     else:
                         self._let_go(deployment_id)
-            except Exception:  # the database away: the next beat tries again
+                await self._forget_dead_here()
+                if loop.time() >= adopt_from:
+                    await self.adopt()
+                if loop.time() >= sweep_at:
+                    # Containers of deployments finished while their owner was away (a cancel
+                    # sent to another replica) are removed here, within a lease or so.
+                    sweep_at = loop.time() + self.lease
+                    await self._sweep()
+            except Exception:  # the database or the engine away: the next beat tries again
                 log.exception("lease renewal failed")
             self._wake.set()
 
@@ -175,12 +190,14 @@ class Worker:
                 log.error("%s; retrying in %g s", e.message, ENGINE_RETRY_SECONDS)
                 await asyncio.sleep(ENGINE_RETRY_SECONDS)
 
-    def _spawn(self, deployment_id: int, work) -> None:
-        run = Run(deployment_id)
+    def _spawn(self, deployment, work) -> None:
+        deployment_id = deployment.id
+        run = Run(deployment_id, deployment.claim)
         run.on_settled = self._wake.set
-        # Every query of the run is fenced: once another replica adopted it, nothing is written.
+        # Every query of the run is fenced: once another replica adopted it (or this one
+        # claimed it again), nothing is written.
         context = contextvars.copy_context()
-        context.run(replicas.acting.set, (self.replica, deployment_id))
+        context.run(replicas.acting.set, (self.replica, deployment_id, run.claim))
         run.task = asyncio.create_task(self._guard(run, work(run)), context=context,
                                        name=f"deployment-{deployment_id}")
         self.runs[deployment_id] = run
@@ -206,12 +223,18 @@ class Worker:
                 del self.runs[run.deployment_id]
             self._wake.set()
 
+    async def _join(self) -> None:
+        await self.store.run(replicas.join, self.replica, self.identity.machine, self.identity.pid,
+                             self.max_concurrent)
+
     async def reconcile(self) -> None:
         """Adopt what replicas that are gone (an earlier process of this one) left Running;
         remove their leftovers."""
         await self._forget_dead_here()
-        live = {replica.id for replica in await self.store.run(replicas.live, self.lease)}
-        await asyncio.to_thread(_remove_workspaces, self.workdir, live)
+        # Only the clones of replicas known to be gone: one whose lease merely ran out (the
+        # database was away) may be cloning still.
+        present = await self.store.run(replicas.present)
+        await asyncio.to_thread(_remove_workspaces, self.workdir, present)
         await self.adopt()
         await self._sweep()
         # Live services run on; those draining when SPEED stopped are retired when due.
@@ -229,15 +252,21 @@ class Worker:
     async def adopt(self) -> None:
         """Take over the deployments of replicas whose lease ran out: each is reattached to its
         container, queued again if its container never started, or failed if it vanished."""
-        for deployment in await self.store.run(replicas.adopt, self.replica, self.lease):
-            log.info("adopted", extra={"deployment": deployment.id})
-            self._spawn(deployment.id, lambda run, d=deployment: self._carry_on(d, run))
+        async with self._taking:  # never between a claim and its run: that one is carried
+            for deployment in await self.store.run(replicas.adopt, self.replica, self.lease,
+                                                   list(self.runs)):
+                log.info("adopted", extra={"deployment": deployment.id})
+                self._spawn(deployment, lambda run, d=deployment: self._carry_on(d, run))
 
     async def _carry_on(self, deployment, run: Run) -> None:
         """Go on with an adopted deployment from where its container is."""
         state = None
-        if deployment.container_id:
-            state = await self.backend.state(deployment.container_id)
+        while deployment.container_id:
+            try:
+                state = await self.backend.state(deployment.container_id)
+                break
+            except EngineUnavailable:  # not "vanished": wait for the engine to tell
+                await self.wait_for_engine()
         if deployment.container_id and state is None:
             await self.store.change(queries.transition, deployment.id, Status.FAILED,
                                     note="[speed] Failed: interrupted (the container vanished)",

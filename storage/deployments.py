@@ -159,7 +159,8 @@ def claim_next(owner: str) -> Deployment | None:
         oldest = oldest.for_update(skip_locked=True)
     with write_transaction():
         rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
-                                      attempts=Deployment.attempts + 1, owner=owner)
+                                      attempts=Deployment.attempts + 1, owner=owner,
+                                      claim=Deployment.claim + 1)
                     .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
                     .returning(Deployment).objects(Deployment).execute())
     return rows[0] if rows else None

@@ -49,6 +49,9 @@ class Deployment(BaseModel):
     # The replica carrying it out (Replica.id) since it was claimed: only that replica may write
     # about it until another adopts it, once the owner's lease ran out (storage.replicas).
     owner = CharField(max_length=32, null=True, index=True)
+    # Which claim of it the owner carries out: counted up at every claim and adoption, so a
+    # run of an earlier claim (its replica stopped, then given the deployment back) is fenced too.
+    claim = IntegerField(default=0)
     # The settings in effect (runner.settings.Settings.to_json): from the commit's .speed.yml.
     settings = TextField(null=True)
     # The environment a repos: rule names (SPEED_ENVIRONMENT), and whether a pull request comes
@@ -163,6 +166,7 @@ class Replica(BaseModel):
     id = CharField(max_length=32, primary_key=True)  # random, made at each start
     host = CharField(max_length=200)  # hostname and boot id: where its pid means something
     pid = IntegerField()
+    slots = IntegerField(default=0)  # its runner.max_concurrent
     started_at = DateTimeField(default=utcnow)
     # The database's clock (seconds) at its last heartbeat: the database's, so replicas on
     # machines whose clocks disagree still agree on whose lease ran out. 0: it left.

@@ -82,5 +82,5 @@ def test_a_database_of_the_release_before_replicas_keeps_its_running_deployment(
         assert (running.status, running.owner, running.container_id) == ("Running", None, "c0ffee")
         assert queries.results_text(1) == "line 1\n"
         replicas.join("first", "host", 1)
-        assert [(d.id, d.owner) for d in replicas.adopt("first", 30)] == [(1, "first")]
+        assert [(d.id, d.owner) for d in replicas.adopt("first", 30, [])] == [(1, "first")]
     db.close()

@@ -17,15 +17,13 @@ from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, m
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
-from tests import test_releases, test_replicas
+from tests import test_releases
 from tests.conftest import results_of, wait_finished
 
-# Every test of the release state machine (tests/test_releases.py) and of replicas
-# (tests/test_replicas.py) runs here again, on PostgreSQL: pytest collects them from this
-# module, where `db` is this module's fixture.
-for module in (test_releases, test_replicas):
-    globals().update({name: test for name, test in vars(module).items()
-                      if name.startswith("test_")})
+# Every test of the release state machine (tests/test_releases.py) runs here again, on
+# PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
+globals().update({name: test for name, test in vars(test_releases).items()
+                  if name.startswith("test_")})
 
 MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
 GITHUB = "https://github.com/acme/app.git"
@@ -354,7 +352,7 @@ def test_replicas_adopting_at_once_each_take_their_own_orphans(db, postgres_url)
     def adopt():
         with lock:
             me = next(names)
-        return me, replicas.adopt(me, 30)
+        return me, replicas.adopt(me, 30, [])
 
     adopted = _replicas(postgres_url, 4, adopt)
     taken = [(d.id, me) for me, rows in adopted for d in rows]

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import pytest
+import requests
 from cryptography.fernet import Fernet
 
 from tests.process import SpeedProcess
@@ -217,3 +218,70 @@ def test_replicas_wait_for_a_restarted_database_and_lose_nothing(replicas, repo,
     assert info["status"] == "Succeeded", results
     assert_every_line_once(results, lines=60)
     assert first.sql("SELECT count(*) FROM deployment") == [(2,)]
+
+
+def test_any_replica_shows_the_whole_cluster(replicas, repo):
+    """Two replicas of one slot each, both busy: a third deployment's waiting reason and the
+    metrics say so on either replica."""
+    first = replicas("first", max_concurrent=1)
+    second = replicas("second", max_concurrent=1)
+    url, _ = repo("echo started\nsleep 300\n")
+    busy = [first.start_deployment(url), second.start_deployment(url)]
+    first.wait_until(lambda: all(first.info(i)["status"] == "Running" for i in busy))
+    waiting = first.start_deployment(url)
+    for replica in (first, second):
+        assert replica.info(waiting)["waiting_reason"] == (
+            "position 1 in the queue; 2 of 2 deployments running on 2 replicas "
+            "(runner.max_concurrent of each)")
+        metrics = requests.get(f"{replica.base_url}/metrics", timeout=10).text
+        assert "speed_cluster_deployments_running 2.0" in metrics
+        assert "speed_replicas 2.0" in metrics
+        assert "speed_deployments_queued 1.0" in metrics
+    for deployment_id in (waiting, *busy):
+        assert second.call("POST", f"/cancel/{deployment_id}")[0] == 200
+
+
+def test_a_deployment_given_back_to_a_stale_replica_has_every_line_once(replicas, repo):
+    """Fault: the first replica is stopped past its lease, the second adopts and is killed, the
+    first goes on and takes the deployment back. Asserts: its old run (of the first claim) is
+    fenced out and let go; the new run stores every line exactly once."""
+    first = replicas("first")
+    url, _ = repo(counting(lines=150))
+    deployment_id = first.start_deployment(url)
+    first.wait_output(deployment_id, "line 5\n")
+    second = replicas("second")
+    first.process.send_signal(signal.SIGSTOP)
+    second.wait_until(lambda: owner(second, deployment_id) == replica_id(second),
+                      timeout=LEASE + 10)
+    second.wait_output(deployment_id, "line 40\n")
+    first_id = replica_id(first)
+    second.kill9()  # the adopter dies while the first is still stopped
+    first.process.send_signal(signal.SIGCONT)
+    first.wait_until(lambda: owner(first, deployment_id) == first_id, timeout=LEASE + 10)
+    info = first.wait_finished(deployment_id)
+    results = first.results(deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert_every_line_once(results, lines=150)
+
+
+def test_a_cancel_while_the_owner_is_dead_stops_its_container(replicas, repo, monkeypatch,
+                                                             docker_client):
+    """Fault: the replica running a deployment dies (in a pid namespace of its own, as one on
+    another machine looks), and the deployment is cancelled on another before the lease ran
+    out. Asserts: its container is stopped and removed all the same, within a lease or so."""
+    import tests.process as process_module
+    popen = subprocess.Popen
+    monkeypatch.setattr(process_module.subprocess, "Popen", lambda args, **kw: popen(
+        ["unshare", "--pid", "--fork", "--kill-child", *args], **kw))
+    first = replicas("first")
+    monkeypatch.setattr(process_module.subprocess, "Popen", popen)
+    url, _ = repo("echo started\nsleep 300\n")
+    deployment_id = first.start_deployment(url)
+    first.wait_output(deployment_id, "started\n")
+    second = replicas("second")
+    first.kill9()
+    status, body = second.call("POST", f"/cancel/{deployment_id}")
+    assert (status, body["status"]) == (200, "Cancelled"), body
+    second.wait_until(lambda: not docker_client.containers.list(
+        all=True, filters={"label": f"speed.deployment={deployment_id}"}, ignore_removed=True),
+        timeout=2 * LEASE + 10)

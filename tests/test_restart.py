@@ -419,3 +419,28 @@ def test_kill_during_output_writes_loses_and_repeats_nothing(speed, repo, kill_a
     assert (info["status"], info["exit_code"]) == ("Failed", 5), results[-500:]
     lines = [line for line in results.splitlines() if line.startswith("line ")]
     assert lines == [f"line {n}" for n in range(4000)]
+
+
+def test_a_restart_in_a_new_pid_namespace_reattaches_at_once(speed, repo, monkeypatch):
+    """Fault: SPEED in a container is restarted (a new pid namespace: the dead process's pid
+    means nothing here). Asserts: on SQLite, one process by definition, the restarted SPEED
+    takes over at once, not when the dead one's lease (30 s) runs out."""
+    import subprocess
+
+    import tests.process as process_module
+    popen = subprocess.Popen
+    monkeypatch.setattr(process_module.subprocess, "Popen", lambda args, **kw: popen(
+        ["unshare", "--pid", "--fork", "--kill-child", *args], **kw))
+    bot = speed()
+    url, _ = repo("echo before\nsleep 4\necho after\n")
+    deployment_id = bot.start_deployment(url)
+    bot.wait_output(deployment_id, "before\n")
+    owner = bot.row(deployment_id)["owner"]
+    bot.kill9()
+    bot.start()
+    # Well within the 30 s lease: taken over at start-up.
+    bot.wait_until(lambda: bot.row(deployment_id)["owner"] != owner, timeout=10)
+    info = bot.wait_finished(deployment_id)
+    results = bot.results(deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert results.count("before\n") == 1 and results.count("after\n") == 1

@@ -26,6 +26,7 @@ def up(migrator, db):
         id = CharField(max_length=32, primary_key=True)
         host = CharField(max_length=200)
         pid = IntegerField()
+        slots = IntegerField(default=0)
         started_at = DateTimeField(default=_now)
         heartbeat = DoubleField()
 
@@ -37,6 +38,7 @@ def up(migrator, db):
     # them (storage.replicas.adopt), as the one process used to at every start.
     migrator.migrate(
         migrator.add_column("deployment", "owner", CharField(max_length=32, null=True)),
+        migrator.add_column("deployment", "claim", IntegerField(default=0)),
         migrator.add_index("deployment", ("owner",), False),
     )
     if isinstance(db, PostgresqlDatabase):
