@@ -408,9 +408,16 @@ def _until(check, timeout: float = 10.0) -> None:
 def test_one_replica_at_a_time_holds_a_shared_lock(db, postgres_url):
     """The start-up catch-up with GitHub runs on one replica at a time (storage.db.try_lock)."""
     from storage.db import CATCH_UP_LOCK, try_lock, unlock
-    all_tried = threading.Barrier(3)  # no connection closes (which releases) before all tried
-    taken = _replicas(postgres_url, 3, lambda: (try_lock(CATCH_UP_LOCK), all_tried.wait())[0])
-    assert sorted(taken) == [False, False, True]  # the winner's connection closed: released
+    all_tried = threading.Barrier(3)
+
+    def catch_up() -> bool:
+        taken = try_lock(CATCH_UP_LOCK)
+        all_tried.wait()  # none gives it up before all tried
+        if taken:
+            unlock(CATCH_UP_LOCK)
+        return taken
+
+    assert sorted(_replicas(postgres_url, 3, catch_up)) == [False, False, True]
     assert try_lock(CATCH_UP_LOCK) is True
     assert sql(postgres_url, "SELECT pg_try_advisory_lock(%s)", (CATCH_UP_LOCK,)) == [(False,)]
     unlock(CATCH_UP_LOCK)
