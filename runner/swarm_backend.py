@@ -54,6 +54,24 @@ class TaskEnded(ContainerState):
     reason: str = ""
 
 
+def _satisfies(node: dict, constraint: str) -> bool:
+    """Whether node meets a placement constraint of the kinds SPEED checks itself (node.id,
+    node.role, node.labels.*, with == or !=); the swarm checks any other kind."""
+    key, equal, value = constraint.partition("==")
+    if not equal:
+        key, _, value = constraint.partition("!=")
+    key, value = key.strip(), value.strip()
+    if key == "node.id":
+        actual = node["ID"]
+    elif key == "node.role":
+        actual = node["Spec"].get("Role")
+    elif key.startswith("node.labels."):
+        actual = (node["Spec"].get("Labels") or {}).get(key.removeprefix("node.labels."))
+    else:
+        return True
+    return (actual == value) == bool(equal)
+
+
 class SwarmBackend(Backend):
     """Runs deployments as services of the swarm whose manager answers at manager; builds on
     the local engine (the builder) and pushes each image to registry, from where nodes pull it.
@@ -64,8 +82,11 @@ class SwarmBackend(Backend):
     across the task's restarts (the routing mesh needs IPVS, which not every kernel has)."""
 
     def __init__(self, manager: str = MANAGER, registry: str = "localhost:5000",
-                 callback_host: str | None = None, builder: DockerBackend | None = None):
+                 callback_host: str | None = None, builder: DockerBackend | None = None,
+                 constraints: tuple[str, ...] = ()):
         self._manager = manager
+        # Swarm placement constraints for every task (e.g. node.role==worker).
+        self._constraints = tuple(constraints)
         self._registry = registry
         self._callback_host = callback_host
         # The local engine builds: its hardened build (limited steps on a network of their own,
@@ -147,12 +168,14 @@ class SwarmBackend(Backend):
         if port is None:
             # Created with nothing to run: start asks for one completion.
             task = TaskTemplate(container, resources=resources, log_driver=log,
+                                placement=Placement(constraints=list(self._constraints)),
                                 restart_policy=RestartPolicy("none"))
             mode, endpoint = ServiceMode("replicated-job", replicas=0, concurrency=1), None
         else:
             node, published = await self._place(api, avoid)
             task = TaskTemplate(container, resources=resources, log_driver=log,
-                                placement=Placement(constraints=[f"node.id=={node}"]),
+                                placement=Placement(
+                                    constraints=[f"node.id=={node}", *self._constraints]),
                                 restart_policy=RestartPolicy("on-failure", delay=0,
                                                              max_attempts=RESTARTS))
             mode = ServiceMode("replicated", replicas=0)
@@ -170,7 +193,8 @@ class SwarmBackend(Backend):
             nodes = await asyncio.to_thread(api.nodes)
             services = await asyncio.to_thread(api.services)
         ready = [node["ID"] for node in nodes if node["Status"]["State"] == "ready"
-                 and node["Spec"].get("Availability") == "active"]
+                 and node["Spec"].get("Availability") == "active"
+                 and all(_satisfies(node, c) for c in self._constraints)]
         if not ready:
             raise RunFailed("no swarm node is ready and active")
         load = dict.fromkeys(ready, 0)
@@ -352,7 +376,7 @@ class SwarmBackend(Backend):
             return
         self._killed[container_id] = ContainerState("exited", KILLED, restarts=state.restarts,
                                                     last_exit=KILLED)
-        with contextlib.suppress(NotFound), _engine_errors(RunFailed, "kill service"):
+        with _engine_errors(RunFailed, "kill service"), contextlib.suppress(NotFound):
             await asyncio.to_thread(api.remove_service, container_id)
 
     async def find(self, labels: Mapping[str, str]) -> list[str]:
@@ -366,7 +390,7 @@ class SwarmBackend(Backend):
         api = await self._api()
         if container_id:
             self._killed.pop(container_id, None)
-            with contextlib.suppress(NotFound), _engine_errors(RunFailed, "clean up"):
+            with _engine_errors(RunFailed, "clean up"), contextlib.suppress(NotFound):
                 await asyncio.to_thread(api.remove_service, container_id)
         if image:
             # Local tags only: nodes keep the layers they pulled until pruned; the registry

@@ -1,0 +1,307 @@
+"""One contract, every backend: the Backend methods themselves, on real engines (the machine's
+Docker engine; a real two-node swarm with a registry)."""
+import asyncio
+import contextlib
+import time
+import uuid
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from runner.base import Limits, LogCursor
+from runner.docker_backend import DockerBackend
+from runner.errors import RunnerError
+from runner.swarm_backend import SwarmBackend
+from tests.conftest import free_port
+from tests.images import BASE_IMAGE
+
+LIMITS = Limits(memory="64m", cpus=0.5, pids=64)
+# One image for every test: what a container does comes from its SCRIPT.
+DOCKERFILE = f'FROM {BASE_IMAGE}\nCOPY . /app\nCMD ["sh", "-c", "eval \\"$SCRIPT\\""]\n'
+REPOSITORY = f"speed-contract-{uuid.uuid4().hex[:8]}"
+BACKENDS = ["docker", "swarm"]
+
+
+def make_backend(name: str, swarm=None, constraints: tuple[str, ...] = ()):
+    if name == "docker":
+        return DockerBackend()
+    return SwarmBackend(manager=swarm.swarm_host, registry=swarm.registry,
+                        callback_host=swarm.callback_host, constraints=constraints)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """The image each backend built, by backend: built once, by the first test that needs it."""
+    return {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_images(docker_client, images):
+    yield
+    for image in docker_client.images.list():
+        for tag in image.tags:
+            if REPOSITORY in tag:
+                docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    return request.param
+
+
+@pytest.fixture
+def swarm_if_needed(request, backend_name):
+    return request.getfixturevalue("swarm") if backend_name == "swarm" else None
+
+
+@pytest.fixture
+async def backend(backend_name, swarm_if_needed, base_image):
+    return make_backend(backend_name, swarm_if_needed)
+
+
+@pytest.fixture
+async def image(backend, backend_name, images, tmp_path):
+    """The contract's image, built by this backend (once a session)."""
+    if backend_name not in images:
+        (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+        output: list[str] = []
+
+        async def sink(text: str) -> None:
+            output.append(text)
+
+        tag = f"{REPOSITORY}:1-{backend_name}"
+        image_id = await backend.build(str(tmp_path), tag, sink, LIMITS)
+        assert image_id.startswith("sha256:")
+        assert "COPY . /app" in "".join(output)  # the build's log reached the sink
+        images[backend_name] = tag
+    return images[backend_name]
+
+
+@pytest.fixture
+async def run(backend, image):
+    """Create (and optionally start) a container of the contract's image running a script;
+    every one made is cleaned up after the test."""
+    made: list[tuple] = []
+
+    async def make(script: str, *, start: bool = True, port: int | None = None,
+                   limits: Limits = LIMITS, labels: dict | None = None, on=None) -> str:
+        on = on or backend
+        labels = {"speed.instance": "contract", "speed.test": uuid.uuid4().hex, **(labels or {})}
+        name = f"speed-contract-{uuid.uuid4().hex[:12]}"
+        container = await on.create(name, image, {"SCRIPT": script}, labels, limits, port)
+        made.append((on, container))
+        if start:
+            await on.start(container)
+        return container
+
+    yield make
+    for on, container in made:
+        await on.cleanup(container)
+
+
+async def output_of(backend, container, after=None, follow=False) -> list[tuple[int, str]]:
+    async with contextlib.aclosing(backend.logs(container, after, follow)) as pieces:
+        return [piece async for piece in pieces]
+
+
+async def poll(check, timeout: float = 30.0):
+    """The first truthy value of check(), polled until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_job_runs_and_its_followed_output_ends_with_it(backend, run):
+    container = await run("echo first; sleep 1; echo second")
+    async with asyncio.timeout(30):
+        followed = await output_of(backend, container, follow=True)
+        state = await backend.wait(container)
+    assert state.exited and state.exit_code == 0 and not state.oom_killed
+    text = "".join(piece for _, piece in followed)
+    # Following may end a moment before the last line lands (Docker 20.10): the pipeline reads
+    # once more without following, as here.
+    text += "".join(p for _, p in await output_of(backend, container, LogCursor(followed[-1][0]))
+                    ) if followed and "second" not in text else ""
+    assert "first\n" in text and "second\n" in text
+
+
+async def test_a_created_container_does_not_run_until_started(backend, run):
+    container = await run("echo ran", start=False)
+    state = await backend.state(container)
+    assert state is not None and state.never_started
+    await backend.start(container)
+    async with asyncio.timeout(30):
+        assert (await backend.wait(container)).exit_code == 0
+
+
+async def test_a_non_zero_exit_is_its_exit_code(backend, run):
+    container = await run("echo failing >&2; exit 3")
+    async with asyncio.timeout(30):
+        state = await backend.wait(container)
+    assert state.exit_code == 3 and not state.oom_killed
+    assert "failing\n" in "".join(p for _, p in await output_of(backend, container))
+
+
+async def test_out_of_memory_is_reported(backend, run):
+    container = await run("x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived",
+                          limits=Limits(memory="8m", cpus=0.5, pids=64))
+    async with asyncio.timeout(30):
+        state = await backend.wait(container)
+    assert state.oom_killed and state.exit_code == 137
+
+
+async def test_kill_makes_wait_return(backend, run):
+    container = await run("echo started; sleep 120")
+    await poll(lambda: _printed(backend, container, "started"))
+    began = time.monotonic()
+    await backend.kill(container)
+    async with asyncio.timeout(20):
+        state = await backend.wait(container)
+    assert state.exited and state.exit_code == 137 and not state.oom_killed
+    assert time.monotonic() - began < 10
+    await backend.kill(container)  # killing what ended already is no error
+
+
+async def _printed(backend, container, text: str) -> bool:
+    return text in "".join(p for _, p in await output_of(backend, container))
+
+
+async def _running(backend, container) -> bool:
+    state = await backend.state(container)
+    return state is not None and state.status == "running"
+
+
+async def test_find_by_labels(backend, run):
+    mark = uuid.uuid4().hex
+    container = await run("true", start=False, labels={"speed.deployment": mark})
+    assert await backend.find({"speed.instance": "contract", "speed.deployment": mark}) == [container]
+    assert await backend.find({"speed.deployment": uuid.uuid4().hex}) == []
+
+
+async def test_cleanup_removes_it_and_is_idempotent(backend, run):
+    container = await run("sleep 60")
+    await backend.cleanup(container)
+    assert await backend.state(container) is None
+    await backend.cleanup(container)  # gone already: no error
+    await backend.cleanup(image=f"{REPOSITORY}:never-built")
+
+
+async def test_a_service_serves_its_port_at_its_address(backend, run):
+    container = await run("echo -n served > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                          port=8080)
+    address = await backend.address(container, 8080)
+    assert address is not None
+    assert await _serves(address) == "served"
+
+
+async def _serves(address: str, timeout: float = 30.0) -> str:
+    """The body at http://address/ once it answers."""
+    async with aiohttp.ClientSession() as session:
+        async def get():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://{address}/index.html",
+                                       timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    return await response.text() if response.status == 200 else None
+        return await poll(get, timeout)
+
+
+async def test_output_resumes_after_a_cursor_without_repeats(backend, run):
+    container = await run("for i in $(seq 1 40); do echo line$i; done")
+    async with asyncio.timeout(30):
+        await backend.wait(container)
+    pieces = await output_of(backend, container)
+    assert "".join(p for _, p in pieces) == "".join(f"line{i}\n" for i in range(1, 41))
+    cursor = None
+    for at, _ in pieces[:15]:
+        cursor = cursor.after(at) if cursor else LogCursor(at)
+    rest = await output_of(backend, container, cursor)
+    assert [p for _, p in rest] == [p for _, p in pieces[15:]]
+
+
+# The swarm's own: placement on both nodes, reaching SPEED from every node, a drained node.
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_jobs_on_both_nodes_reach_the_callback_host(swarm, backend, run):
+    hits: list[str] = []
+
+    async def hit(request: web.Request) -> web.Response:
+        hits.append(request.query["from"])
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/hit", hit)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, swarm.callback_host, port).start()
+    try:
+        callback = f"http://{await backend.callback_host()}:{port}/hit"
+        containers = {}
+        for node in (swarm.manager_node, swarm.worker_node):
+            pinned = make_backend("swarm", swarm, constraints=(f"node.id=={node}",))
+            containers[node] = (pinned, await run(f"wget -qO- '{callback}?from={node}'", on=pinned))
+        async with asyncio.timeout(30):
+            for node, (pinned, container) in containers.items():
+                assert (await pinned.wait(container)).exit_code == 0
+                assert await pinned.node(container) == node
+    finally:
+        await runner.cleanup()
+    assert sorted(hits) == sorted([swarm.manager_node, swarm.worker_node])
+
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_releases_spread_over_both_nodes(swarm, backend, run):
+    script = "echo -n $(hostname) > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"
+    first = await run(script, port=8080)
+    second = await run(script, port=8080)
+    nodes = {await poll(lambda: backend.node(first)), await poll(lambda: backend.node(second))}
+    assert nodes == {swarm.manager_node, swarm.worker_node}
+    one, other = await backend.address(first, 8080), await backend.address(second, 8080)
+    assert one.split(":")[0] != other.split(":")[0]  # each node's own address
+    assert await _serves(one) != await _serves(other)  # two containers, each answering
+
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_a_job_on_a_node_drained_meanwhile_runs_to_its_end(swarm, backend, run, docker_client):
+    """Swarm 20.10 leaves a running job's task alone when its node is drained (its desired
+    state is complete, which draining does not change): the job ends as it would have, its
+    whole output and exit code recorded; the next job runs on another node."""
+    import docker
+
+    manager = docker.DockerClient(base_url=swarm.swarm_host).api
+    pinned = make_backend("swarm", swarm, constraints=("node.labels.speed.node==worker",))
+    container = await run("echo before; sleep 2; echo after; exit 4", on=pinned)
+    await poll(lambda: _printed(pinned, container, "before"))  # its container runs
+    worker = manager.inspect_node(swarm.worker_node)
+    spec = {**worker["Spec"], "Availability": "drain"}
+    manager.update_node(swarm.worker_node, worker["Version"]["Index"], spec)
+    try:
+        later = await run("echo next")
+        async with asyncio.timeout(30):
+            state = await pinned.wait(container)
+            assert (await backend.wait(later)).exit_code == 0
+        assert state.exit_code == 4
+        assert "".join(p for _, p in await output_of(pinned, container)) == "before\nafter\n"
+        assert await backend.node(later) == swarm.manager_node
+    finally:
+        worker = manager.inspect_node(swarm.worker_node)
+        manager.update_node(swarm.worker_node, worker["Version"]["Index"],
+                            {**worker["Spec"], "Availability": "active"})
+
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_an_image_the_nodes_cannot_pull_is_a_clear_failure(backend, run):
+    container = await backend.create(f"speed-contract-{uuid.uuid4().hex[:12]}",
+                                     f"{REPOSITORY}:never-pushed", {}, {"speed.test": "x"}, LIMITS)
+    try:
+        await backend.start(container)
+        with pytest.raises(RunnerError, match="did not run it"):
+            async with asyncio.timeout(60):
+                await backend.wait(container)
+    finally:
+        await backend.cleanup(container)
