@@ -1,0 +1,60 @@
+"""Deployments end to end through SPEED with runner.backend: swarm (a real two-node swarm)."""
+import docker
+import pytest
+
+from tests.conftest import free_port, instance_of, results_of, wait_finished, wait_for
+
+CALLBACK = ('wget -q -O- --header "Authorization: Bearer $SPEED_TOKEN" '
+            '--post-data "{\\"results\\": \\"called back\\\\n\\"}" '
+            '"$SPEED_API_URL/add_results/$SPEED_DEPLOYMENT_ID"\n')
+
+
+@pytest.fixture
+async def swarm_client(make_client, swarm):
+    """SPEED on the swarm: images through its registry, containers reaching it at the address
+    every node reaches."""
+    client = await make_client(runner__backend="swarm", runner__registry=swarm.registry,
+                               runner__swarm_host=swarm.swarm_host,
+                               runner__callback_host=swarm.callback_host,
+                               runner__callback_port=free_port())
+    yield client
+    local = docker.from_env()
+    for image in local.images.list(name=f"{swarm.registry}/speed-{instance_of(client)}"):
+        for tag in image.tags:
+            local.images.remove(tag, force=True)
+
+
+def services_of(swarm, client) -> list:
+    manager = docker.DockerClient(base_url=swarm.swarm_host)
+    return manager.services.list(filters={"label": f"speed.instance={instance_of(client)}"})
+
+
+async def test_a_deployment_runs_on_the_swarm_and_calls_back(swarm, swarm_client, repo):
+    url, commit = repo("echo hello from a swarm task\n" + CALLBACK)
+    response = await swarm_client.post("/start", json={"url": url, "branch": "main"})
+    assert response.status == 201
+    deployment_id = (await response.json())["id"]
+    info = await wait_finished(swarm_client, deployment_id)
+    results = await results_of(swarm_client, deployment_id)
+    assert info["status"] == "Succeeded", results
+    assert "hello from a swarm task" in results and "called back" in results
+    # Everything SPEED made on the swarm goes when the deployment is done.
+    assert await wait_for(lambda: _none_left(swarm, swarm_client), timeout=10)
+
+
+async def _none_left(swarm, client) -> bool:
+    return not services_of(swarm, client)
+
+
+async def test_a_failing_and_a_timed_out_deployment_on_the_swarm(swarm, swarm_client, repo):
+    url, _ = repo("echo about to fail; exit 7\n")
+    failed = (await (await swarm_client.post("/start", json={"url": url, "branch": "main"})).json())["id"]
+    url, _ = repo("echo sleeping; sleep 120\n", extra={".speed.yml": "timeout: 4\n"})
+    slow = (await (await swarm_client.post("/start", json={"url": url, "branch": "main"})).json())["id"]
+    info = await wait_finished(swarm_client, failed)
+    assert info["status"] == "Failed" and info["exit_code"] == 7, info
+    assert "about to fail" in await results_of(swarm_client, failed)
+    info = await wait_finished(swarm_client, slow)
+    assert info["status"] == "Failed" and "timed out" in info["reason"], info
+    assert "sleeping" in await results_of(swarm_client, slow)
+    assert await wait_for(lambda: _none_left(swarm, swarm_client), timeout=15)
