@@ -2,6 +2,8 @@
 import docker
 import pytest
 
+from bot.keys import backend_key
+
 from tests.conftest import free_port, instance_of, results_of, wait_finished, wait_for
 
 CALLBACK = ('wget -q -O- --header "Authorization: Bearer $SPEED_TOKEN" '
@@ -58,3 +60,42 @@ async def test_a_failing_and_a_timed_out_deployment_on_the_swarm(swarm, swarm_cl
     assert info["status"] == "Failed" and "timed out" in info["reason"], info
     assert "sleeping" in await results_of(swarm_client, slow)
     assert await wait_for(lambda: _none_left(swarm, swarm_client), timeout=15)
+
+
+async def test_a_service_on_the_swarm_goes_live_behind_the_proxy_and_switches(
+        swarm, make_client, caddy, git_server, base_image):
+    """A release runs as a swarm service, published in host mode on the node SPEED placed it
+    on; the proxy routes to that node's address; a second release takes over, the first goes."""
+    from tests.test_services import App, deploy, environments, through_proxy
+
+    speed = await make_client(runner__backend="swarm", runner__registry=swarm.registry,
+                              runner__swarm_host=swarm.swarm_host,
+                              runner__callback_host=swarm.callback_host,
+                              runner__callback_port=free_port(),
+                              proxy__admin=caddy.admin, proxy__listen=caddy.listen)
+    app = App(git_server, f"swarm-svc-{instance_of(speed)}")
+    app.push("v1")
+    first = await deploy(speed, app.url)
+    assert first["status"] == "Succeeded", await results_of(speed, first["id"])
+    (environment,) = await environments(speed)
+    (service,) = [s for s in services_of(swarm, speed)
+                  if s.attrs["Spec"]["Labels"].get("speed.deployment") == str(first["id"])]
+    (port,) = service.attrs["Spec"]["EndpointSpec"]["Ports"]
+    assert (port["TargetPort"], port["PublishMode"]) == (8080, "host")
+    upstream = await speed.app[backend_key].address(service.id, 8080)
+    nodes = {node["Status"]["Addr"] for node in docker.DockerClient(
+        base_url=swarm.swarm_host).api.nodes()}
+    assert upstream.split(":")[0] in nodes  # a node's address, not loopback
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        assert await through_proxy(caddy, environment["url"], session) == (200, "v1")
+        app.push("v2")
+        second = await deploy(speed, app.url)
+        assert second["status"] == "Succeeded", await results_of(speed, second["id"])
+        assert await through_proxy(caddy, environment["url"], session) == (200, "v2")
+
+    async def first_gone():
+        return not [s for s in services_of(swarm, speed)
+                    if s.attrs["Spec"]["Labels"].get("speed.deployment") == str(first["id"])]
+
+    assert await wait_for(first_gone, timeout=20)
