@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from runner import docker_backend, swarm_backend
 from runner.base import Limits, LogCursor
 from runner.docker_backend import DockerBackend
 from runner.errors import RunnerError
@@ -208,6 +209,50 @@ async def _serves(address: str, timeout: float = 30.0) -> str:
                                        timeout=aiohttp.ClientTimeout(total=2)) as response:
                     return await response.text() if response.status == 200 else None
         return await poll(get, timeout)
+
+
+async def test_a_failing_service_is_restarted_a_bounded_number_of_times(backend, backend_name, run):
+    container = await run("echo run; exit 5", port=8080)
+
+    async def ended():
+        state = await backend.state(container)
+        return state if state and state.exited else None
+
+    state = await poll(ended, timeout=60)
+    restarts = {"docker": docker_backend.RESTARTS, "swarm": swarm_backend.RESTARTS}[backend_name]
+    assert (state.exit_code, state.last_exit, state.restarts) == (5, 5, restarts)
+    assert "".join(p for _, p in await output_of(backend, container)) == "run\n" * (restarts + 1)
+
+
+async def test_another_backend_reattaches_by_labels(backend_name, swarm_if_needed, run):
+    """What a replica that takes over a deployment does: a backend of its own finds the
+    container by its labels, reads its output and waits for its exit."""
+    mark = uuid.uuid4().hex
+    container = await run("echo one; sleep 1; echo two; exit 6", labels={"speed.deployment": mark})
+    adopter = make_backend(backend_name, swarm_if_needed)
+    assert await adopter.find({"speed.deployment": mark}) == [container]
+    async with asyncio.timeout(30):
+        assert (await adopter.wait(container)).exit_code == 6
+    assert "".join(p for _, p in await output_of(adopter, container)) == "one\ntwo\n"
+
+
+async def test_a_reused_image_runs_under_its_new_tag(backend, image, run, docker_client):
+    tag = f"{REPOSITORY}:2-{uuid.uuid4().hex[:6]}"
+    assert await backend.reuse_image([f"{REPOSITORY}:gone", image], tag) == image
+    assert await backend.reuse_image([f"{REPOSITORY}:gone"], f"{REPOSITORY}:3-x") is None
+    labels = {"speed.test": uuid.uuid4().hex}
+    container = await backend.create(f"speed-contract-{uuid.uuid4().hex[:12]}", tag,
+                                     {"SCRIPT": "echo reused"}, labels, LIMITS)
+    try:
+        await backend.start(container)
+        async with asyncio.timeout(30):
+            assert (await backend.wait(container)).exit_code == 0
+        assert "".join(p for _, p in await output_of(backend, container)) == "reused\n"
+    finally:
+        await backend.cleanup(container, image=tag)
+    # Every local name of it goes (the swarm backend's registry name too); the built one stays.
+    left = [t for i in docker_client.images.list() for t in i.tags if t.endswith(tag)]
+    assert left == [] and docker_client.images.list(name=image.split(":")[0])
 
 
 async def test_output_resumes_after_a_cursor_without_repeats(backend, run):
