@@ -14,8 +14,8 @@ from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
 from runner.base import Backend, ContainerState, Limits, LogCursor, OutputSink
-from runner.docker_backend import (DROPPED_CAPABILITIES, DockerBackend, _engine_errors, _iterate,
-                                   _nanoseconds, _whole)
+from runner.docker_backend import (DROPPED_CAPABILITIES, RUN_NETWORK, DockerBackend,
+                                   _engine_errors, _iterate, _nanoseconds, _whole)
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed
 from runner.settings import Build
 
@@ -83,10 +83,15 @@ class SwarmBackend(Backend):
 
     def __init__(self, manager: str = MANAGER, registry: str = "localhost:5000",
                  callback_host: str | None = None, builder: DockerBackend | None = None,
-                 constraints: tuple[str, ...] = ()):
+                 constraints: tuple[str, ...] = (), network: str = RUN_NETWORK):
         self._manager = manager
         # Swarm placement constraints for every task (e.g. node.role==worker).
         self._constraints = tuple(constraints)
+        # A swarm-scoped bridge with inter-container traffic off on every node, made by the
+        # operator (each node needs a config-only network first: scripts/ensure-swarm.sh shows
+        # how); SPEED cannot make it, reaching only the manager. On the nodes' default bridge,
+        # one deployment's container could reach another's.
+        self._network = network
         self._registry = registry
         self._callback_host = callback_host
         # The local engine builds: its hardened build (limited steps on a network of their own,
@@ -168,12 +173,14 @@ class SwarmBackend(Backend):
         if port is None:
             # Created with nothing to run: start asks for one completion.
             task = TaskTemplate(container, resources=resources, log_driver=log,
+                                networks=[self._network],
                                 placement=Placement(constraints=list(self._constraints)),
                                 restart_policy=RestartPolicy("none"))
             mode, endpoint = ServiceMode("replicated-job", replicas=0, concurrency=1), None
         else:
             node, published = await self._place(api, avoid)
             task = TaskTemplate(container, resources=resources, log_driver=log,
+                                networks=[self._network],
                                 placement=Placement(
                                     constraints=[f"node.id=={node}", *self._constraints]),
                                 restart_policy=RestartPolicy("on-failure", delay=0,

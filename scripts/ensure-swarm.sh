@@ -19,6 +19,9 @@ NODE_IP=10.231.0.2
 MANAGER_BRIDGE=speedsw-br0
 MANAGER_BRIDGE_IP=10.232.0.1/24
 REGISTRY="$HOST_IP:5443"
+# Deployments' network: a bridge on each node with inter-container traffic off (one deployment
+# must not reach another's container), made swarm-wide from a config of each node's own.
+NETWORK=speed-deployments
 MANAGER="unix://$RUN/manager.sock"
 WORKER="unix://$RUN/worker.sock"
 
@@ -38,7 +41,7 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll until the command succeed
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-network_up() {
+links_up() {
   ip netns list | grep -qw "$NETNS" || ip netns add "$NETNS"
   if ! ip link show "$HOST_IF" >/dev/null 2>&1; then
     ip link add "$HOST_IF" type veth peer name "$NODE_IF"
@@ -140,19 +143,35 @@ swarm_up() {
   wait_for 60 "both nodes ready" nodes_ready
 }
 
+network_up() {  # after the swarm: the swarm-scoped network needs each node's config first
+  local engine subnet=1
+  for engine in "$MANAGER" "$WORKER"; do
+    docker -H "$engine" network inspect "$NETWORK-config" >/dev/null 2>&1 ||
+      docker -H "$engine" network create --config-only --subnet "10.236.$subnet.0/24" \
+        --opt com.docker.network.bridge.enable_icc=false \
+        --opt com.docker.network.bridge.name=speedsw-deploy "$NETWORK-config" >/dev/null
+    subnet=$((subnet + 1))
+  done
+  manager network inspect "$NETWORK" >/dev/null 2>&1 ||
+    manager network create --driver bridge --scope swarm --config-from "$NETWORK-config" \
+      "$NETWORK" >/dev/null
+}
+
 nodes_ready() {
   [ "$(manager node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active$')" -ge 2 ]
 }
 
 healthy() {
   registry_answers >/dev/null 2>&1 && [ "$(swarm_state "$MANAGER")" = active ] &&
-    [ "$(swarm_state "$WORKER")" = active ] && nodes_ready
+    [ "$(swarm_state "$WORKER")" = active ] && nodes_ready &&
+    manager network inspect "$NETWORK" >/dev/null 2>&1
 }
 
 print_settings() {
   echo "swarm_host=$MANAGER"
   echo "registry=$REGISTRY"
   echo "callback_host=$HOST_IP"
+  echo "network=$NETWORK"
   echo "manager_node=$(manager info --format '{{.Swarm.NodeID}}')"
   echo "worker_node=$(worker info --format '{{.Swarm.NodeID}}')"
 }
@@ -161,12 +180,13 @@ up() {
   if ! healthy; then
     command -v docker-registry >/dev/null || "$(dirname "$0")/ensure-packages.sh" docker-registry:docker-registry
     command -v dockerd >/dev/null || "$(dirname "$0")/ensure-packages.sh" dockerd:docker.io
-    network_up
+    links_up
     certificate_up
     registry_up
     engine_up manager
     engine_up worker nsenter --net="/var/run/netns/$NETNS"
     swarm_up
+    network_up
   fi
   print_settings
 }

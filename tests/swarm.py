@@ -13,6 +13,7 @@ class Swarm:
     swarm_host: str  # the manager's engine URL (runner.swarm_host)
     registry: str  # host:port (runner.registry)
     callback_host: str  # an address of this machine every node reaches
+    network: str  # deployments' network, inter-container traffic off on each node
     manager_node: str
     worker_node: str
 

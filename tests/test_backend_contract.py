@@ -28,7 +28,8 @@ def make_backend(name: str, swarm=None, constraints: tuple[str, ...] = ()):
     if name == "docker":
         return DockerBackend()
     return SwarmBackend(manager=swarm.swarm_host, registry=swarm.registry,
-                        callback_host=swarm.callback_host, constraints=constraints)
+                        callback_host=swarm.callback_host, constraints=constraints,
+                        network=swarm.network)
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +298,23 @@ async def test_jobs_on_both_nodes_reach_the_callback_host(swarm, backend, run):
     finally:
         await runner.cleanup()
     assert sorted(hits) == sorted([swarm.manager_node, swarm.worker_node])
+
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_deployments_on_one_node_cannot_reach_each_other(swarm, backend, run):
+    """On the worker (the tests' manager engine keeps out of the host's iptables, so it cannot
+    enforce this): a release's port answers at its node's address, never to a neighbour."""
+    pinned = make_backend("swarm", swarm, constraints=(f"node.id=={swarm.worker_node}",))
+    server = await run("hostname -i; echo -n private > /tmp/index.html; "
+                       "exec httpd -f -p 8080 -h /tmp", port=8080, on=pinned)
+    assert await _serves(await pinned.address(server, 8080)) == "private"
+    own = (await poll(lambda: _printed(pinned, server, "."))) and "".join(
+        p for _, p in await output_of(pinned, server)).split()[0]
+    probe = await run(f"timeout 3 wget -qO- http://{own}:8080/index.html; echo rc=$?", on=pinned)
+    async with asyncio.timeout(30):
+        await pinned.wait(probe)
+    seen = "".join(p for _, p in await output_of(pinned, probe))
+    assert "private" not in seen and "rc=0" not in seen, seen
 
 
 @pytest.mark.parametrize("backend_name", ["swarm"])
