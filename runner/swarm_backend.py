@@ -1,13 +1,13 @@
 """The cluster backend: deployments as Docker Swarm services, images through a registry."""
 import asyncio
 import codecs
-import dataclasses
 import contextlib
+import dataclasses
 import random
 from typing import AsyncIterator, Mapping
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import NotFound
 from docker.types import (ContainerSpec, DriverConfig, EndpointSpec, Placement, Resources,
                           RestartPolicy, ServiceMode, TaskTemplate)
 from docker.types.daemon import CancellableStream
@@ -19,7 +19,6 @@ from runner.docker_backend import (DROPPED_CAPABILITIES, RUN_NETWORK, DockerBack
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed
 from runner.settings import Build
 
-MANAGER = "unix:///run/speed-swarm/manager.sock"
 # Fewer restarts than the engine's default task history (5 tasks per slot): every failed run
 # of a release stays visible, so its restarts and its last exit can be counted.
 RESTARTS = 3
@@ -27,8 +26,7 @@ RESTARTS = 3
 # so they come from a range no engine hands out on its own (Linux's ephemeral range is higher).
 PORTS = range(20000, 30000)
 POLL_SECONDS = 0.25
-# Task states before the container runs, and those after which the task never runs again.
-_STARTING = {"new", "pending", "assigned", "accepted", "ready", "preparing", "starting"}
+# Task states after which a task never runs again (before them: new ... starting, running).
 _ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 KILLED = 137  # the exit code of a container ended by SIGKILL, as the docker backend reports it
 
@@ -40,6 +38,13 @@ def _pullable(registry: str, tag: str) -> str:
 
 def _newest_first(tasks: list[dict]) -> list[dict]:
     return sorted(tasks, key=lambda task: task["CreatedAt"], reverse=True)
+
+
+def _wanted(mode: dict) -> int:
+    """How many tasks a service's mode asks for: 0 until started."""
+    if "ReplicatedJob" in mode:
+        return mode["ReplicatedJob"].get("TotalCompletions") or 0
+    return mode["Replicated"].get("Replicas") or 0
 
 
 def _exit_code(task: dict) -> int | None:
@@ -81,9 +86,9 @@ class SwarmBackend(Backend):
     in host mode on that node: the address is known before the task exists and stays right
     across the task's restarts (the routing mesh needs IPVS, which not every kernel has)."""
 
-    def __init__(self, manager: str = MANAGER, registry: str = "localhost:5000",
-                 callback_host: str | None = None, builder: DockerBackend | None = None,
-                 constraints: tuple[str, ...] = (), network: str = RUN_NETWORK):
+    def __init__(self, manager: str, registry: str, *, callback_host: str | None = None,
+                 builder: DockerBackend | None = None, constraints: tuple[str, ...] = (),
+                 network: str = RUN_NETWORK):
         self._manager = manager
         # Swarm placement constraints for every task (e.g. node.role==worker).
         self._constraints = tuple(constraints)
@@ -262,6 +267,8 @@ class SwarmBackend(Backend):
             if service is None:
                 raise RunFailed("start service failed: the service vanished")
             spec = service["Spec"]
+            if _wanted(spec["Mode"]):
+                return  # started already: updating a job's service again would run it again
             if "ReplicatedJob" in spec["Mode"]:
                 spec["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
             else:
@@ -350,16 +357,19 @@ class SwarmBackend(Backend):
         tasks = await self._tasks(api, container_id)
         mode = service["Spec"]["Mode"]
         job = "ReplicatedJob" in mode
-        wanted = mode["ReplicatedJob"]["TotalCompletions"] if job else mode["Replicated"]["Replicas"]
         if not tasks:
-            return ContainerState("running" if wanted else "created", None)
+            return ContainerState("running" if _wanted(mode) else "created", None)
         newest = tasks[0]
         status = newest["Status"]["State"]
         ended = [task for task in tasks if task["Status"]["State"] in _ENDED]
         last_exit = _exit_code(ended[0]) if ended else None
         restarts = 0 if job else len(tasks) - 1
         if status not in _ENDED:
-            health = "starting" if status == "starting" and _exit_code(newest) is None else None
+            if ended and status != "running":
+                # A release's next task, not running yet: after a failure, or its node drained.
+                return ContainerState("restarting", None, restarts=restarts, last_exit=last_exit)
+            # Swarm holds a task in "starting" until its image's HEALTHCHECK passes.
+            health = "starting" if status == "starting" else None
             return ContainerState("running", None, health=health, restarts=restarts,
                                   last_exit=last_exit)
         if not job and status == "failed" and len(tasks) <= RESTARTS:

@@ -318,15 +318,17 @@ async def test_deployments_on_one_node_cannot_reach_each_other(swarm, backend, r
 
 
 @pytest.mark.parametrize("backend_name", ["swarm"])
-async def test_releases_spread_over_both_nodes(swarm, backend, run):
+async def test_releases_on_both_nodes_serve_at_their_nodes_addresses(swarm, backend, run):
     script = "echo -n $(hostname) > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"
-    first = await run(script, port=8080)
-    second = await run(script, port=8080)
-    nodes = {await poll(lambda: backend.node(first)), await poll(lambda: backend.node(second))}
-    assert nodes == {swarm.manager_node, swarm.worker_node}
-    one, other = await backend.address(first, 8080), await backend.address(second, 8080)
-    assert one.split(":")[0] != other.split(":")[0]  # each node's own address
-    assert await _serves(one) != await _serves(other)  # two containers, each answering
+    served = {}
+    for node in (swarm.manager_node, swarm.worker_node):
+        pinned = make_backend("swarm", swarm, constraints=(f"node.id=={node}",))
+        release = await run(script, port=8080, on=pinned)
+        assert await poll(lambda: pinned.node(release)) == node
+        address = await pinned.address(release, 8080)
+        served[address.split(":")[0]] = await _serves(address)
+    # Each at its own node's address, each a container of its own.
+    assert len(served) == 2 and len(set(served.values())) == 2, served
 
 
 @pytest.mark.parametrize("backend_name", ["swarm"])

