@@ -101,6 +101,10 @@ EOF
 engine_up() {  # engine_up NAME [nsenter args...]: a dockerd of the swarm, started if it does not answer
   local name=$1; shift
   docker -H "unix://$RUN/$name.sock" info >/dev/null 2>&1 && return 0
+  # Alive but not answering: shutting down, or hung. It must end first: a new one refuses to
+  # start beside its pid file.
+  stop_pid "$RUN/$name.pid"
+  rm -f "$RUN/$name.pid"
   local flags=(--data-root "$STATE/$name" --exec-root "$RUN/$name-exec"
                -H "unix://$RUN/$name.sock" --pidfile "$RUN/$name.pid"
                --cgroup-parent "/speed-swarm-$name" --log-level warn)
