@@ -12,7 +12,7 @@ from aiohttp import web
 from runner import docker_backend, swarm_backend
 from runner.base import Limits, LogCursor
 from runner.docker_backend import DockerBackend
-from runner.errors import RunnerError
+from runner.errors import EngineUnavailable, RunnerError
 from runner.swarm_backend import SwarmBackend
 from tests.conftest import free_port
 from tests.images import BASE_IMAGE
@@ -116,6 +116,18 @@ async def poll(check, timeout: float = 30.0):
             return value
         assert time.monotonic() < deadline, f"not within {timeout} s"
         await asyncio.sleep(0.1)
+
+
+async def test_an_engine_that_does_not_answer_is_engine_unavailable(backend_name, swarm_if_needed,
+                                                                    monkeypatch, tmp_path):
+    gone = f"unix://{tmp_path}/no-engine.sock"
+    monkeypatch.setenv("DOCKER_HOST", gone)  # the docker backend's engine, the swarm's builder
+    if backend_name == "docker":
+        backend = DockerBackend()
+    else:
+        backend = SwarmBackend(gone, swarm_if_needed.registry)
+    with pytest.raises(EngineUnavailable):
+        await backend.ping()
 
 
 async def test_a_job_runs_and_its_followed_output_ends_with_it(backend, run):
