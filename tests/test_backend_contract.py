@@ -6,6 +6,7 @@ import time
 import uuid
 
 import aiohttp
+import docker
 import pytest
 from aiohttp import web
 
@@ -41,10 +42,12 @@ def images():
 @pytest.fixture(scope="module", autouse=True)
 def remove_images(docker_client, images):
     yield
-    for image in docker_client.images.list():
-        for tag in image.tags:
+    # One listing (images.list() inspects each image, and another run may remove one meanwhile).
+    for image in docker_client.api.images():
+        for tag in image.get("RepoTags") or []:
             if REPOSITORY in tag:
-                docker_client.images.remove(tag, force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    docker_client.api.remove_image(tag, force=True)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -264,8 +267,8 @@ async def test_a_reused_image_runs_under_its_new_tag(backend, image, run, docker
     finally:
         await backend.cleanup(container, image=tag)
     # Every local name of it goes (the swarm backend's registry name too); the built one stays.
-    left = [t for i in docker_client.images.list() for t in i.tags if t.endswith(tag)]
-    assert left == [] and docker_client.images.list(name=image.split(":")[0])
+    tags = [t for i in docker_client.api.images() for t in i.get("RepoTags") or []]
+    assert [t for t in tags if t.endswith(tag)] == [] and image in tags
 
 
 async def test_output_resumes_after_a_cursor_without_repeats(backend, run):
@@ -348,8 +351,6 @@ async def test_a_job_on_a_node_drained_meanwhile_runs_to_its_end(swarm, backend,
     """Swarm 20.10 leaves a running job's task alone when its node is drained (its desired
     state is complete, which draining does not change): the job ends as it would have, its
     whole output and exit code recorded; the next job runs on another node."""
-    import docker
-
     manager = docker.DockerClient(base_url=swarm.swarm_host).api
     pinned = make_backend("swarm", swarm, constraints=("node.labels.speed.node==worker",))
     container = await run("echo before; sleep 2; echo after; exit 4", on=pinned)
@@ -369,6 +370,38 @@ async def test_a_job_on_a_node_drained_meanwhile_runs_to_its_end(swarm, backend,
         worker = manager.inspect_node(swarm.worker_node)
         manager.update_node(swarm.worker_node, worker["Version"]["Index"],
                             {**worker["Spec"], "Availability": "active"})
+
+
+@pytest.mark.parametrize("backend_name", ["swarm"])
+async def test_a_release_whose_node_is_drained_is_restarting_and_comes_back_at_its_address(
+        swarm, backend, run):
+    """A release stays on its node (its address is the proxy's route): drained, its task is
+    shut down and the next one waits, which state reports as restarting; once the node is
+    active again the release serves at the very same address."""
+    manager = docker.DockerClient(base_url=swarm.swarm_host).api
+    pinned = make_backend("swarm", swarm, constraints=(f"node.id=={swarm.worker_node}",))
+    release = await run("echo -n up > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                        port=8080, on=pinned)
+    address = await pinned.address(release, 8080)
+    assert await _serves(address) == "up"
+    _availability(manager, swarm.worker_node, "drain")
+    try:
+        async def restarting():
+            state = await pinned.state(release)
+            return state.status == "restarting" and state.restarts == 1
+
+        await poll(restarting)
+        assert await pinned.address(release, 8080) == address
+    finally:
+        _availability(manager, swarm.worker_node, "active")
+    assert await _serves(address) == "up"
+    assert (await pinned.state(release)).status == "running"
+
+
+def _availability(manager, node: str, availability: str) -> None:
+    info = manager.inspect_node(node)
+    manager.update_node(node, info["Version"]["Index"],
+                        {**info["Spec"], "Availability": availability})
 
 
 @pytest.mark.parametrize("backend_name", ["swarm"])
