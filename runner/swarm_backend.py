@@ -29,6 +29,9 @@ POLL_SECONDS = 0.25
 # Task states after which a task never runs again (before them: new ... starting, running).
 _ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 KILLED = 137  # the exit code of a container ended by SIGKILL, as the docker backend reports it
+# On a service SPEED stopped: its end is a kill, not the app's (nor the kernel's OOM killer).
+KILLED_LABEL = "speed.killed"
+STOP_SECONDS = 30  # how long clean-up waits for a stopped task's container to end
 
 
 def _pullable(registry: str, tag: str) -> str:
@@ -45,6 +48,14 @@ def _wanted(mode: dict) -> int:
     if "ReplicatedJob" in mode:
         return mode["ReplicatedJob"].get("TotalCompletions") or 0
     return mode["Replicated"].get("Replicas") or 0
+
+
+def _scaled(mode: dict, count: int) -> dict:
+    """A service's mode asking for count tasks. For a job, a new mode is a new iteration: the
+    swarm shuts the tasks of the last one down."""
+    if "ReplicatedJob" in mode:
+        return {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": count}}
+    return {"Replicated": {"Replicas": count}}
 
 
 def _exit_code(task: dict) -> int | None:
@@ -103,9 +114,6 @@ class SwarmBackend(Backend):
         # the cache kept warm) is reused whole, and a manager is kept for running the swarm.
         self._builder = builder or DockerBackend()
         self._client: docker.DockerClient | None = None
-        # Services this SPEED killed: kill removes them (a job's task cannot be stopped on its
-        # own), and wait and state must still say how they ended.
-        self._killed: dict[str, ContainerState] = {}
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -261,29 +269,40 @@ class SwarmBackend(Backend):
         return tasks[0].get("NodeID") if tasks else None
 
     async def start(self, container_id: str) -> None:
+        def run_one(spec: dict) -> bool:
+            # Started already (or killed): updating a job's service again would run it again.
+            if _wanted(spec["Mode"]) or KILLED_LABEL in (spec.get("Labels") or {}):
+                return False
+            spec["Mode"] = _scaled(spec["Mode"], 1)
+            return True
+
+        if not await self._update(container_id, run_one, "start service"):
+            raise RunFailed("start service failed: the service vanished")
+
+    async def _update(self, container_id: str, change, action: str) -> bool:
+        """Apply change (which edits a service's spec and says whether to send it) to the
+        service; False if the service does not exist."""
         api = await self._api()
         for _ in range(5):  # a concurrent change of the service (the engine's own) moves its version
             service = await self._service(api, container_id)
             if service is None:
-                raise RunFailed("start service failed: the service vanished")
+                return False
             spec = service["Spec"]
-            if _wanted(spec["Mode"]):
-                return  # started already: updating a job's service again would run it again
-            if "ReplicatedJob" in spec["Mode"]:
-                spec["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
-            else:
-                spec["Mode"] = {"Replicated": {"Replicas": 1}}
+            if not change(spec):
+                return True
             try:
-                with _engine_errors(RunFailed, "start service"):
+                with _engine_errors(RunFailed, action):
                     response = await asyncio.to_thread(
                         api._post_json, api._url("/services/{0}/update", container_id),
                         data=spec, params={"version": service["Version"]["Index"]})
                     api._raise_for_status(response)
-                return
+                return True
             except RunFailed as e:
+                if isinstance(e.__cause__, NotFound):
+                    return False
                 if "update out of sequence" not in e.message:
                     raise
-        raise RunFailed("start service failed: it kept changing meanwhile")
+        raise RunFailed(f"{action} failed: the service kept changing meanwhile")
 
     async def logs(self, container_id: str, after: LogCursor | None,
                    follow: bool = True) -> AsyncIterator[tuple[int, str]]:
@@ -342,14 +361,12 @@ class SwarmBackend(Backend):
             if state is None:
                 raise RunFailed("the service vanished")
             if state.exited:
-                if state.exit_code is None:  # no container ran: rejected, or shut down first
-                    raise RunFailed(f"the swarm did not run it: {getattr(state, 'reason', '')}")
+                if state.exit_code is None:  # rejected, orphaned (its node gone), ...
+                    raise RunFailed(f"the swarm gave no exit code: {getattr(state, 'reason', '')}")
                 return state
             await asyncio.sleep(POLL_SECONDS)
 
     async def state(self, container_id: str) -> ContainerState | None:
-        if container_id in self._killed:
-            return self._killed[container_id]
         api = await self._api()
         service = await self._service(api, container_id)
         if service is None:
@@ -357,6 +374,11 @@ class SwarmBackend(Backend):
         tasks = await self._tasks(api, container_id)
         mode = service["Spec"]["Mode"]
         job = "ReplicatedJob" in mode
+        killed = KILLED_LABEL in (service["Spec"].get("Labels") or {})
+        if killed and not any(task["Status"]["State"] not in _ENDED for task in tasks):
+            # Its tasks ended (or were reaped already): the kill's outcome, as Docker's.
+            return ContainerState("exited", KILLED, restarts=0 if job else max(len(tasks) - 1, 0),
+                                  last_exit=KILLED)
         if not tasks:
             return ContainerState("running" if _wanted(mode) else "created", None)
         newest = tasks[0]
@@ -378,23 +400,29 @@ class SwarmBackend(Backend):
         code = _exit_code(newest)
         memory = (service["Spec"]["TaskTemplate"].get("Resources") or {}) \
             .get("Limits", {}).get("MemoryBytes")
-        # The task says only "non-zero exit (137)": a SIGKILL nobody here sent, to a container
-        # with a memory limit, is the kernel's OOM killer (Swarm reports no OOM flag).
-        oom = code == KILLED and bool(memory)
+        # The task says only "non-zero exit (137)": a SIGKILL of a task that failed on its own
+        # (not shut down), in a container with a memory limit, is the kernel's OOM killer
+        # (Swarm reports no OOM flag).
+        oom = code == KILLED and status == "failed" and bool(memory)
         return TaskEnded("exited", code, oom_killed=oom, restarts=restarts, last_exit=code,
-                         reason=newest["Status"].get("Err") or newest["Status"].get("Message", ""))
+                         reason=f"task {status}: " + (newest["Status"].get("Err")
+                                                      or newest["Status"].get("Message", "")))
 
     async def kill(self, container_id: str) -> None:
-        # A job's task cannot be stopped on its own (the service would run it again):
-        # removing the service kills its container, at once (no stop grace period).
-        api = await self._api()
+        # Asking for no task ends the running one at once (no stop grace period). Removing the
+        # service would not: Docker 20.10 leaves a removed job's container running
+        # (moby/moby#44312, fixed in 24.0).
+        def stop(spec: dict) -> bool:
+            labels = spec.get("Labels") or {}
+            if KILLED_LABEL in labels:
+                return False
+            spec["Mode"] = _scaled(spec["Mode"], 0)
+            spec["Labels"] = {**labels, KILLED_LABEL: "true"}
+            return True
+
         state = await self.state(container_id)
-        if state is None or state.exited:
-            return
-        self._killed[container_id] = ContainerState("exited", KILLED, restarts=state.restarts,
-                                                    last_exit=KILLED)
-        with _engine_errors(RunFailed, "kill service"), contextlib.suppress(NotFound):
-            await asyncio.to_thread(api.remove_service, container_id)
+        if state is not None and not state.exited:
+            await self._update(container_id, stop, "kill service")
 
     async def find(self, labels: Mapping[str, str]) -> list[str]:
         api = await self._api()
@@ -405,8 +433,18 @@ class SwarmBackend(Backend):
 
     async def cleanup(self, container_id: str | None = None, image: str | None = None) -> None:
         api = await self._api()
-        if container_id:
-            self._killed.pop(container_id, None)
+        service = container_id and await self._service(api, container_id)
+        if service:
+            if "ReplicatedJob" in service["Spec"]["Mode"]:
+                # A job's service goes only once its task ended: removed, a running job's
+                # container would stay (moby/moby#44312). A release's goes with its service.
+                await self.kill(container_id)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + STOP_SECONDS
+                while (state := await self.state(container_id)) and not state.exited:
+                    if loop.time() > deadline:
+                        raise RunFailed("clean up failed: the job's task did not end")
+                    await asyncio.sleep(POLL_SECONDS)
             with _engine_errors(RunFailed, "clean up"), contextlib.suppress(NotFound):
                 await asyncio.to_thread(api.remove_service, container_id)
         if image:

@@ -176,6 +176,7 @@ print_settings() {
   echo "registry=$REGISTRY"
   echo "callback_host=$HOST_IP"
   echo "network=$NETWORK"
+  echo "worker_host=$WORKER"
   echo "manager_node=$(manager info --format '{{.Swarm.NodeID}}')"
   echo "worker_node=$(worker info --format '{{.Swarm.NodeID}}')"
 }

@@ -14,6 +14,7 @@ class Swarm:
     registry: str  # host:port (runner.registry)
     callback_host: str  # an address of this machine every node reaches
     network: str  # deployments' network, inter-container traffic off on each node
+    worker_host: str  # the worker's own engine (tests look at its containers)
     manager_node: str
     worker_node: str
 

@@ -45,7 +45,11 @@ async def test_a_deployment_runs_on_the_swarm_and_calls_back(swarm, swarm_client
 
 
 async def _none_left(swarm, client) -> bool:
-    return not services_of(swarm, client)
+    """No service of this SPEED on the swarm, and no container of it running on any node."""
+    selector = {"label": f"speed.instance={instance_of(client)}"}
+    containers = [c for engine in (swarm.swarm_host, swarm.worker_host)
+                  for c in docker.DockerClient(base_url=engine).api.containers(filters=selector)]
+    return not services_of(swarm, client) and not containers
 
 
 async def test_a_failing_and_a_timed_out_deployment_on_the_swarm(swarm, swarm_client, repo):
