@@ -12,18 +12,32 @@ CALLBACK = ('wget -q -O- --header "Authorization: Bearer $SPEED_TOKEN" '
 
 
 @pytest.fixture
-async def swarm_client(make_client, swarm):
-    """SPEED on the swarm: images through its registry, containers reaching it at the address
-    every node reaches."""
-    client = await make_client(runner__backend="swarm", runner__registry=swarm.registry,
-                               runner__swarm_host=swarm.swarm_host,
-                               runner__callback_host=swarm.callback_host,
-                               runner__callback_port=free_port())
-    yield client
+async def swarm_speed(make_client, swarm):
+    """Start SPEED on the swarm: images through its registry, containers reaching it at the
+    address every node reaches. What it leaves on the swarm (a live release) goes afterwards."""
+    made = []
+
+    async def make(**overrides):
+        client = await make_client(runner__backend="swarm", runner__registry=swarm.registry,
+                                   runner__swarm_host=swarm.swarm_host,
+                                   runner__callback_host=swarm.callback_host,
+                                   runner__callback_port=free_port(), **overrides)
+        made.append(client)
+        return client
+
+    yield make
     local = docker.from_env()
-    for image in local.images.list(name=f"{swarm.registry}/speed-{instance_of(client)}"):
-        for tag in image.tags:
-            local.images.remove(tag, force=True)
+    for client in made:
+        for service in services_of(swarm, client):
+            service.remove()  # releases only: every job's service went when its run ended
+        for image in local.images.list(name=f"{swarm.registry}/speed-{instance_of(client)}"):
+            for tag in image.tags:
+                local.images.remove(tag, force=True)
+
+
+@pytest.fixture
+async def swarm_client(swarm_speed):
+    return await swarm_speed()
 
 
 def services_of(swarm, client) -> list:
@@ -69,16 +83,12 @@ async def test_a_failing_and_a_timed_out_deployment_on_the_swarm(swarm, swarm_cl
 
 
 async def test_a_service_on_the_swarm_goes_live_behind_the_proxy_and_switches(
-        swarm, make_client, caddy, git_server, base_image):
+        swarm, swarm_speed, caddy, git_server, base_image):
     """A release runs as a swarm service, published in host mode on the node SPEED placed it
     on; the proxy routes to that node's address; a second release takes over, the first goes."""
     from tests.test_services import App, deploy, environments, through_proxy
 
-    speed = await make_client(runner__backend="swarm", runner__registry=swarm.registry,
-                              runner__swarm_host=swarm.swarm_host,
-                              runner__callback_host=swarm.callback_host,
-                              runner__callback_port=free_port(),
-                              proxy__admin=caddy.admin, proxy__listen=caddy.listen)
+    speed = await swarm_speed(proxy__admin=caddy.admin, proxy__listen=caddy.listen)
     app = App(git_server, f"swarm-svc-{instance_of(speed)}")
     app.push("v1")
     first = await deploy(speed, app.url)
