@@ -179,7 +179,7 @@ class SwarmBackend(Backend):
         container = ContainerSpec(
             self.pullable(image), env=dict(env), labels=dict(labels),
             cap_drop=list(DROPPED_CAPABILITIES),
-            # Killed at once when removed, as the docker backend's containers are.
+            # Killed at once when stopped (no grace period), as the docker backend kills.
             stop_grace_period=0)
         # json-file: the service logs API reads no other; bounded as the docker backend's.
         log = DriverConfig("json-file", {"max-size": "20m", "max-file": "2"})

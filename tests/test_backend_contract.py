@@ -171,6 +171,16 @@ async def test_out_of_memory_is_reported(backend, run):
     assert state.oom_killed and state.exit_code == 137
 
 
+async def test_limits_reach_the_container(backend, run):
+    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max "
+              "/sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    container = await run(script, limits=Limits(memory="48m", cpus=0.5, pids=37))
+    async with asyncio.timeout(30):
+        assert (await backend.wait(container)).exit_code == 0
+    memory, pids, quota, period = "".join(p for _, p in await output_of(backend, container)).split()
+    assert (int(memory), int(pids), int(quota) / int(period)) == (48 * 2**20, 37, 0.5)
+
+
 async def test_kill_makes_wait_return(backend, backend_name, swarm_if_needed, run):
     labels = {"speed.test": uuid.uuid4().hex}
     container = await run("echo started; sleep 120", labels=labels)
