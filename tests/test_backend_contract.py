@@ -310,6 +310,22 @@ async def test_a_reused_image_runs_under_its_new_tag(backend, image, run, docker
     assert [t for t in tags if t.endswith(tag)] == [] and image in tags
 
 
+async def test_pruning_keeps_the_newest_and_the_spared(backend, image, docker_client):
+    repository = f"speed-prune-{uuid.uuid4().hex[:8]}"
+    for number in range(1, 5):
+        assert await backend.reuse_image([image], f"{repository}:{number}-ab") == image
+    try:
+        await backend.prune_images(repository, 2, spare={f"{repository}:1-ab"})
+        tags = {t for i in docker_client.api.images() for t in i.get("RepoTags") or []
+                if repository in t}
+        names = {t.rpartition("/")[2] for t in tags}  # the swarm's registry names too
+        assert names == {f"{repository}:{n}-ab" for n in (1, 3, 4)}, tags
+    finally:
+        for tag in {t for i in docker_client.api.images() for t in i.get("RepoTags") or []
+                    if repository in t}:
+            docker_client.api.remove_image(tag)
+
+
 async def test_output_resumes_after_a_cursor_without_repeats(backend, run):
     container = await run("for i in $(seq 1 40); do echo line$i; done")
     async with asyncio.timeout(30):
