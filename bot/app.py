@@ -33,7 +33,7 @@ from bot.secrets_api import keyring_for, routes as secret_routes
 from bot.secrets_page import secrets_page
 from bot.server import name_the_server
 from runner.base import Backend, Limits
-from runner.docker_backend import DockerBackend
+from runner.backends import find_backend
 from runner.pipeline import RunnerSettings
 from runner.proxy import Proxy
 from runner.router import Router
@@ -82,7 +82,7 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.on_startup.append(announce_webhook_policy)
     app[metrics_key] = Metrics()
     app[keyring_key] = keyring_for(config)
-    app[backend_key] = backend or DockerBackend()
+    app[backend_key] = backend or find_backend(config.runner)
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_github_context)
     app.cleanup_ctx.append(_runner_context)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from runner.backends import BACKENDS
 from runner.proxy import admin_url, is_address, is_dns_name
 
 
@@ -49,6 +50,10 @@ class RunnerConfig:
     callback_port: int = 0
     # Seconds a replica may be silent before another adopts its deployments (storage.replicas).
     lease: float = 30
+    # runner.backend: swarm: images go through this registry (host:port), services to this
+    # engine, a swarm manager's (unix://, tcp:// or ssh:// URL).
+    registry: str = ""
+    swarm_host: str = "unix:///var/run/docker.sock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +259,16 @@ def _validate(config: Config) -> None:
                           "would let anyone run code here; set tokens or listen on 127.0.0.1")
     if any(len(token) < 16 for token in config.auth.api_tokens):
         raise ConfigError("auth.api_tokens: each token needs at least 16 characters")
-    if runner.backend != "docker":
-        raise ConfigError(f"runner.backend: unknown backend {runner.backend!r} (known: docker)")
+    if runner.backend not in BACKENDS:
+        raise ConfigError(f"runner.backend: unknown backend {runner.backend!r} "
+                          f"(known: {', '.join(sorted(BACKENDS))})")
+    if runner.backend == "swarm":
+        if not is_address(runner.registry):
+            raise ConfigError(f"runner.registry: {runner.registry!r} is not host:port (a swarm's "
+                              "nodes pull deployments' images from it)")
+        if not runner.swarm_host.startswith(("unix:///", "tcp://", "ssh://")):
+            raise ConfigError(f"runner.swarm_host: {runner.swarm_host!r} is not an engine URL "
+                              "(unix:///..., tcp://host:port or ssh://...)")
     for key, value in (("max_concurrent", runner.max_concurrent), ("timeout", runner.timeout),
                        ("cpus", runner.cpus), ("pids", runner.pids),
                        ("max_log_bytes", runner.max_log_bytes), ("git_timeout", runner.git_timeout),

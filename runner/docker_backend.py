@@ -416,7 +416,7 @@ class DockerBackend(Backend):
 
     async def kill(self, container_id: str) -> None:
         api = await self._api()
-        with contextlib.suppress(APIError), _engine_errors(RunFailed, "kill container"):
+        with _engine_errors(RunFailed, "kill container"), contextlib.suppress(APIError):
             await asyncio.to_thread(api.kill, container_id)
 
     async def find(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:

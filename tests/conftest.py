@@ -253,3 +253,15 @@ def postgres_url(postgres_server):
             # An autovacuum worker of a server started before it was turned off: it ends soon.
             time.sleep(0.1)
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def swarm():
+    """The tests' two-node swarm and registry (tests/swarm.py), started once and left up for
+    the next run. Without it the run fails, in CI or not: it never skips."""
+    from tests.swarm import ensure_swarm
+
+    try:
+        return ensure_swarm()
+    except RuntimeError as e:
+        pytest.fail(f"no swarm for the tests (scripts/ensure-swarm.sh, as root): {e}")

@@ -168,6 +168,10 @@ def test_unknown_keys_are_named(env, write, text, key):
     ("runner:\n  max_concurrent: 0\n", "runner.max_concurrent"),
     ("runner:\n  keep_images: -1\n", "runner.keep_images"),
     ("runner:\n  backend: podman\n", "runner.backend"),
+    ("runner:\n  backend: swarm\n", "runner.registry"),
+    ("runner:\n  backend: swarm\n  registry: https://r.example:5000\n", "runner.registry"),
+    ("runner:\n  backend: swarm\n  registry: r.example:5000\n  swarm_host: /var/run/docker.sock\n",
+     "runner.swarm_host"),
     ("runner:\n  allowed_urls: 5\n", "runner.allowed_urls"),
     ("runner:\n  allowed_urls: [[x]]\n", "runner.allowed_urls[0]"),
     ("runner:\n  allowed_urls: []\n", "runner.allowed_urls"),
@@ -271,3 +275,11 @@ def test_proxy_url_names_the_port_unless_it_is_80(env, listen, host, url):
 ])
 def test_a_bad_proxy_section_is_named(env, write, text, key):
     assert refusal(write(text)).startswith(f"{key}: ")
+
+
+def test_the_swarm_backend_section(env, write):
+    config = load(write("runner:\n  backend: swarm\n  registry: 10.0.0.5:5000\n"
+                        "  swarm_host: tcp://10.0.0.5:2376\n"))
+    assert (config.runner.backend, config.runner.registry, config.runner.swarm_host) == (
+        "swarm", "10.0.0.5:5000", "tcp://10.0.0.5:2376")
+    assert load(None).runner.swarm_host == "unix:///var/run/docker.sock"
