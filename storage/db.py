@@ -69,13 +69,19 @@ def connection_lost(error: BaseException) -> bool:
         fragment in text for fragment in CONNECTION_LOST)
 
 
+# Of those, what says the statement never reached the server: only then is it sent again at
+# once. Another loss ("server closed the connection") may come after the server applied it.
+NOT_SENT = ("connection already closed", "could not connect", "connection refused",
+            "the database system is", "no connection to the server")
+
+
 class _PostgresDatabase(ReconnectMixin, PostgresqlDatabase):
-    """PostgreSQL, connecting again after the server went away (a statement outside a
-    transaction is tried again once on the new connection; a transaction fails whole, and is
-    tried again by whoever asked: storage.store)."""
+    """PostgreSQL, connecting again after the server went away: a statement that surely never
+    reached it is sent again on the new connection; any other failure is the caller's to retry
+    (storage.store waits and tries the whole query again)."""
 
     reconnect_errors = tuple((kind, fragment) for kind in (OperationalError, InterfaceError)
-                             for fragment in CONNECTION_LOST)
+                             for fragment in NOT_SENT)
 
 
 def is_postgres(url: str) -> bool:
