@@ -182,7 +182,9 @@ class Pipeline:
                         raise
                     await self._engine_back(recorder, e)
                     if not await self._container_started(run):
-                        await self._deploy_again(run, recorder)
+                        await recorder.close()
+                        await self.deploy_again(run, "the engine went away before the "
+                                                     "container started")
                         return
                 await self._follow(run, recorder, after=None)
         except RunnerError as e:
@@ -352,15 +354,13 @@ class Pipeline:
         state = await self.backend.state(run.container_id)
         return state is not None and not state.never_started
 
-    async def _deploy_again(self, run: Run, recorder: OutputRecorder) -> None:
+    async def deploy_again(self, run: Run, why: str) -> None:
         """Queue a deployment whose container never started afresh, leaving nothing behind."""
         for container_id in await self.backend.find(self.labels(run.deployment_id)):
             await self.backend.cleanup(container_id)
-        await recorder.close()
         run.settle()
         await self.store.change(queries.requeue, run.deployment_id,
-                                "[speed] the engine went away before the container started; "
-                                "deploying again")
+                                f"[speed] {why}; deploying again")
 
     @contextlib.asynccontextmanager
     async def _deadline(self, deployment: Deployment, run: Run, recorder: OutputRecorder):

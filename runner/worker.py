@@ -273,12 +273,7 @@ class Worker:
                                     reason="interrupted: the container vanished",
                                     infrastructure_failure=True)
         elif state is None or state.never_started:
-            for container_id in await self.backend.find(self.pipeline.labels(deployment.id)):
-                await self.backend.cleanup(container_id)
-            run.settle()
-            await self.store.change(
-                queries.requeue, deployment.id,
-                "[speed] SPEED restarted before the container started; deploying again")
+            await self.pipeline.deploy_again(run, "SPEED restarted before the container started")
             log.info("requeued", extra={"deployment": deployment.id})
         else:
             log.info("reattaching", extra={"deployment": deployment.id})
