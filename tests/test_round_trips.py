@@ -83,8 +83,10 @@ async def test_a_deployment_makes_only_these_round_trips(make_client, repo, monk
     monkeypatch.setattr(Store, "run", recorded)
     client = await make_client()
     url, _ = repo("echo hello\n")
-    # Cloned, built, container id, then container started (announced, so the row comes back).
-    phases = ["record", "record", "record", "update", "transition",
+    # Cloned, built, the fence asked before the container is made (a replica that lost the
+    # deployment makes none), container id, then container started (announced, so the row
+    # comes back).
+    phases = ["record", "record", "check", "record", "update", "transition",
               "unfinished_images_once_finished"]
     for expected in (["built_before", *phases], ["built_before", *phases[1:]]):
         deployment_id = await start(client, url)
