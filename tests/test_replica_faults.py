@@ -141,9 +141,9 @@ def test_a_cancel_sent_to_any_replica_stops_the_container_where_it_runs(replicas
     assert (status, body["status"]) == (200, "Cancelled"), body
     cancelled = time.monotonic()
 
-    def stopped():
-        return not docker_client.containers.list(filters={
-            "label": f"speed.deployment={deployment_id}", "status": "running"})
+    def stopped():  # ids are per database: other tests' deployment 1 runs too
+        return not docker_client.containers.list(filters={"status": "running", "label": [
+            f"speed.instance={first.instance}", f"speed.deployment={deployment_id}"]})
 
     first.wait_until(stopped, timeout=10)
     # Seen by the first replica at its next heartbeat (every second): well within 2 s here.
@@ -282,6 +282,6 @@ def test_a_cancel_while_the_owner_is_dead_stops_its_container(replicas, repo, mo
     first.kill9()
     status, body = second.call("POST", f"/cancel/{deployment_id}")
     assert (status, body["status"]) == (200, "Cancelled"), body
-    second.wait_until(lambda: not docker_client.containers.list(
-        all=True, filters={"label": f"speed.deployment={deployment_id}"}, ignore_removed=True),
-        timeout=2 * LEASE + 10)
+    second.wait_until(lambda: not docker_client.containers.list(all=True, filters={"label": [
+        f"speed.instance={first.instance}", f"speed.deployment={deployment_id}"]},
+        ignore_removed=True), timeout=2 * LEASE + 10)
