@@ -1,6 +1,5 @@
 """The application factory: app state, the worker, and the listener containers call back to."""
 import asyncio
-import contextlib
 import logging
 from typing import AsyncIterator
 

@@ -131,6 +131,22 @@ def _step_image(text: str) -> str | None:
     return found[-1] if found else None
 
 
+async def pieces_after(chunks: AsyncIterator[bytes],
+                       after: LogCursor | None) -> AsyncIterator[tuple[int, str]]:
+    """(time in ns, text) of Docker's timestamped log chunks past the cursor."""
+    skip = after.seen if after else 0  # pieces of after.at stored already
+    # One decoder for the stream: Docker cuts lines over 16 KB into pieces anywhere, even
+    # inside a character, and a character cut in two must not become two U+FFFDs.
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    async for chunk in chunks:
+        stamp, _, data = chunk.partition(b" ")
+        at = _nanoseconds(stamp.decode("ascii", "replace"))
+        if after is not None and (at < after.at or at == after.at and skip):
+            skip -= at == after.at
+            continue
+        yield at, decoder.decode(data)
+
+
 def _remove_untagged(api: docker.APIClient, image: str) -> None:
     """Remove a build's last step image and the untagged ones below it, unless something else
     uses them (a tagged image, or a container: the engine refuses, and that is fine)."""
@@ -372,21 +388,12 @@ class DockerBackend(Backend):
                    follow: bool = True) -> AsyncIterator[tuple[int, str]]:
         api = await self._api()
         since = after.at // 1_000_000_000 if after else None
-        skip = after.seen if after else 0  # pieces of after.at stored already
-        # One decoder for the stream: Docker cuts lines over 16 KB into pieces anywhere, even
-        # inside a character, and a character cut in two must not become two U+FFFDs.
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with _engine_errors(RunFailed, "follow logs"):
             stream = await asyncio.to_thread(
                 api.logs, container_id, stream=True, follow=follow, timestamps=True, since=since)
             async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
-                async for chunk in chunks:
-                    stamp, _, data = chunk.partition(b" ")
-                    at = _nanoseconds(stamp.decode("ascii", "replace"))
-                    if after is not None and (at < after.at or at == after.at and skip):
-                        skip -= at == after.at
-                        continue
-                    yield at, decoder.decode(data)
+                async for piece in pieces_after(chunks, after):
+                    yield piece
 
     async def wait(self, container_id: str) -> ContainerState:
         api = await self._api()

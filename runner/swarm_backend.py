@@ -1,6 +1,5 @@
 """The cluster backend: deployments as Docker Swarm services, images through a registry."""
 import asyncio
-import codecs
 import contextlib
 import dataclasses
 import random
@@ -15,7 +14,7 @@ from docker.utils import parse_bytes
 
 from runner.base import Backend, ContainerState, Limits, LogCursor, OutputSink
 from runner.docker_backend import (DROPPED_CAPABILITIES, RUN_NETWORK, DockerBackend,
-                                   _engine_errors, _iterate, _nanoseconds, _whole)
+                                   _engine_errors, _iterate, _whole, pieces_after)
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed
 from runner.settings import Build
 
@@ -308,8 +307,6 @@ class SwarmBackend(Backend):
                    follow: bool = True) -> AsyncIterator[tuple[int, str]]:
         api = await self._api()
         since = after.at // 1_000_000_000 if after else 0
-        skip = after.seen if after else 0
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         params = {"follow": follow, "stdout": True, "stderr": True, "timestamps": True,
                   "since": since, "tail": "all"}
         try:
@@ -331,13 +328,8 @@ class SwarmBackend(Backend):
         try:
             with _engine_errors(RunFailed, "follow logs"):
                 async with contextlib.aclosing(_iterate(stream, close=stream.close)) as chunks:
-                    async for chunk in chunks:
-                        stamp, _, data = chunk.partition(b" ")
-                        at = _nanoseconds(stamp.decode("ascii", "replace"))
-                        if after is not None and (at < after.at or at == after.at and skip):
-                            skip -= at == after.at
-                            continue
-                        yield at, decoder.decode(data)
+                    async for piece in pieces_after(chunks, after):
+                        yield piece
         except Exception:  # noqa: BLE001 - re-raised unless this backend closed the stream
             if not ended.is_set():
                 raise  # a stream closed here ends its reader with an error: only that one
