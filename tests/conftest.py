@@ -19,10 +19,28 @@ pytest_plugins = ["tests.invariants"]
 DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY . /app\nCMD [\"sh\", \"/app/run.sh\"]\n"
 
 
+# Ports the tests listen on come from below the kernel's ephemeral range (32768-60999 here):
+# a port free now in that range may be taken a moment later by one of the many outgoing
+# connections (to containers, from the bridge's address) before SPEED binds it. Above the
+# swarm's published ports (20000-29999).
+TEST_PORTS = range(30000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, on any address, not handed out before in this process."""
+    import random
+    while True:
+        port = random.choice(TEST_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 @pytest.fixture(scope="session")
