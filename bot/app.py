@@ -239,4 +239,5 @@ async def _run_worker(app: web.Application, worker: Worker, listener: list[web.A
             await CallbackSite(site_runner, host, port).start()
         except OSError as e:
             log.error("cannot listen for container callbacks on %s:%s: %s", host, port, e)
-    await worker.serve(api_url=f"http://{host}:{port}")
+    await worker.serve(api_url=config.runner.callback_url.rstrip("/")
+                       or f"http://{host}:{port}")

@@ -48,6 +48,10 @@ class RunnerConfig:
     # Where containers reach SPEED: empty means the gateway of the Docker bridge, on server.port.
     callback_host: str = ""
     callback_port: int = 0
+    # What containers are told to call (SPEED_API_URL), when not this replica's own listener:
+    # with replicas, an address every replica answers behind (a load balancer), so a container
+    # that outlives the replica that started it still reaches one.
+    callback_url: str = ""
     # Seconds a replica may be silent before another adopts its deployments (storage.replicas).
     lease: float = 30
     # runner.backend: swarm: images go through this registry (host:port), services to this
@@ -254,6 +258,11 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.port: must be between 0 and 65535")
     if not 0 <= runner.callback_port <= 65535:
         raise ConfigError("runner.callback_port: must be between 0 and 65535")
+    if runner.callback_url:
+        parts = urllib.parse.urlsplit(runner.callback_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(f"runner.callback_url: {runner.callback_url!r} is not an http(s) "
+                              "URL of a host")
     if not config.auth.api_tokens and not is_loopback(server.host):
         raise ConfigError(f"server.host: listening on {server.host} without auth.api_tokens "
                           "would let anyone run code here; set tokens or listen on 127.0.0.1")

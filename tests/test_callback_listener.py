@@ -247,3 +247,13 @@ def test_speed_raises_its_open_files_limit_to_the_hard_limit(tmp_path, docker_cl
     line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert line.split()[3:5] == [str(hard), str(hard)], line
     assert f"open files limit: {hard}" in speed.log_path.read_text()
+
+
+async def test_containers_are_told_the_callback_url_when_one_is_set(make_client, repo):
+    """runner.callback_url (replicas behind one address): what a container is told to call."""
+    client = await make_client(runner__callback_url="http://speed.example.com:8443/")
+    url, _ = repo('echo "api=$SPEED_API_URL"\n')
+    response = await client.post("/start", json={"url": url, "branch": "main"})
+    deployment_id = (await response.json())["id"]
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    assert "api=http://speed.example.com:8443\n" in await results_of(client, deployment_id)

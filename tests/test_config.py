@@ -283,3 +283,9 @@ def test_the_swarm_backend_section(env, write):
     assert (config.runner.backend, config.runner.registry, config.runner.swarm_host) == (
         "swarm", "10.0.0.5:5000", "tcp://10.0.0.5:2376")
     assert load(None).runner.swarm_host == "unix:///var/run/docker.sock"
+
+
+@pytest.mark.parametrize("url", ["ftp://speed.example", "http://", "speed.example:8080",
+                                 "http://speed.example/?a=1"])
+def test_a_callback_url_must_be_an_http_url_of_a_host(env, url):
+    assert refusal(runner__callback_url=url).startswith("runner.callback_url:")
