@@ -313,12 +313,6 @@ def results_text(deployment_id: int) -> str:
     return "".join(text for (text,) in texts)
 
 
-def in_status(*statuses: Status) -> list[Deployment]:
-    """Deployments in any of the statuses, oldest first."""
-    return list(Deployment.select().where(Deployment.status.in_([s.value for s in statuses]))
-                .order_by(Deployment.id))
-
-
 def _ids(query) -> list[int]:
     """The ids a query selects, read straight off the cursor: on a queue thousands long,
     peewee's per-row wrapping costs several times what SQLite does."""

@@ -3,7 +3,7 @@ the fence that keeps a replica from writing about a deployment it no longer owns
 import contextvars
 from typing import Callable, TypeVar
 
-from peewee import SqliteDatabase, fn
+from peewee import SqliteDatabase
 
 from storage.db import clock, database, write_transaction
 from storage.errors import NotOwner
@@ -48,10 +48,15 @@ def leave(*replica_ids: str) -> None:
         Replica.update(heartbeat=0).where(Replica.id.in_(replica_ids)).execute()
 
 
+def _lease_runs(lease: float):
+    """Whether a replica's lease has not run out, by the database's clock."""
+    return Replica.heartbeat >= clock() - lease
+
+
 def on_host(host: str, lease: float) -> list[tuple[str, int]]:
     """(id, pid) of the replicas on a host whose lease has not run out."""
     return list(Replica.select(Replica.id, Replica.pid).where(
-        Replica.host == host, Replica.heartbeat >= clock() - lease).tuples())
+        Replica.host == host, _lease_runs(lease)).tuples())
 
 
 def present() -> set[str]:
@@ -61,16 +66,14 @@ def present() -> set[str]:
 
 def live(lease: float) -> list[Replica]:
     """The replicas whose lease has not run out, oldest first."""
-    return list(Replica.select().where(Replica.heartbeat >= clock() - lease)
-                .order_by(Replica.started_at))
+    return list(Replica.select().where(_lease_runs(lease)).order_by(Replica.started_at))
 
 
 def capacity(lease: float) -> tuple[int, int, int]:
     """The cluster now: deployments Running, replicas whose lease runs, and their slots."""
     running = Deployment.select().where(Deployment.status == Status.RUNNING.value).count()
-    replicas, slots = Replica.select(fn.COUNT(Replica.id), fn.COALESCE(fn.SUM(Replica.slots), 0)).where(
-        Replica.heartbeat >= clock() - lease).tuples().first()
-    return running, replicas, slots
+    replicas = live(lease)
+    return running, len(replicas), sum(replica.slots for replica in replicas)
 
 
 def adopt(replica_id: str, lease: float, carrying: list[int]) -> list[Deployment]:
@@ -78,7 +81,7 @@ def adopt(replica_id: str, lease: float, carrying: list[int]) -> list[Deployment
     before replicas), and this replica's own that it is not carrying (a claim whose answer was
     lost with the connection); return them, with their new claim: this replica now reattaches,
     requeues or fails each."""
-    alive = Replica.select(Replica.id).where(Replica.heartbeat >= clock() - lease)
+    alive = Replica.select(Replica.id).where(_lease_runs(lease))
     orphans = Deployment.select(Deployment.id).where(
         Deployment.status == Status.RUNNING.value,
         Deployment.owner.is_null()

@@ -2,7 +2,6 @@
 side by side, every kind of query, ids past the columns' range, and one real deployment."""
 import threading
 
-import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 from peewee import PostgresqlDatabase
@@ -18,6 +17,7 @@ from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
 from tests import test_releases
+from tests.conftest import postgres_sql as sql
 from tests.conftest import results_of, wait_finished
 
 # Every test of the release state machine (tests/test_releases.py) runs here again, on
@@ -35,17 +35,6 @@ def db(postgres_url):
     database_ = open_database(postgres_url)
     with database_.connection_context():
         yield database_
-
-
-def sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on its own connection (as another client would); its rows."""
-    connection = psycopg2.connect(url)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
 
 
 def test_migrations_make_an_empty_database_and_run_once(db, postgres_url):
@@ -129,7 +118,7 @@ def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
         queries.transition(first.id, Status.FAILED)
     assert queries.counts() == {"Pending": 0, "Running": 1, "Succeeded": 1, "Failed": 0,
                                 "Cancelled": 0}
-    assert [d.id for d in queries.in_status(Status.RUNNING)] == [second.id]
+    assert [d.id for d in Deployment.select().where(Deployment.status == "Running")] == [second.id]
     assert queries.latest_for("acme/app").id == first.id  # any case: fn.LOWER
     assert [d.id for d in queries.listing(repo="ACME/app")] == [second.id, first.id]
     assert [d.id for d in queries.listing(status=Status.SUCCEEDED)] == [first.id]
