@@ -230,6 +230,19 @@ def ensure_postgres(port: int, folder: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def postgres_sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on its own PostgreSQL connection (as another client would); its rows."""
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The URL of the tests' PostgreSQL server. It stays up after the run, like the Docker

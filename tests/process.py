@@ -13,7 +13,7 @@ import time
 import requests
 import yaml
 
-from tests.conftest import TEST_INSTANCES, free_port
+from tests.conftest import TEST_INSTANCES, free_port, postgres_sql
 from tests.invariants import Target, check
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -116,14 +116,7 @@ class SpeedProcess:
         if not self.database_url.startswith("postgresql"):
             with sqlite3.connect(self.db_path) as db:
                 return db.execute(statement, params).fetchall()
-        import psycopg2
-        connection = psycopg2.connect(self.database_url)
-        try:
-            with connection, connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                return cursor.fetchall() if cursor.description else []
-        finally:
-            connection.close()
+        return postgres_sql(self.database_url, statement, params)
 
     def kill9(self) -> None:
         assert self.process is not None

@@ -102,20 +102,27 @@ def test_a_killed_replicas_deployment_is_adopted_with_no_line_lost_or_doubled(re
     assert adopted_after < LEASE + 10
 
 
-def test_a_replica_stopped_past_its_lease_writes_nothing_when_it_goes_on(replicas, repo):
-    """Fault: SIGSTOP of the replica running a deployment, past its lease, then SIGCONT while
-    the container still runs. Asserts: another replica adopted it; the stale one, following the
-    same container again, stores not one line and no outcome (fenced), says it let go, and
-    then works on as a replica like any other."""
+def stopped_and_adopted(replicas, repo, lines: int, seen: int):
+    """The first replica runs a counting job; it is stopped (SIGSTOP) past its lease, and the
+    second adopts the job and stores up to line `seen`. (first, second, deployment id)."""
     first = replicas("first")
-    url, _ = repo(counting(lines=120))
+    url, _ = repo(counting(lines=lines))
     deployment_id = first.start_deployment(url)
     first.wait_output(deployment_id, "line 5\n")
     second = replicas("second")
     first.process.send_signal(signal.SIGSTOP)
     second.wait_until(lambda: owner(second, deployment_id) == replica_id(second),
                       timeout=LEASE + 10)
-    second.wait_output(deployment_id, "line 60\n")  # the second follows it now
+    second.wait_output(deployment_id, f"line {seen}\n")  # the second follows it now
+    return first, second, deployment_id
+
+
+def test_a_replica_stopped_past_its_lease_writes_nothing_when_it_goes_on(replicas, repo):
+    """Fault: SIGSTOP of the replica running a deployment, past its lease, then SIGCONT while
+    the container still runs. Asserts: another replica adopted it; the stale one, following the
+    same container again, stores not one line and no outcome (fenced), says it let go, and
+    then works on as a replica like any other."""
+    first, second, deployment_id = stopped_and_adopted(replicas, repo, lines=120, seen=60)
     first.process.send_signal(signal.SIGCONT)
     first.wait_until(lambda: "another replica carries it on" in first.log_path.read_text(),
                      timeout=LEASE + 10)
@@ -245,15 +252,7 @@ def test_a_deployment_given_back_to_a_stale_replica_has_every_line_once(replicas
     """Fault: the first replica is stopped past its lease, the second adopts and is killed, the
     first goes on and takes the deployment back. Asserts: its old run (of the first claim) is
     fenced out and let go; the new run stores every line exactly once."""
-    first = replicas("first")
-    url, _ = repo(counting(lines=150))
-    deployment_id = first.start_deployment(url)
-    first.wait_output(deployment_id, "line 5\n")
-    second = replicas("second")
-    first.process.send_signal(signal.SIGSTOP)
-    second.wait_until(lambda: owner(second, deployment_id) == replica_id(second),
-                      timeout=LEASE + 10)
-    second.wait_output(deployment_id, "line 40\n")
+    first, second, deployment_id = stopped_and_adopted(replicas, repo, lines=150, seen=40)
     first_id = replica_id(first)
     second.kill9()  # the adopter dies while the first is still stopped
     first.process.send_signal(signal.SIGCONT)
