@@ -18,6 +18,7 @@ HOST_IP=10.231.0.1       # manager advertise address, registry address, callback
 NODE_IP=10.231.0.2
 MANAGER_BRIDGE=speedsw-br0
 MANAGER_BRIDGE_IP=10.232.0.1/24
+MANAGER_GATEWAY_SUBNET=10.233.0.0/24
 REGISTRY="$HOST_IP:5443"
 # Deployments' network: a bridge on each node with inter-container traffic off (one deployment
 # must not reach another's container), made swarm-wide from a config of each node's own.
@@ -111,9 +112,12 @@ engine_up() {  # engine_up NAME [nsenter args...]: a dockerd of the swarm, start
   if [ "$name" = manager ]; then
     # On the host's network: the machine's engine owns the host's iptables chains (and flushes
     # them when it restarts), so this one keeps out of them; published ports go through
-    # docker-proxy, which needs none.
-    flags+=(--bridge "$MANAGER_BRIDGE" --iptables=false --ip-masq=false
-            --default-address-pool base=10.233.0.0/16,size=24)
+    # docker-proxy, which needs none. No --default-address-pool here: with one, and without
+    # live-restore (which swarm mode refuses), dockerd deletes the interface named docker0 each
+    # time it starts again, and on the host's network that is the machine's engine's bridge
+    # (moby daemon_unix.go, removeDefaultBridgeInterface). swarm_up gives docker_gwbridge its
+    # subnet instead.
+    flags+=(--bridge "$MANAGER_BRIDGE" --iptables=false --ip-masq=false)
   else
     # In its own namespace, with iptables of its own: NAT for its containers' way out.
     flags+=(--default-address-pool base=10.234.0.0/16,size=24 --bip 10.235.0.1/24)
@@ -127,6 +131,12 @@ swarm_state() { docker -H "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/
 
 swarm_up() {
   if [ "$(swarm_state "$MANAGER")" != active ]; then
+    # The manager's gateway bridge, before the swarm makes one from Docker's default pools,
+    # which the machine's engine draws its networks from too.
+    manager network inspect docker_gwbridge >/dev/null 2>&1 ||
+      manager network create --subnet "$MANAGER_GATEWAY_SUBNET" \
+        --opt com.docker.network.bridge.name=docker_gwbridge \
+        --opt com.docker.network.bridge.enable_icc=false docker_gwbridge >/dev/null
     say "making the swarm (manager at $HOST_IP:2377)"
     manager swarm init --advertise-addr "$HOST_IP" --listen-addr "$HOST_IP:2377" >/dev/null
   fi
