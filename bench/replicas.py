@@ -13,7 +13,7 @@ import psycopg2
 import yaml
 from cryptography.fernet import Fernet
 
-from tests.conftest import DOCKERFILE, ensure_postgres, free_port
+from tests.conftest import DOCKERFILE, free_port, tests_postgres
 from tests.gitserver import GitServer
 from tests.process import SpeedProcess
 from tests.webhooks import delivery_headers, encode, push_payload
@@ -129,7 +129,7 @@ def _queue_wait(replica: SpeedProcess, deployment_id: int) -> float:
 
 def measure() -> dict:
     """The three setups, each on a new database; the machine's load before and after."""
-    server = ensure_postgres(55432, os.path.join(tempfile.gettempdir(), "speed-test-postgres-55432"))
+    server = tests_postgres()
     results = {"load_average_1m_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as scratch:
         work = pathlib.Path(scratch)

@@ -243,16 +243,23 @@ def postgres_sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
         connection.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The URL of the tests' PostgreSQL server. It stays up after the run, like the Docker
-    engine, so the next run finds it at once."""
+def tests_postgres() -> str:
+    """The URL of the tests' (and the bench's) PostgreSQL server on SPEED_TEST_PG_PORT, started
+    when it does not answer. The port is below the ephemeral range: there, an outgoing
+    connection may hold it when the server starts (seen in CI)."""
     import os
     import tempfile
 
-    port = int(os.environ.get("SPEED_TEST_PG_PORT", "55432"))
+    port = int(os.environ.get("SPEED_TEST_PG_PORT", "25433"))
     return ensure_postgres(port, os.path.join(tempfile.gettempdir(),
                                               f"speed-test-postgres-{port}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The tests' PostgreSQL server. It stays up after the run, like the Docker engine, so the
+    next run finds it at once."""
+    return tests_postgres()
 
 
 @pytest.fixture
