@@ -4,7 +4,7 @@
 # when missing, initdb a private cluster (as the postgres user when root: initdb refuses root)
 # and start it. Idempotent; when it runs already, one login and the URL.
 #
-# Usage: ensure-postgres.sh [PORT]            (default $SPEED_PG_PORT, else 25432)
+# Usage: ensure-postgres.sh [PORT]            (default $SPEED_PG_PORT, else 15432)
 #   SPEED_PG_DIR       the cluster's folder (data/, run/ for the socket, postgres.log, password)
 #                      default /var/lib/speed-postgres/PORT as root, else ~/.local/share/...
 #   SPEED_PG_USER      the role made for SPEED (default speed; it may create databases)
@@ -13,7 +13,7 @@
 #   SPEED_PG_OPTIONS   more server options when it starts here (the tests: -c fsync=off)
 set -euo pipefail
 
-port="${1:-${SPEED_PG_PORT:-25432}}"
+port="${1:-${SPEED_PG_PORT:-15432}}"
 case "$port" in
   ''|*[!0-9]*) echo "ensure-postgres: the port must be a number, not '$port'" >&2; exit 1 ;;
 esac

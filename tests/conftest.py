@@ -245,12 +245,12 @@ def postgres_sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
 
 def tests_postgres() -> str:
     """The URL of the tests' (and the bench's) PostgreSQL server on SPEED_TEST_PG_PORT, started
-    when it does not answer. The port is below the ephemeral range: there, an outgoing
-    connection may hold it when the server starts (seen in CI)."""
+    when it does not answer. The port is below the ephemeral range (there, an outgoing
+    connection may hold it when the server starts: seen in CI) and the swarm's service ports."""
     import os
     import tempfile
 
-    port = int(os.environ.get("SPEED_TEST_PG_PORT", "25433"))
+    port = int(os.environ.get("SPEED_TEST_PG_PORT", "15433"))
     return ensure_postgres(port, os.path.join(tempfile.gettempdir(),
                                               f"speed-test-postgres-{port}"))
 
