@@ -31,6 +31,9 @@ class LogCursor:
         return LogCursor(at, self.seen + 1) if at == self.at else LogCursor(at)
 
 
+KILLED = 137  # the exit code of a container ended by SIGKILL: SPEED's kill, or the OOM killer's
+
+
 @dataclasses.dataclass(frozen=True)
 class ContainerState:
     """What the engine knows about a deployment's container."""

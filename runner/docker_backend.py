@@ -21,7 +21,7 @@ from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
 from runner import context as build_context
-from runner.base import Backend, ContainerState, Limits, LogCursor, OutputSink
+from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink
 from runner.cgroups import BuildCgroups
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
 from runner.settings import Build
@@ -181,6 +181,9 @@ class DockerBackend(Backend):
         self._networks_made: set[str] = set()
         # (container, port) -> host:port of services just created, until address() asks once.
         self._published: dict[tuple[str, int], str] = {}
+        # Containers this process killed, until cleaned up: their 137 is SPEED's, not the OOM
+        # killer's (see state()).
+        self._killed: set[str] = set()
 
     async def _api(self) -> docker.APIClient:
         if self._client is None:
@@ -415,14 +418,22 @@ class DockerBackend(Backend):
             raise
         state = info["State"]
         exited = state["Status"] in ("exited", "dead")
+        # Docker 20.10 flags OOMKilled only when the kernel's OOM event comes in before the exit
+        # (under load it may come after), and forgets it when a restart policy starts the
+        # container again. A SIGKILL that SPEED did not send, under a memory limit, is the OOM
+        # killer's, as the swarm backend reads it too.
+        oom = state.get("OOMKilled", False) or (
+            state["ExitCode"] == KILLED and bool(info["HostConfig"].get("Memory"))
+            and container_id not in self._killed)
         return ContainerState(status=state["Status"], exit_code=state["ExitCode"] if exited else None,
-                              oom_killed=state.get("OOMKilled", False),
+                              oom_killed=oom,
                               health=(state.get("Health") or {}).get("Status"),
                               restarts=info.get("RestartCount", 0),
                               last_exit=state["ExitCode"])
 
     async def kill(self, container_id: str) -> None:
         api = await self._api()
+        self._killed.add(container_id)
         with _engine_errors(RunFailed, "kill container"), contextlib.suppress(APIError):
             await asyncio.to_thread(api.kill, container_id)
 
@@ -439,6 +450,7 @@ class DockerBackend(Backend):
             if container_id:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(api.remove_container, container_id, force=True)
+                self._killed.discard(container_id)
             if image:
                 # An image another container still uses stays (409); the next prune retries it.
                 with contextlib.suppress(NotFound, APIError):

@@ -12,7 +12,7 @@ from docker.types import (ContainerSpec, DriverConfig, EndpointSpec, Placement, 
 from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
-from runner.base import Backend, ContainerState, Limits, LogCursor, OutputSink
+from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink
 from runner.docker_backend import (DROPPED_CAPABILITIES, RUN_NETWORK, DockerBackend,
                                    _engine_errors, _iterate, _whole, pieces_after)
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed
@@ -27,7 +27,6 @@ PORTS = range(20000, 30000)
 POLL_SECONDS = 0.25
 # Task states after which a task never runs again (before them: new ... starting, running).
 _ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
-KILLED = 137  # the exit code of a container ended by SIGKILL, as the docker backend reports it
 # On a service SPEED stopped: its end is a kill, not the app's (nor the kernel's OOM killer).
 KILLED_LABEL = "speed.killed"
 STOP_SECONDS = 30  # how long clean-up waits for a stopped task's container to end

@@ -195,6 +195,20 @@ async def test_kill_makes_wait_return(backend, backend_name, swarm_if_needed, ru
     await backend.kill(container)  # killing what ended already is no error
 
 
+@pytest.mark.parametrize("backend_name", ["docker"])
+async def test_a_sigkill_speed_did_not_send_under_a_memory_limit_is_out_of_memory(
+        backend, run, docker_client):
+    """Docker 20.10 flags OOMKilled only when the kernel's OOM event beats the exit (under load
+    it does not), and a restart policy's next start forgets it: a SIGKILL from outside SPEED,
+    as the OOM killer sends it, reads as out of memory (the swarm backend reads tasks so too)."""
+    container = await run("echo started; sleep 120")
+    await poll(lambda: _printed(backend, container, "started"))
+    docker_client.api.kill(container)  # not backend.kill: someone else's SIGKILL
+    async with asyncio.timeout(20):
+        state = await backend.wait(container)
+    assert state.exit_code == 137 and state.oom_killed
+
+
 def running(backend_name: str, swarm, labels: dict) -> list[str]:
     """The running containers with labels on the backend's engines (each node's, for a swarm)."""
     engines = [None] if backend_name == "docker" else [swarm.swarm_host, swarm.worker_host]
