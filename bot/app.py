@@ -11,7 +11,7 @@ from bot.auth import host_guard_middleware, same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, feed_key, github_key,
-                      keyring_key, metrics_key, reporter_key, router_key, store_key, worker_key)
+                      identity_key, keyring_key, metrics_key, reporter_key, router_key, store_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
 from bot.browser_pages import browser_pages
@@ -23,7 +23,6 @@ from bot.login import read_guard_middleware, routes as login_routes
 from bot.openapi import routes as openapi_routes
 from bot.ops import routes as ops_routes
 from bot.pages import routes as page_routes
-from bot.redelivery import redeliver_missed
 from bot.reporter import Reporter
 from bot.rules import full_name_of_url
 from bot.webhook import announce_webhook_policy, routes as webhook_routes
@@ -39,10 +38,11 @@ from runner.router import Router
 from runner.service import HealthWatch
 from runner.secrets import SecretSource
 from runner.errors import RunnerError
+from runner.replica import Identity
 from runner.worker import ENGINE_RETRY_SECONDS, Worker
 from storage import deployments as queries
 from storage import secrets as secret_queries
-from storage.db import CATCH_UP_LOCK, is_postgres, try_lock, unlock
+from storage.db import is_postgres
 from storage.notices import Notices
 from storage.store import Store
 
@@ -82,6 +82,7 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app[metrics_key] = Metrics()
     app[keyring_key] = keyring_for(config)
     app[backend_key] = backend or find_backend(config.runner)
+    app[identity_key] = Identity()
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_github_context)
     app.cleanup_ctx.append(_runner_context)
@@ -114,7 +115,8 @@ async def _feed_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _github_context(app: web.Application) -> AsyncIterator[None]:
-    """With GitHub credentials: report deployments back, and catch up on what was missed."""
+    """With GitHub credentials: send GitHub's outbox (when this replica leads), and catch up on
+    what was missed."""
     config, store = app[config_key], app[store_key]
     github = GitHub(config.github) if config.github.token or config.github.app else None
     app[github_key] = github
@@ -122,32 +124,16 @@ async def _github_context(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     # Patient: what GitHub accepted is recorded once a full disk has room again.
-    reporter = Reporter(config, store.patient(), github, on_failure=app[metrics_key].report_failures.inc)
+    reporter = Reporter(config, store.patient(), github, app[identity_key].id,
+                        on_failure=app[metrics_key].report_failures.inc)
     app[reporter_key] = reporter
     store.subscribe(reporter)
-    catch_up = asyncio.create_task(_catch_up(reporter, github, store), name="speed-catch-up")
+    sending = asyncio.create_task(reporter.run(), name="speed-reporter")
     yield
-    catch_up.cancel()
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
     await reporter.close()
     await github.close()
-
-
-async def _catch_up(reporter: Reporter, github: GitHub, store: Store) -> None:
-    """Re-send reports an earlier process left unsent; with an App, fetch missed deliveries.
-    One replica at a time: one starting meanwhile leaves it to the one catching up."""
-    try:
-        if not await store.run(try_lock, CATCH_UP_LOCK):
-            log.info("another replica is catching up with GitHub")
-            return
-        try:
-            await reporter.catch_up()
-            if github.config.app:
-                await redeliver_missed(github, store)
-            await reporter.idle()  # held until what it re-sent went out
-        finally:
-            await store.run(unlock, CATCH_UP_LOCK)
-    except Exception:  # noqa: BLE001 - start-up catch-up is best effort; it is logged
-        log.exception("catching up with GitHub failed")
 
 
 def _credentials(github: GitHub | None):
@@ -180,15 +166,17 @@ async def _runner_context(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(store, app[backend_key], settings, runner.max_concurrent,
                     credentials=_credentials(app[github_key]),
                     secrets=SecretSource(store, app[keyring_key], {config.github.repository_host}),
-                    router=router, lease=runner.lease)
+                    router=router, lease=runner.lease, identity=app[identity_key])
     app[worker_key] = worker
     notices = None
     if is_postgres(config.database.url):
         # Work queued and cancels made on other replicas reach this one at once, not at its
         # next heartbeat.
         loop = asyncio.get_running_loop()
+        reporter = app.get(reporter_key)
         notices = Notices(config.database.url, lambda deployment_id, status: loop.call_soon_threadsafe(
-            worker.heard, deployment_id, status))
+            worker.heard, deployment_id, status),
+            report=lambda: reporter and loop.call_soon_threadsafe(reporter.heard))
         notices.start()
     listener: list[web.AppRunner] = []
     tasks = [asyncio.create_task(_run_worker(app, worker, listener), name="speed-worker"),

@@ -8,6 +8,7 @@ from bot.github import GitHub
 from bot.metrics import Metrics
 from bot.reporter import Reporter
 from runner.base import Backend
+from runner.replica import Identity
 from runner.router import Router
 from runner.worker import Worker
 from storage.keyring import Keyring
@@ -20,6 +21,7 @@ config_key = web.AppKey("config", Config)
 store_key = web.AppKey("store", Store)
 backend_key = web.AppKey("backend", Backend)
 worker_key = web.AppKey("worker", Worker)
+identity_key = web.AppKey("identity", Identity)  # this process as a replica (runner.replica)
 github_key = web.AppKey("github", GitHub | None)
 reporter_key = web.AppKey("reporter", Reporter)
 metrics_key = web.AppKey("metrics", Metrics)

@@ -1,6 +1,7 @@
 """Reports deployments back to GitHub: commit statuses and Deployments, in order, retried."""
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import datetime
@@ -12,12 +13,12 @@ from gidgethub import GitHubException
 
 from bot.config import Config, public_url
 from bot.github import GitHub
+from bot.redelivery import redeliver_missed
 from bot.rules import rule_for
 from storage import deployments as queries
-from storage import releases
+from storage import outbox, releases, replicas
+from storage.models import Deployment, Report as Record, utcnow
 from storage.releases import environment_name
-from storage.models import Deployment, utcnow
-from storage.status import Status
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 MAX_DESCRIPTION = 140
 MAX_BACKOFF = 60.0
 CATCH_UP_WINDOW = datetime.timedelta(days=1)
+# How often the outbox is looked at without a word of a change (another replica's, when
+# PostgreSQL's notices do not arrive), and whether this replica leads.
+POLL_SECONDS = 0.5
+PASSING = ("queued", "running")  # the states a deployment shows before its final one
 # What a call to GitHub may fail with: its answers, the connection, the time limit.
 GITHUB_FAILURES = (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -45,78 +50,88 @@ def _seconds(deployment: Deployment) -> int:
     return max(round((end - start).total_seconds()), 0)
 
 
-def report_for(deployment: Deployment) -> Report | None:
-    """What GitHub should show for the deployment now, or None when there is nothing to show."""
-    if not deployment.commit:
-        return None
-    status = deployment.state
-    if status == Status.PENDING:
+def report_of(key: str, deployment: Deployment) -> Report:
+    """How GitHub shows the state key (an outbox row's: see migration 0008) of a deployment."""
+    if key == "queued":
         return Report("queued", "pending", "Queued", "queued")
-    if status == Status.RUNNING:
-        if deployment.container_started_at is None:
-            return None
+    if key == "running":
         return Report("running", "pending", "Running", "in_progress")
     took = f"after {_seconds(deployment)} s"
-    if status == Status.SUCCEEDED:
+    if key == "success":
         return Report("success", "success", f"Succeeded {took}", "success")
-    if status == Status.CANCELLED:
+    if key == "cancelled":
         return Report("cancelled", "error", f"Cancelled ({deployment.reason or 'cancelled'})",
                       "error")
-    state = "error" if deployment.infrastructure_failure else "failure"
     description = f"Failed: {deployment.reason or 'unknown reason'} {took}"
     if len(description) > MAX_DESCRIPTION:
         description = description[:MAX_DESCRIPTION - 1] + "…"
-    return Report(state, state, description, state)
+    return Report(key, key, description, key)
 
 
 class Reporter:
-    """Listens to deployment changes and sends each deployment's reports to GitHub in order.
+    """Sends GitHub's outbox (storage.outbox) while this replica is the oldest live one: each
+    deployment's states in order, each once, whichever replica made them.
 
-    A report that fails is logged and retried with backoff for github.report_retry_for seconds;
-    it never changes the deployment. A report that a newer one of the same deployment overtakes
-    while it is failing is dropped, so a late `pending` never lands after a final state. A post
-    that timed out may still be applied by GitHub later, though: see _settle.
+    A report that fails is logged and retried with backoff for github.report_retry_for seconds,
+    then given up (tried again, if it is still its deployment's newest, when a replica next
+    takes up the outbox); it never changes the deployment. One that a newer state of the same
+    deployment overtakes while failing is dropped, so a late `pending` never lands after a final
+    state. A post that timed out may still have been applied: before posting it again the
+    reporter looks whether GitHub shows it (_landed), and after a final state _settle makes
+    sure a late one did not cover it.
     """
 
-    def __init__(self, config: Config, store: Store, github: GitHub,
+    def __init__(self, config: Config, store: Store, github: GitHub, replica: str,
                  on_failure: Callable[[], None] = lambda: None):
         self.config = config
         self.store = store
         self.github = github
+        self.replica = replica
         self._on_failure = on_failure
-        self._queues: dict[int, list[Deployment]] = {}
-        self._tasks: dict[int, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._passing = asyncio.Lock()
+        self._leading = False
+        self._tasks: dict[int, asyncio.Task] = {}  # by deployment: the report being sent
         # Per deployment: the commit statuses GitHub applied or may still apply, and whether
         # one of them timed out (so GitHub may apply it after a later one).
         self._posted: dict[int, collections.Counter] = {}
         self._uncertain: set[int] = set()
-        self._background: set[asyncio.Task] = set()  # reports not of one deployment's states
+        self._background: set[asyncio.Task] = set()  # work not of one deployment's states
         self.failures = 0
 
     def __call__(self, deployment: Deployment) -> None:
-        """Queue the deployment's current state for GitHub (a Store listener)."""
-        if not deployment.repo_full_name or report_for(deployment) is None:
-            return
-        self._queues.setdefault(deployment.id, []).append(deployment)
-        if deployment.id not in self._tasks:
-            # Reports are not the run's writes, whichever task's change announced them: none
-            # of its fencing (storage.replicas).
-            self._tasks[deployment.id] = asyncio.create_task(self._drain(deployment.id),
-                                                             context=contextvars.Context())
+        """A deployment changed here (a Store listener): the outbox may hold a new report."""
+        self._wake.set()
 
-    async def catch_up(self) -> None:
-        """Report the states that an earlier process did not get through to GitHub."""
-        since = utcnow() - CATCH_UP_WINDOW
-        for deployment in await self.store.run(queries.unreported, since):
-            report = report_for(deployment)
-            if report is not None and report.key != deployment.reported:
-                self(deployment)
+    def heard(self) -> None:
+        """Another replica's change made a report (PostgreSQL's notice)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send what the outbox holds whenever this replica leads, until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                await self._pass()
+            except Exception:  # noqa: BLE001 - the database away: the next pass tries again
+                log.exception("sending GitHub's outbox failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
     async def idle(self) -> None:
-        """Wait until every queued report was sent or given up (for tests and shutdown)."""
-        while self._tasks or self._background:
-            await asyncio.gather(*self._tasks.values(), *self._background,
-                                 return_exceptions=True)
+        """Wait until the outbox holds nothing to send and nothing is being sent (for tests and
+        shutdown): on a replica that does not lead, until the one that does sent it."""
+        while True:
+            await self._pass()
+            if self._tasks or self._background:
+                await asyncio.gather(*self._tasks.values(), *self._background,
+                                     return_exceptions=True)
+            elif not await self.store.run(outbox.unsent):
+                return
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                self._wake.clear()
 
     async def close(self) -> None:
         tasks = [*self._tasks.values(), *self._background]
@@ -124,50 +139,126 @@ class Reporter:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _drain(self, deployment_id: int) -> None:
-        queue = self._queues[deployment_id]
-        try:
-            while queue:
-                await self._deliver(queue.pop(0), queue)
-        finally:
-            del self._tasks[deployment_id]
-            if not queue:
-                self._queues.pop(deployment_id, None)
-                self._posted.pop(deployment_id, None)
-                self._uncertain.discard(deployment_id)
+    async def _pass(self) -> None:
+        """If this replica leads: start sending each deployment's next report."""
+        async with self._passing:
+            lease = self.config.runner.lease
+            live = [r.id for r in await self.store.run(replicas.live, lease)]
+            leading = bool(live) and live[0] == self.replica
+            if leading and not self._leading:
+                await self._take_up()
+            self._leading = leading
+            if not leading:
+                return
+            for report, deployment in await self.store.run(outbox.due):
+                if deployment.id in self._tasks:
+                    continue
+                from_sender = None
+                if report.state == outbox.SENDING:
+                    if report.sender in live and report.sender != self.replica:
+                        continue  # the replica that led before still sends it
+                    from_sender = report.sender  # it went silent, or a send of ours broke off
+                # Sends are not a run's writes: none of its fencing (storage.replicas).
+                self._tasks[deployment.id] = asyncio.create_task(
+                    self._send_one(report, deployment, from_sender), context=contextvars.Context())
 
-    async def _deliver(self, deployment: Deployment, newer: list[Deployment]) -> None:
-        report = report_for(deployment)
+    async def _take_up(self) -> None:
+        """Begin to lead: states given up earlier are tried again; with an App, the webhook
+        deliveries missed while no replica ran are fetched. Once per lead, not per replica."""
+        log.info("this replica sends GitHub's outbox now")
+        revived = await self.store.run(outbox.revive, CATCH_UP_WINDOW.total_seconds())
+        if revived:
+            log.info("trying again %d GitHub reports given up earlier", revived)
+        if self.github.config.app:
+            self._in_background(redeliver_missed(self.github, self.store))
+
+    def _in_background(self, work) -> None:
+        task = asyncio.create_task(work, context=contextvars.Context())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_one(self, report: Record, deployment: Deployment,
+                        from_sender: str | None) -> None:
+        try:
+            if not await self.store.run(outbox.take, report.id, self.replica, from_sender):
+                return
+            # A replica that went silent while sending may have got it through.
+            outcome = await self._deliver(report, deployment, uncertain=from_sender is not None)
+            if outcome is not None:
+                await self.store.run(outbox.end, report.id, self.replica, outcome)
+        except Exception:  # noqa: BLE001 - logged; the next pass takes the report up again
+            log.exception("sending a GitHub report failed", extra={"deployment": deployment.id})
+        finally:
+            del self._tasks[deployment.id]
+            self._wake.set()  # its next state may go now
+
+    async def _deliver(self, report: Record, deployment: Deployment,
+                       uncertain: bool) -> str | None:
+        """Send one report, retrying; what came of it (storage.outbox's SENT, DROPPED or
+        GIVEN_UP), None when another replica took it over meanwhile."""
+        shown = report_of(report.key, deployment)
         deadline = asyncio.get_running_loop().time() + self.config.github.report_retry_for
-        delay = 1.0
+        delay, steps = 1.0, report.steps
         posted = self._posted.setdefault(deployment.id, collections.Counter())
+        if uncertain:
+            self._uncertain.add(deployment.id)
         while True:
+            if not await self.store.run(outbox.holds, report.id, self.replica):
+                log.info("report %s taken over by another replica", report.key,
+                         extra={"deployment": deployment.id})
+                return None
             try:
-                await self._send(deployment, report)
-                posted[report.state, report.description] += 1
+                if uncertain:
+                    steps = await self._landed(deployment, shown, steps)
+                steps = await self._send(report, deployment, shown, steps, posted)
                 break
             except GITHUB_FAILURES as e:
                 if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerDisconnectedError)):
-                    posted[report.state, report.description] += 1  # it may still be applied
+                    uncertain = True  # GitHub may have applied it, and may still
                     self._uncertain.add(deployment.id)
                 self.failures += 1
                 self._on_failure()
                 log.warning("reporting %s to GitHub failed: %s", report.key, _describe(e),
                             extra={"deployment": deployment.id})
-                if newer:
+                if await self.store.run(outbox.overtaken, report):
                     log.info("report %s overtaken by a newer state; dropped", report.key,
                              extra={"deployment": deployment.id})
-                    return
+                    return outbox.DROPPED
                 wait = _retry_after(e) or delay
                 if asyncio.get_running_loop().time() + wait > deadline:
                     log.error("gave up reporting %s to GitHub", report.key,
                               extra={"deployment": deployment.id})
-                    return
+                    return outbox.GIVEN_UP
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF)
-        await self.store.run(queries.update, deployment.id, reported=report.key)
-        if deployment.state.finished and deployment.id in self._uncertain:
-            await self._settle(deployment, report, posted)
+        if report.key not in PASSING:  # its final state
+            if deployment.id in self._uncertain:
+                await self._settle(deployment, shown, posted)
+            self._posted.pop(deployment.id, None)
+            self._uncertain.discard(deployment.id)
+        return outbox.SENT
+
+    async def _landed(self, deployment: Deployment, shown: Report, steps: int) -> int:
+        """How far an earlier attempt whose answer was lost got on GitHub: 1 once the commit
+        status shows, 2 once the GitHub Deployment's status does too."""
+        if steps == 0:
+            mine = [s for s in await self._statuses(deployment)
+                    if (s["state"], s["description"]) == (shown.state, shown.description)]
+            if not mine:
+                return 0
+            steps = 1
+        github_id = deployment.github_deployment_id or (
+            await self.store.run(queries.get, deployment.id)).github_deployment_id
+        if github_id is None:
+            return steps
+        token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        listed = await self.github.api.getitem(
+            f"/repos/{deployment.repo_full_name}/deployments/{github_id}/statuses?per_page=100",
+            oauth_token=token)
+        if any((s["state"], s["description"]) == (shown.deployment_state, shown.description)
+               for s in listed):
+            return 2
+        return steps
 
     async def _settle(self, deployment: Deployment, final: Report,
                       posted: collections.Counter) -> None:
@@ -178,7 +269,7 @@ class Reporter:
         delay = self.config.github.request_timeout
         while True:
             try:
-                shown = await self._statuses(deployment)
+                shown = [(s["state"], s["description"]) for s in await self._statuses(deployment)]
                 if shown and shown[0] != (final.state, final.description):
                     log.info("a late report covered %s; posting it again", final.key,
                              extra={"deployment": deployment.id})
@@ -200,14 +291,15 @@ class Reporter:
         rule = rule_for(self.config, deployment.repo_full_name)
         return rule.context if rule else "speed/deploy"
 
-    async def _statuses(self, deployment: Deployment) -> list[tuple[str, str]]:
-        """This deployment's context's statuses on its commit as GitHub lists them, newest first."""
+    async def _statuses(self, deployment: Deployment) -> list[dict]:
+        """This deployment's statuses (its context, its page) on its commit as GitHub lists
+        them, newest first: another deployment of the same commit has statuses of its own."""
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
         listed = await self.github.api.getitem(
             f"/repos/{deployment.repo_full_name}/commits/{deployment.commit}/statuses"
             "?per_page=100", oauth_token=token)
-        context = self._context(deployment)
-        return [(s["state"], s["description"]) for s in listed if s["context"] == context]
+        context, page = self._context(deployment), self._page(deployment)
+        return [s for s in listed if s["context"] == context and s.get("target_url") == page]
 
     async def _post_status(self, deployment: Deployment, report: Report) -> None:
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
@@ -219,11 +311,19 @@ class Reporter:
     def _page(self, deployment: Deployment) -> str:
         return f"{public_url(self.config)}/deployments/{deployment.id}"
 
-    async def _send(self, deployment: Deployment, report: Report) -> None:
-        await self._post_status(deployment, report)
+    async def _send(self, report: Record, deployment: Deployment, shown: Report, steps: int,
+                    posted: collections.Counter) -> int:
+        """Post what steps says GitHub lacks: the commit status, then (with an environment rule)
+        the GitHub Deployment's status; how far it got."""
         rule = rule_for(self.config, deployment.repo_full_name)
-        if not (rule and rule.environment):
-            return
+        if steps == 0:
+            posted[shown.state, shown.description] += 1  # applied, or may still be
+            await self._post_status(deployment, shown)
+            steps = 1
+            if rule and rule.environment:
+                await self.store.run(outbox.step, report.id, self.replica, steps)
+        if not (rule and rule.environment) or steps >= 2:
+            return steps
         repo = f"/repos/{deployment.repo_full_name}"
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
         github_id = deployment.github_deployment_id
@@ -237,21 +337,20 @@ class Reporter:
                 "transient_environment": deployment.trigger == "pull_request"})
             github_id = created["id"]
             await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
-        status = {"state": report.deployment_state, "log_url": self._page(deployment),
-                  "description": report.description}
-        if report.deployment_state == "success":
+        status = {"state": shown.deployment_state, "log_url": self._page(deployment),
+                  "description": shown.description}
+        if shown.deployment_state == "success":
             address = await self.store.run(releases.address_of, deployment.id)
             if address:  # a service: the pull request shows "View deployment"
                 status["environment_url"] = self.config.proxy.environment_url(address)
         await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
                                    data=status)
+        return 2
 
     def deactivate(self, deployments: list[Deployment]) -> None:
         """Mark the GitHub Deployments of a torn-down environment inactive, in the background
         (logged if GitHub refuses)."""
-        task = asyncio.create_task(self._deactivate(deployments))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(self._deactivate(deployments))
 
     async def _deactivate(self, deployments: list[Deployment]) -> None:
         for deployment in deployments:

@@ -10,8 +10,6 @@ from playhouse.shortcuts import ReconnectMixin
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Replicas starting side by side must not migrate at once (PostgreSQL races on CREATE TABLE).
 MIGRATION_LOCK = 0x5EED_0001
-# Held by the one replica catching up with GitHub at start-up: the others do not do it again.
-CATCH_UP_LOCK = 0x5EED_0002
 # The largest value of an id column (peewee's AutoField): SQLite's integer is 64-bit,
 # PostgreSQL's serial 32-bit. A larger id names no row: it must not reach a query.
 SQLITE_MAX_ID = 2**63 - 1
@@ -107,20 +105,6 @@ def clock() -> SQL:
     if isinstance(database.obj, PostgresqlDatabase):
         return SQL("EXTRACT(EPOCH FROM clock_timestamp())::float8")
     return SQL("((julianday('now') - 2440587.5) * 86400.0)")
-
-
-def try_lock(key: int) -> bool:
-    """Take a lock every replica sees, for as long as this connection lasts or until unlock;
-    False when another replica holds it. (SQLite: one process, nothing to share.)"""
-    if not isinstance(database.obj, PostgresqlDatabase):
-        return True
-    return database.execute_sql("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-
-
-def unlock(key: int) -> None:
-    """Give up a lock try_lock took."""
-    if isinstance(database.obj, PostgresqlDatabase):
-        database.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def write_transaction():

@@ -34,7 +34,8 @@ class Deployment(BaseModel):
     installation_id = BigIntegerField(null=True)
     pull_request = IntegerField(null=True)
     github_deployment_id = BigIntegerField(null=True)
-    # The last state the reporter got through to GitHub; on start-up it re-reports any that differ.
+    # The last state the reporter of releases before 0008 got through to GitHub (the outbox,
+    # Report, says what each state's delivery came to since).
     reported = CharField(max_length=32, null=True)
     # sha256 of the running container's token; cleared when the deployment finishes, so the
     # token is refused from then on.
@@ -171,3 +172,18 @@ class Replica(BaseModel):
     # The database's clock (seconds) at its last heartbeat: the database's, so replicas on
     # machines whose clocks disagree still agree on whose lease ran out. 0: it left.
     heartbeat = DoubleField()
+
+
+class Report(BaseModel):
+    """One state a deployment is to show on GitHub: the outbox bot/reporter.py drains. Rows are
+    made by the database itself (triggers of migration 0008) when a deployment changes."""
+
+    deployment_id = IntegerField()
+    key = CharField(max_length=16)  # queued, running, success, failure, error, cancelled
+    state = CharField(max_length=16, default="waiting")  # storage.outbox: WAITING ... GIVEN_UP
+    sender = CharField(max_length=32, null=True)  # the replica sending it
+    steps = IntegerField(default=0)  # 1: its commit status is on GitHub (the rest follows)
+    created_at = DoubleField()  # the database's clock
+
+    class Meta:
+        indexes = ((("deployment_id", "key"), True), (("state", "id"), False))

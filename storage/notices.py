@@ -1,4 +1,5 @@
-"""PostgreSQL's announcements of queued and finished deployments (LISTEN), for every replica."""
+"""PostgreSQL's announcements (LISTEN), for every replica: deployments queued and finished, and
+GitHub reports added to the outbox."""
 import logging
 import select
 import threading
@@ -12,6 +13,7 @@ from storage.status import Status
 log = logging.getLogger(__name__)
 
 CHANNEL = "speed_deployment"  # as the trigger of migration 0007 sends it
+REPORTS = "speed_report"  # migration 0008's, with the deployment's id
 RETRY_SECONDS = 1.0
 
 Notice = Callable[[int, Status], None]
@@ -19,12 +21,13 @@ Notice = Callable[[int, Status], None]
 
 class Notices:
     """A thread listening on its own connection; calls notice(id, status) in that thread for
-    every deployment queued or finished anywhere. A lost connection is made again (polling
-    covers what was said meanwhile)."""
+    every deployment queued or finished anywhere, and report() for every GitHub report added
+    to the outbox. A lost connection is made again (polling covers what was said meanwhile)."""
 
-    def __init__(self, url: str, notice: Notice):
+    def __init__(self, url: str, notice: Notice, report: Callable[[], None] = lambda: None):
         self._settings = parse(url)
         self._notice = notice
+        self._report = report
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="speed-notices", daemon=True)
 
@@ -50,13 +53,20 @@ class Notices:
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {CHANNEL}")
+                cursor.execute(f"LISTEN {CHANNEL}; LISTEN {REPORTS}")
             while not self._stopping.is_set():
                 # Woken at least twice a second to see whether it is to stop.
                 if select.select([connection], [], [], 0.5)[0]:
                     connection.poll()
+                    reports = False
                     while connection.notifies:
-                        self._heard(connection.notifies.pop(0).payload)
+                        notice = connection.notifies.pop(0)
+                        if notice.channel == REPORTS:
+                            reports = True
+                        else:
+                            self._heard(notice.payload)
+                    if reports:  # one word for a batch: the reporter reads the outbox whole
+                        self._report()
         finally:
             connection.close()
 

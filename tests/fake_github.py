@@ -123,6 +123,8 @@ class FakeGitHub:
             web.post("/repos/{owner}/{repo}/deployments", self._create_deployment),
             web.post(r"/repos/{owner}/{repo}/deployments/{id:\d+}/statuses",
                      self._create_deployment_status),
+            web.get(r"/repos/{owner}/{repo}/deployments/{id:\d+}/statuses",
+                    self._list_deployment_statuses),
             web.get("/repos/{owner}/{repo}/installation", self._repo_installation),
             web.post(r"/app/installations/{id:\d+}/access_tokens", self._access_token),
             web.get("/app/hook/deliveries", self._list_deliveries),
@@ -390,6 +392,19 @@ class FakeGitHub:
             "environment_url": body.get("environment_url") or "",
             "created_at": now, "updated_at": now, "creator": BOT,
             "deployment_url": deployment["url"], "repository_url": deployment["repository_url"]})
+
+    async def _list_deployment_statuses(self, request: web.Request) -> web.Response:
+        """GitHub's list of a deployment's statuses: newest first, a page of at most per_page."""
+        self._repo_auth(request)
+        full_name, did = self._full_name(request), int(request.match_info["id"])
+        if self._deployment_repo.get(did) != full_name.lower():
+            raise _Answer(404, "Not Found")
+        per_page = min(int(request.query.get("per_page", 30)), 100)
+        return self._answer(200, [
+            {"state": body["state"], "description": body.get("description") or "",
+             "log_url": body.get("log_url") or "", "target_url": body.get("log_url") or "",
+             "environment_url": body.get("environment_url") or ""}
+            for body in reversed(self.deployment_statuses.get(did, []))][:per_page])
 
     async def _repo_installation(self, request: web.Request) -> web.Response:
         self._app_auth(request)

@@ -84,3 +84,37 @@ def test_a_database_of_the_release_before_replicas_keeps_its_running_deployment(
         replicas.join("first", "host", 1)
         assert [(d.id, d.owner) for d in replicas.adopt("first", 30, [])] == [(1, "first")]
     db.close()
+
+
+def test_a_database_of_the_release_before_the_outbox_sends_what_it_had_not_reported(tmp_path):
+    """Upgrade: a database of the release before GitHub's outbox (to 0007): a deployment of the
+    last day whose outcome had not reached GitHub (its reporter stopped), one that had, and one
+    of last week. Asserts: only the first is in the outbox, with its outcome; the rows change
+    as before from then on."""
+    import datetime
+
+    from storage import outbox
+    from storage.status import Status
+
+    path = tmp_path / "replicas.db"
+    db = SqliteDatabase(str(path))
+    Runner(db, directory=str(MIGRATIONS), table_name="schema_migration").up(
+        "0007_replicas_and_owners")
+    now = datetime.datetime.utcnow()
+    for reported, finished in (("running", now), ("success", now),
+                               ("running", now - datetime.timedelta(days=7))):
+        db.execute_sql(
+            "INSERT INTO deployment (url, branch, \"commit\", repo_full_name, status, trigger, "
+            "infrastructure_failure, log_bytes, log_seen, attempts, fork, claim, reported, "
+            "created_at, finished_at) VALUES ('https://github.com/acme/app.git', 'main', ?, "
+            "'acme/app', 'Succeeded', 'push', 0, 0, 0, 1, 0, 1, ?, ?, ?)",
+            ("a" * 40, reported, str(finished), str(finished)))
+    db.close()
+    db = open_database(f"sqlite:///{path}")
+    with db.connection_context():
+        assert [outbox.of(n) for n in (1, 2, 3)] == [[("success", "waiting")], [], []]
+        fresh = queries.create("https://github.com/acme/app.git", "main", commit="b" * 40,
+                               repo_full_name="acme/app")
+        queries.transition(fresh.id, Status.CANCELLED, reason="cancelled")
+        assert [key for key, _ in outbox.of(fresh.id)] == ["queued", "cancelled"]
+    db.close()

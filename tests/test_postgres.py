@@ -16,14 +16,15 @@ from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, m
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
-from tests import test_releases
+from tests import test_outbox, test_releases
 from tests.conftest import postgres_sql as sql
 from tests.conftest import results_of, wait_finished
 
 # Every test of the release state machine (tests/test_releases.py) runs here again, on
 # PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
-globals().update({name: test for name, test in vars(test_releases).items()
-                  if name.startswith("test_")})
+# So do those of GitHub's outbox (tests/test_outbox.py): its triggers are the dialect's own.
+globals().update({name: test for module in (test_releases, test_outbox)
+                  for name, test in vars(module).items() if name.startswith("test_")})
 
 MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
 GITHUB = "https://github.com/acme/app.git"
@@ -394,20 +395,15 @@ def _until(check, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_one_replica_at_a_time_holds_a_shared_lock(db, postgres_url):
-    """The start-up catch-up with GitHub runs on one replica at a time (storage.db.try_lock)."""
-    from storage.db import CATCH_UP_LOCK, try_lock, unlock
-    all_tried = threading.Barrier(3)
+def test_one_replica_takes_a_report_that_three_take_at_once(db, postgres_url):
+    """The outbox's rows are taken by a conditional write: of three replicas at once, one sends."""
+    from storage import outbox
+    from storage.models import Report
+    deployment = queries.create(url=GITHUB, branch="main", commit="a" * 40,
+                                repo_full_name="acme/app")
+    report = Report.get(deployment_id=deployment.id)
+    taken = _replicas(postgres_url, 3, lambda: outbox.take(report.id, threading.current_thread().name))
+    assert sorted(taken) == [False, False, True]
+    assert Report.get_by_id(report.id).state == outbox.SENDING
 
-    def catch_up() -> bool:
-        taken = try_lock(CATCH_UP_LOCK)
-        all_tried.wait()  # none gives it up before all tried
-        if taken:
-            unlock(CATCH_UP_LOCK)
-        return taken
 
-    assert sorted(_replicas(postgres_url, 3, catch_up)) == [False, False, True]
-    assert try_lock(CATCH_UP_LOCK) is True
-    assert sql(postgres_url, "SELECT pg_try_advisory_lock(%s)", (CATCH_UP_LOCK,)) == [(False,)]
-    unlock(CATCH_UP_LOCK)
-    assert sql(postgres_url, "SELECT pg_try_advisory_lock(%s)", (CATCH_UP_LOCK,)) == [(True,)]
