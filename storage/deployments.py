@@ -1,5 +1,4 @@
 """Every query on deployments and their results; each write is one short transaction."""
-import datetime
 import uuid
 from typing import Callable, TypeVar
 
@@ -128,13 +127,6 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
 def known_deliveries(guids: list[str]) -> set[str]:
     """Which of these delivery ids were recorded."""
     return {guid for (guid,) in Delivery.select(Delivery.guid).where(Delivery.guid.in_(guids)).tuples()}
-
-
-def unreported(since: datetime.datetime) -> list[Deployment]:
-    """GitHub deployments changed since then, to compare with what was reported."""
-    return list(Deployment.select().where(
-        Deployment.repo_full_name.is_null(False),
-        (Deployment.finished_at.is_null()) | (Deployment.finished_at > since)).order_by(Deployment.id))
 
 
 def listing(limit: int = 50, status: Status | None = None, repo: str | None = None,
