@@ -31,6 +31,9 @@ class Metrics:
             "speed_environment_healthy", "1 when the environment's live release answers its "
             "health check, 0 when not (or nothing is live)", ["repository", "environment"],
             registry=self.registry)
+        self.reports_unsent = Gauge("speed_github_reports_unsent",
+                                    "States waiting in GitHub's outbox, of every replica",
+                                    registry=self.registry)
         self.report_failures = Counter("speed_github_report_failures_total",
                                        "Failed attempts to report to GitHub",
                                        registry=self.registry)

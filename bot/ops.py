@@ -8,7 +8,7 @@ from bot.environments import environment_list
 from bot.keys import backend_key, config_key, metrics_key, store_key, worker_key
 from runner.errors import RunnerError
 from storage import deployments as queries
-from storage import replicas
+from storage import outbox, replicas
 from storage.status import Status
 
 routes = web.RouteTableDef()
@@ -27,6 +27,7 @@ async def metrics(request: web.Request) -> web.Response:
                                                          request.app[config_key].runner.lease)
     collected.cluster_running.set(running)
     collected.replicas.set(count)
+    collected.reports_unsent.set(await request.app[store_key].run(outbox.unsent))
     collected.environment_healthy.clear()  # torn-down environments drop out
     for environment in await environment_list(request.app):
         collected.environment_healthy.labels(environment["repository"], environment["name"]).set(

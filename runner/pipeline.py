@@ -220,7 +220,11 @@ class Pipeline:
         if commit is None and self.settings.reuse_images:
             commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
         if commit and self.settings.reuse_images:
-            earlier = dict(await self.store.run(queries.built_before, deployment.id, url, commit))
+            # Named in the database before it is tagged or built: every replica's pruning
+            # spares the images of unfinished deployments, and one pruning between the tag and
+            # a later record untagged what this deployment was about to run (three replicas).
+            earlier = dict(await self.store.run(queries.name_image, deployment.id, run.image,
+                                                url, commit))
             reused = await self.backend.reuse_image(list(earlier), run.image)
             if reused:
                 # The settings come with the commit: those of the deployment that built it.
@@ -241,7 +245,7 @@ class Pipeline:
         await self._use_settings(deployment, run, await asyncio.to_thread(
             self._read_settings, source_dir))
         await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=utcnow(),
-                             settings=run.settings.to_json())
+                             settings=run.settings.to_json(), image=run.image)
         await recorder.say("building")
         # No labels: the legacy builder spends a build step (~0.2 s) on each. The database knows
         # which deployment's image holds which commit.

@@ -280,10 +280,12 @@ def append_output(deployment_id: int, text: str, cursor: tuple[int, int] | None,
     return stored + kept, len(data) - kept
 
 
-def built_before(deployment_id: int, url: str, commit: str,
-                 limit: int = 5) -> list[tuple[str, str | None]]:
-    """(image, settings) of earlier deployments that built or reused this url and commit,
-    newest first."""
+def name_image(deployment_id: int, image: str, url: str, commit: str,
+               limit: int = 5) -> list[tuple[str, str | None]]:
+    """Record the image the deployment is about to build or tag, so that every replica's
+    pruning spares it from now on, and return (image, settings) of earlier deployments that
+    built or reused this url and commit, newest first: one round trip for both."""
+    record(deployment_id, image=image)
     return list(Deployment.select(Deployment.image, Deployment.settings).where(
         Deployment.url == url, Deployment.commit == commit, Deployment.built_at.is_null(False),
         Deployment.image.is_null(False), Deployment.id < deployment_id)

@@ -412,6 +412,26 @@ async def test_reports_survive_github_failing_then_recovering(github_client, pro
     assert sum(call.failed for call in fake.calls) == 2
 
 
+async def test_metrics_show_the_states_waiting_for_github(github_client, project, fake):
+    """While GitHub fails, the deployment's states wait in the outbox and /metrics counts them;
+    once GitHub answers they go out and the count is 0."""
+    client = await github_client()
+    full_name, url, sha = project("acme")
+    fake.fail_next(10_000, 500)
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    await wait_finished(client, (await response.json())["id"])
+
+    async def unsent() -> float:
+        text = await (await client.get("/metrics")).text()
+        return float(text.split("\nspeed_github_reports_unsent ")[1].split()[0])
+
+    assert await unsent() >= 1
+    fake.recover()
+    await client.app[reporter_key].idle()
+    assert await unsent() == 0
+    assert fake.statuses_for(full_name, sha)[-1]["state"] == "success"
+
+
 async def test_environment_rule_creates_a_github_deployment(github_client, project, fake):
     client = await github_client()
     full_name, url, sha = project("deploy")

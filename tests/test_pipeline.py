@@ -380,6 +380,45 @@ async def test_a_commit_built_before_reuses_its_image(client, repo, git_server):
     assert "cloning" in await results_of(client, third)
 
 
+async def test_an_image_is_spared_from_pruning_from_the_moment_it_is_made(
+        aiohttp_client, tmp_path, repo, base_image):
+    """Every replica's pruning spares the images the database names for unfinished deployments:
+    a deployment's image is named there before it is built or tagged (a replica pruning in
+    between untagged an image another was about to run: seen with three replicas)."""
+    from bot.app import create_app
+    from bot.keys import store_key
+    from runner.docker_backend import DockerBackend
+    from storage.releases import images_in_use
+    from tests.conftest import TEST_INSTANCES, speed_config
+
+    class Watched(DockerBackend):
+        """The machine's engine; says whether each image was spared when it was made."""
+
+        def __init__(self):
+            super().__init__()
+            self.spared: list[bool] = []
+
+        async def _spared(self, tag: str) -> None:
+            self.spared.append(tag in await app[store_key].run(images_in_use))
+
+        async def build(self, source, tag, *args, **kwargs):
+            await self._spared(tag)
+            return await super().build(source, tag, *args, **kwargs)
+
+        async def reuse_image(self, candidates, tag):
+            await self._spared(tag)
+            return await super().reuse_image(candidates, tag)
+
+    backend = Watched()
+    app = create_app(speed_config(tmp_path), backend)
+    client = await aiohttp_client(app)
+    TEST_INSTANCES.add(instance_of(client))
+    url, _ = repo("echo built\n")
+    for _ in range(2):  # built, then reused
+        assert (await wait_finished(client, await start(client, url)))["status"] == "Succeeded"
+    assert len(backend.spared) >= 2 and all(backend.spared), backend.spared
+
+
 async def test_reuse_can_be_turned_off(make_client, repo):
     client = await make_client(runner__reuse_images=False)
     url, _ = repo("echo fresh\n")

@@ -179,7 +179,8 @@ def test_deliveries_are_recorded_once_and_supersede_older_pushes(db):
     queries.record(created.id, commit="c" * 40, image="img:1",
                    built_at=created.created_at, settings="{}")
     later = queries.create(GITHUB, "main")
-    assert queries.built_before(later.id, GITHUB, "c" * 40) == [("img:1", "{}")]
+    assert queries.name_image(later.id, "img:2", GITHUB, "c" * 40) == [("img:1", "{}")]
+    assert queries.get(later.id).image == "img:2"
 
 
 def test_ids_past_the_columns_range_are_not_found(db, postgres_url):

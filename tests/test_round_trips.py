@@ -88,7 +88,7 @@ async def test_a_deployment_makes_only_these_round_trips(make_client, repo, monk
     # comes back).
     phases = ["record", "record", "check", "record", "update", "transition",
               "unfinished_images_once_finished"]
-    for expected in (["built_before", *phases], ["built_before", *phases[1:]]):
+    for expected in (["name_image", *phases], ["name_image", *phases[1:]]):
         deployment_id = await start(client, url)
         assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
 
