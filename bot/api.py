@@ -1,6 +1,7 @@
 """The REST API of the seed: start, info, update, add_results, results; plus listing and cancel."""
 import contextlib
 import datetime
+import hashlib
 import json
 
 from aiohttp import web
@@ -9,13 +10,13 @@ from bot.auth import api_token_ok, bearer, deployment_token_ok, require_api_toke
 from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
-from bot.requests import deployment_id, int_field, json_object, text_field
+from bot.requests import deployment_id, idempotency_key, int_field, json_object, text_field
 from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
 from storage import deployments as queries
 from storage import releases, replicas
-from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
+from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
 
@@ -162,9 +163,23 @@ async def start(request: web.Request) -> web.Response:
     url, branch = text_field(body, "url"), text_field(body, "branch")
     await _refuse_invalid(config, url, branch)
     full_name = full_name_of(config, url)
-    deployment = await request.app[store_key].change(
-        queries.create, url, branch, repo_full_name=full_name,
-        environment=environment_of(config, full_name))
+    fields = dict(repo_full_name=full_name, environment=environment_of(config, full_name))
+    key = idempotency_key(request)
+    if key is None:
+        deployment = await request.app[store_key].change(queries.create, url, branch, **fields)
+    else:
+        # Sent again after an answer was lost (a 503, a dropped connection): the same
+        # deployment, answered as the first time; never a second one.
+        asked = hashlib.sha256(json.dumps([url, branch]).encode()).hexdigest()
+        try:
+            deployment, again = await request.app[store_key].run(
+                queries.create_once, key, asked, url, branch, **fields)
+        except KeyReused:
+            raise json_error(422, "this Idempotency-Key was used for another request") from None
+        if again:
+            return web.json_response({"id": deployment.id}, status=201,
+                                     headers={"Idempotent-Replayed": "true"})
+        request.app[store_key].announce(deployment)
     request.app[worker_key].wake()
     return web.json_response({"id": deployment.id}, status=201)
 

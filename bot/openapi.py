@@ -34,7 +34,7 @@ def _nullable(kind: str, **more) -> dict:
 def _errors(*codes: int) -> dict:
     """The error responses an operation may give, every one {"error": "..."}; 500 and 507 on all."""
     names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-             409: "Conflict", 413: "PayloadTooLarge", 500: "InternalError",
+             409: "Conflict", 413: "PayloadTooLarge", 422: "KeyReused", 500: "InternalError",
              507: "InsufficientStorage"}
     return {str(code): _ref("responses", names[code]) for code in (*codes, 500, 507)}
 
@@ -317,6 +317,10 @@ COMPONENTS = {
         "Conflict": {
             "description": "The deployment cannot make that move (e.g. it already finished).",
             "content": _json(_ref("schemas", "Error"))},
+        "KeyReused": {
+            "description": "The Idempotency-Key came before with another request; nothing was "
+                           "queued.",
+            "content": _json(_ref("schemas", "Error"))},
         "PayloadTooLarge": {
             "description": "The request body is over the limit (1 MiB; 25 MiB for /webhook).",
             "content": _json(_ref("schemas", "Error"))},
@@ -378,7 +382,12 @@ PATHS = {
         "post": {
             "operationId": "start", "tags": ["deployments"],
             "summary": "Queue a deployment of a repository's branch",
+            "description": "With an `Idempotency-Key` header, a request sent again (its answer "
+                           "lost) within a day gets the deployment the first one queued, with "
+                           "`Idempotent-Replayed: true`, instead of a second one.",
             "security": OPTIONAL_BEARER,
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,100}$"}}],
             "requestBody": _json_body({
                 "type": "object", "required": ["url", "branch"],
                 "properties": {
@@ -391,7 +400,7 @@ PATHS = {
             }, {"url": "https://github.com/acme/app.git", "branch": "main"}),
             "responses": {
                 "201": {"description": "Queued.", "content": _json(_ref("schemas", "Created"))},
-                **_errors(400, 401, 413),
+                **_errors(400, 401, 413, 422),
             },
         },
     },

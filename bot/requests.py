@@ -1,6 +1,7 @@
 """Reading and checking request bodies and path parameters."""
 import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -78,3 +79,14 @@ def deployment_id(request: web.Request) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
         raise not_found()
     return int(raw)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+
+def idempotency_key(request) -> str | None:
+    """The request's Idempotency-Key header, if it sent one: 1 to 100 of A-Z a-z 0-9 . _ : -."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise json_error(400, "Idempotency-Key must be 1 to 100 characters of A-Z a-z 0-9 . _ : -")
+    return key

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -131,13 +132,18 @@ class Pipeline:
         return f"{self.image_repository}:{deployment_id}-{secrets.token_hex(8)}"
 
     def _recorder(self, deployment: Deployment) -> OutputRecorder:
-        return OutputRecorder(deployment.id, self._store_output, self.settings.max_log_bytes,
-                              stored=deployment.log_bytes)
+        # Numbered from what the row says was stored (by an earlier claim, too): a batch the
+        # patient store sends again after a lost answer is then stored once.
+        batches = itertools.count(deployment.output_batches)
 
-    async def _store_output(self, deployment_id: int, text: str, cursor: LogCursor | None,
-                            limit: int | None) -> tuple[int, int]:
-        return await self.store.run(queries.append_output, deployment_id, text,
-                                    (cursor.at, cursor.seen) if cursor else None, limit)
+        async def store_output(deployment_id: int, text: str, cursor: LogCursor | None,
+                               limit: int | None) -> tuple[int, int]:
+            return await self.store.run(queries.append_output, deployment_id, text,
+                                        (cursor.at, cursor.seen) if cursor else None, limit,
+                                        next(batches))
+
+        return OutputRecorder(deployment.id, store_output, self.settings.max_log_bytes,
+                              stored=deployment.log_bytes)
 
     @property
     def ceiling(self) -> Ceiling:

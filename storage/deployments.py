@@ -4,9 +4,9 @@ from typing import Callable, TypeVar
 
 from peewee import IntegrityError, fn
 
-from storage.db import SQLITE_MAX_ID, database, max_id, write_transaction
-from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
-from storage.models import Delivery, Deployment, Result, Setting, utcnow
+from storage.db import SQLITE_MAX_ID, clock, database, max_id, write_transaction
+from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
+from storage.models import Delivery, Deployment, Result, Setting, StartRequest, utcnow
 from storage.quoting import one_line, quote
 from storage.releases import abandon, images_in_use, went_live
 from storage.status import Status, is_legal
@@ -65,6 +65,29 @@ def create(url: str, branch: str, **fields) -> Deployment:
     """Record a Pending deployment (fields: trigger, commit, repo_full_name, ...)."""
     # One INSERT commits by itself: no BEGIN and COMMIT around it on the path of every /start.
     return Deployment.create(url=url, branch=branch, **fields)
+
+
+KEYS_KEPT_SECONDS = 24 * 3600
+
+
+def create_once(key: str, request_hash: str, url: str, branch: str,
+                **fields) -> tuple[Deployment, bool]:
+    """create, once per idempotency key (kept a day): the deployment, and whether it was made
+    by an earlier request with the key. KeyReused when that request asked for something else."""
+    with write_transaction():
+        StartRequest.delete().where(StartRequest.created_at < clock() - KEYS_KEPT_SECONDS).execute()
+        # PostgreSQL: a request with the same key in flight elsewhere holds its row; this waits
+        # for its commit and then finds it (one INSERT that cannot race).
+        made = StartRequest.insert(key=key, request_hash=request_hash, deployment_id=0,
+                                   created_at=clock()).on_conflict_ignore().as_rowcount().execute()
+        if not made:
+            earlier = StartRequest.get_by_id(key)
+            if earlier.request_hash != request_hash:
+                raise KeyReused(key)
+            return _get(earlier.deployment_id), True
+        deployment = create(url, branch, **fields)
+        StartRequest.update(deployment_id=deployment.id).where(StartRequest.key == key).execute()
+    return deployment, False
 
 
 def _supersede(newer: Deployment) -> list[Deployment]:
@@ -259,21 +282,25 @@ def report_progress(deployment_id: int, text: str, limit: int,
 
 
 def append_output(deployment_id: int, text: str, cursor: tuple[int, int] | None,
-                  limit: int | None) -> tuple[int, int]:
+                  limit: int | None, batch: int | None = None) -> tuple[int, int]:
     """Store a batch of output with the stream position it reached, cut at limit bytes of
     results in all (None: SPEED's own note, never cut). Return the bytes stored in all and the
-    bytes of text that did not fit."""
+    bytes of text that did not fit. batch: how many batches the writer knows were stored
+    before this one; when more were, this one is a retry of a write whose commit went through
+    (its answer lost with the connection) and nothing is stored again."""
     data = text.encode()
     with write_transaction():
-        stored = Deployment.select(Deployment.log_bytes).where(
-            Deployment.id == deployment_id).scalar() or 0
+        stored, batches = Deployment.select(Deployment.log_bytes, Deployment.output_batches).where(
+            Deployment.id == deployment_id).tuples().first() or (0, 0)
+        if batch is not None and batches > batch:
+            return stored, 0
         kept = len(data) if limit is None else max(min(len(data), limit - stored), 0)
         if kept < len(data):
             text = data[:kept].decode("utf-8", "ignore")
             kept = len(text.encode())
         if text:
             Result.create(deployment=deployment_id, text=text)
-        fields = {"log_bytes": stored + kept}
+        fields = {"log_bytes": stored + kept, "output_batches": batches + 1}
         if cursor is not None:  # the time of the last piece stored, and the pieces of that time
             fields.update(log_cursor=cursor[0], log_seen=cursor[1])
         Deployment.update(**fields).where(Deployment.id == deployment_id).execute()

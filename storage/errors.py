@@ -22,6 +22,10 @@ class Finished(StorageError):
     """The deployment finished: what only a running deployment may do was refused."""
 
 
+class KeyReused(StorageError):
+    """An Idempotency-Key sent again with another request than the one it first came with."""
+
+
 class ResultsFull(StorageError):
     """The deployment's results reached their size limit; the text was not stored."""
 

@@ -69,6 +69,8 @@ class Deployment(BaseModel):
     # Time (Unix ns) of the newest container output stored; a reattached log stream resumes after it.
     log_cursor = BigIntegerField(null=True)
     log_seen = IntegerField(default=0)  # pieces of output at log_cursor's time stored already
+    # Batches of output stored: each names the count it expects, so a retried one is stored once.
+    output_batches = IntegerField(default=0)
     log_bytes = IntegerField(default=0)
     created_at = DateTimeField(default=utcnow)
     started_at = DateTimeField(null=True)
@@ -187,3 +189,15 @@ class Report(BaseModel):
 
     class Meta:
         indexes = ((("deployment_id", "key"), True), (("state", "id"), False))
+
+
+class StartRequest(BaseModel):
+    """A POST /start's Idempotency-Key and the deployment it queued, kept a day."""
+
+    key = CharField(max_length=100, primary_key=True)
+    request_hash = CharField(max_length=64)  # sha256 of what was asked: url and branch
+    deployment_id = IntegerField()
+    created_at = DoubleField(index=True)  # the database's clock
+
+    class Meta:
+        table_name = "start_request"

@@ -112,6 +112,36 @@ async def test_start_queues_a_deployment(client):
     assert await start(client) > body["id"]
 
 
+async def test_start_sent_again_with_its_idempotency_key_queues_once(client):
+    """A client whose answer was lost sends /start again with the same Idempotency-Key: it gets
+    the same deployment (marked replayed), not a second; ten at once make one too."""
+    body = {"url": CLOSED, "branch": "main"}
+    headers = {"Idempotency-Key": "deploy-7f3a"}
+    first = await client.post("/start", json=body, headers=headers)
+    again = await client.post("/start", json=body, headers=headers)
+    assert (first.status, again.status) == (201, 201)
+    assert (await first.json()) == (await again.json())
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+    burst = await asyncio.gather(*(client.post("/start", json=body, headers={"Idempotency-Key": "burst"})
+                                   for _ in range(10)))
+    assert len({(await r.json())["id"] for r in burst}) == 1
+    listed = (await (await client.get("/deployments")).json())["deployments"]
+    assert len(listed) == 2  # one per key
+
+
+async def test_an_idempotency_key_with_another_request_or_malformed_is_refused(client):
+    headers = {"Idempotency-Key": "deploy-1"}
+    assert (await client.post("/start", json={"url": CLOSED, "branch": "main"}, headers=headers)).status == 201
+    other = await client.post("/start", json={"url": CLOSED, "branch": "dev"}, headers=headers)
+    assert other.status == 422
+    assert "Idempotency-Key" in (await other.json())["error"]
+    bad = await client.post("/start", json={"url": CLOSED, "branch": "main"},
+                            headers={"Idempotency-Key": "no spaces allowed"})
+    assert bad.status == 400
+    listed = (await (await client.get("/deployments")).json())["deployments"]
+    assert len(listed) == 1  # neither queued anything
+
+
 @pytest.mark.parametrize("body, field", [
     ({"branch": "main"}, "url"),
     ({"url": CLOSED}, "branch"),

@@ -16,14 +16,15 @@ from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, m
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
-from tests import test_outbox, test_releases
+from tests import test_outbox, test_output_batches, test_releases
 from tests.conftest import postgres_sql as sql
 from tests.conftest import results_of, wait_finished
 
 # Every test of the release state machine (tests/test_releases.py) runs here again, on
 # PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
-# So do those of GitHub's outbox (tests/test_outbox.py): its triggers are the dialect's own.
-globals().update({name: test for module in (test_releases, test_outbox)
+# So do those of GitHub's outbox (tests/test_outbox.py: its triggers are the dialect's own) and
+# of output batches stored once.
+globals().update({name: test for module in (test_releases, test_outbox, test_output_batches)
                   for name, test in vars(module).items() if name.startswith("test_")})
 
 MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))
@@ -393,6 +394,15 @@ def _until(check, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_one_start_request_sent_to_three_replicas_at_once_queues_once(db, postgres_url):
+    """POST /start with one Idempotency-Key reaching three replicas at once: one deployment, and
+    the two others answered with it (their INSERT waited for the first one's commit)."""
+    made = _replicas(postgres_url, 3, lambda: queries.create_once("key-1", "h", GITHUB, "main"))
+    assert sorted(again for _, again in made) == [False, True, True]
+    assert len({deployment.id for deployment, _ in made}) == 1
+    assert sql(postgres_url, "SELECT count(*) FROM deployment") == [(1,)]
 
 
 def test_one_replica_takes_a_report_that_three_take_at_once(db, postgres_url):

@@ -1,5 +1,10 @@
 """GitHub's outbox: each state a deployment shows on GitHub, recorded by the database itself in
-the transaction that changes the deployment, and sent in order by one replica (bot/reporter.py)."""
+the transaction that changes the deployment, and sent in order by one replica (bot/reporter.py).
+And output batches counted, so a batch retried after its commit's answer was lost is stored once
+(storage.deployments.append_output).
+
+On SQLite, a later migration that rebuilds the deployment table (peewee does for a NOT NULL
+column) drops its triggers: it must make them again (tests/test_outbox.py would fail)."""
 from peewee import CharField, DoubleField, IntegerField, Model, PostgresqlDatabase
 
 # The state GitHub is to show for a deployment row (T: NEW or OLD), NULL for none: no commit
@@ -51,6 +56,9 @@ CREATE TRIGGER speed_report_update AFTER UPDATE OF {WATCHED} ON deployment
 
 
 def up(migrator, db):
+    # Before the triggers: on SQLite this rebuilds the table.
+    migrator.migrate(migrator.add_column("deployment", "output_batches", IntegerField(default=0)))
+
     class Report(Model):
         deployment_id = IntegerField()
         key = CharField(max_length=16)
