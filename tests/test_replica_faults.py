@@ -102,6 +102,39 @@ def test_a_killed_replicas_deployment_is_adopted_with_no_line_lost_or_doubled(re
     assert adopted_after < LEASE + 10
 
 
+def test_a_killed_replicas_swarm_job_is_adopted_and_followed_on_its_node(replicas, repo, swarm):
+    """Fault: kill -9 of the replica running a job on the swarm (runner.backend: swarm). Asserts:
+    another replica, reaching the same swarm through its manager, adopts it, follows the task's
+    output from the last line stored and records its outcome; every line once; the job's
+    service is gone afterwards."""
+    import docker
+
+    on_swarm = dict(backend="swarm", registry=swarm.registry, swarm_host=swarm.swarm_host,
+                    callback_host=swarm.callback_host)
+    first = replicas("first", **on_swarm)
+    try:
+        url, _ = repo(counting())
+        deployment_id = first.start_deployment(url)
+        first.wait_output(deployment_id, "line 5\n")
+        second = replicas("second", **on_swarm)
+        first.kill9()
+        second.wait_until(lambda: owner(second, deployment_id) == replica_id(second),
+                          timeout=LEASE + 10)
+        info = second.wait_finished(deployment_id)
+        results = second.results(deployment_id)
+        assert info["status"] == "Succeeded", results
+        assert_every_line_once(results)
+        assert results.count("[speed] starting the container") == 1
+        manager = docker.DockerClient(base_url=swarm.swarm_host)
+        second.wait_until(lambda: not manager.services.list(
+            filters={"label": f"speed.instance={first.instance}"}), timeout=30)
+    finally:
+        local = docker.from_env()
+        for image in local.images.list(name=f"{swarm.registry}/speed-{first.instance}"):
+            for tag in image.tags:
+                local.images.remove(tag, force=True)
+
+
 def stopped_and_adopted(replicas, repo, lines: int, seen: int):
     """The first replica runs a counting job; it is stopped (SIGSTOP) past its lease, and the
     second adopts the job and stores up to line `seen`. (first, second, deployment id)."""
