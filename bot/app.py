@@ -129,10 +129,17 @@ async def _github_context(app: web.Application) -> AsyncIterator[None]:
     app[reporter_key] = reporter
     store.subscribe(reporter)
     sending = asyncio.create_task(reporter.run(), name="speed-reporter")
+
+    async def stop_reporting(_: web.Application) -> None:
+        # First thing at shutdown: before the worker gives up this replica's lease, whereupon
+        # another replica takes up the outbox.
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        await reporter.close()
+
+    app.on_shutdown.append(stop_reporting)
     yield
-    sending.cancel()
-    await asyncio.gather(sending, return_exceptions=True)
-    await reporter.close()
+    await stop_reporting(app)
     await github.close()
 
 

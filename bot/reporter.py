@@ -91,7 +91,9 @@ class Reporter:
         self._wake = asyncio.Event()
         self._passing = asyncio.Lock()
         self._leading = False
+        self._led_at = 0.0  # the event loop's time this replica last saw itself lead
         self._tasks: dict[int, asyncio.Task] = {}  # by deployment: the report being sent
+        self._resting: dict[int, float] = {}  # by deployment: no send before this time
         # Per deployment: the commit statuses GitHub applied or may still apply, and whether
         # one of them timed out (so GitHub may apply it after a later one).
         self._posted: dict[int, collections.Counter] = {}
@@ -150,8 +152,10 @@ class Reporter:
             self._leading = leading
             if not leading:
                 return
+            now = asyncio.get_running_loop().time()
+            self._led_at = now
             for report, deployment in await self.store.run(outbox.due):
-                if deployment.id in self._tasks:
+                if deployment.id in self._tasks or self._resting.get(deployment.id, 0) > now:
                     continue
                 from_sender = None
                 if report.state == outbox.SENDING:
@@ -179,17 +183,25 @@ class Reporter:
 
     async def _send_one(self, report: Record, deployment: Deployment,
                         from_sender: str | None) -> None:
+        ended = False
         try:
-            if not await self.store.run(outbox.take, report.id, self.replica, from_sender):
-                return
-            # A replica that went silent while sending may have got it through.
-            outcome = await self._deliver(report, deployment, uncertain=from_sender is not None)
-            if outcome is not None:
-                await self.store.run(outbox.end, report.id, self.replica, outcome)
-        except Exception:  # noqa: BLE001 - logged; the next pass takes the report up again
+            if await self.store.run(outbox.take, report.id, self.replica, from_sender):
+                # A sender before this one (a replica gone silent, or this one's attempt that
+                # broke off) may have got it through: look on GitHub first.
+                outcome = await self._deliver(report, deployment,
+                                              uncertain=report.sender is not None)
+                ended = outcome is not None and await self.store.run(
+                    outbox.end, report.id, self.replica, outcome)
+        except Exception:  # noqa: BLE001 - logged; tried again after a rest, not at once
             log.exception("sending a GitHub report failed", extra={"deployment": deployment.id})
+            self._resting[deployment.id] = asyncio.get_running_loop().time() + MAX_BACKOFF
         finally:
             del self._tasks[deployment.id]
+            if not ended:
+                # Handed back, marked as begun, so whoever sends it next looks on GitHub first
+                # (a replica that no longer leads would otherwise hold it for ever).
+                with contextlib.suppress(Exception):
+                    await self.store.run(outbox.hand_back, report.id, self.replica)
             self._wake.set()  # its next state may go now
 
     async def _deliver(self, report: Record, deployment: Deployment,
@@ -202,9 +214,16 @@ class Reporter:
         posted = self._posted.setdefault(deployment.id, collections.Counter())
         if uncertain:
             self._uncertain.add(deployment.id)
+        loop = asyncio.get_running_loop()
         while True:
             if not await self.store.run(outbox.holds, report.id, self.replica):
                 log.info("report %s taken over by another replica", report.key,
+                         extra={"deployment": deployment.id})
+                return None
+            if loop.time() - self._led_at > self.config.runner.lease / 2:
+                # Not seen leading for a while (frozen, or the database away): another replica
+                # may lead by now, and a post of this one could land after its newer ones.
+                log.info("report %s handed back: this replica may no longer lead", report.key,
                          extra={"deployment": deployment.id})
                 return None
             try:
@@ -275,9 +294,7 @@ class Reporter:
                              extra={"deployment": deployment.id})
                     posted[final.state, final.description] += 1
                     await self._post_status(deployment, final)
-                    continue
-                seen = collections.Counter(shown)
-                if all(seen[key] >= count for key, count in posted.items()):
+                elif all(collections.Counter(shown)[key] >= count for key, count in posted.items()):
                     return
             except GITHUB_FAILURES as e:
                 log.warning("checking GitHub's statuses failed: %s", _describe(e),
@@ -298,8 +315,10 @@ class Reporter:
         listed = await self.github.api.getitem(
             f"/repos/{deployment.repo_full_name}/commits/{deployment.commit}/statuses"
             "?per_page=100", oauth_token=token)
-        context, page = self._context(deployment), self._page(deployment)
-        return [s for s in listed if s["context"] == context and s.get("target_url") == page]
+        # By the page's path: replicas without one server.public_url name different hosts.
+        context, page = self._context(deployment), f"/deployments/{deployment.id}"
+        return [s for s in listed
+                if s["context"] == context and (s.get("target_url") or "").endswith(page)]
 
     async def _post_status(self, deployment: Deployment, report: Report) -> None:
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)

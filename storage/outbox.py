@@ -44,6 +44,14 @@ def holds(report_id: int, sender: str) -> bool:
                                  Report.sender == sender).exists()
 
 
+def hand_back(report_id: int, sender: str) -> None:
+    """Give up sending a report without an outcome: it waits again, still naming its sender,
+    so that the next one to send it first looks whether GitHub has it (an attempt may have
+    reached GitHub)."""
+    Report.update(state=WAITING).where(Report.id == report_id, Report.state == SENDING,
+                                       Report.sender == sender).execute()
+
+
 def step(report_id: int, sender: str, steps: int) -> None:
     """Record how far the report got on GitHub, so a retry does not repeat that part."""
     Report.update(steps=steps).where(Report.id == report_id, Report.sender == sender).execute()
@@ -64,10 +72,11 @@ def overtaken(report: Report) -> bool:
 
 def revive(within: float) -> int:
     """Queue again each deployment's newest report if it was given up and made within the last
-    within seconds: the state GitHub should show now, once GitHub answers again."""
+    within seconds: the state GitHub should show now, once GitHub answers again. It keeps its
+    sender: an attempt may have reached GitHub, which is looked at first."""
     newest = Report.select(fn.MAX(Report.id)).group_by(Report.deployment_id)
     with write_transaction():
-        return Report.update(state=WAITING, sender=None).where(
+        return Report.update(state=WAITING).where(
             Report.state == GIVEN_UP, Report.id.in_(newest),
             Report.created_at >= clock() - within).execute()
 

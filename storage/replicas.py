@@ -66,7 +66,7 @@ def present() -> set[str]:
 
 def live(lease: float) -> list[Replica]:
     """The replicas whose lease has not run out, oldest first."""
-    return list(Replica.select().where(_lease_runs(lease)).order_by(Replica.started_at))
+    return list(Replica.select().where(_lease_runs(lease)).order_by(Replica.started_at, Replica.id))
 
 
 def capacity(lease: float) -> tuple[int, int, int]:

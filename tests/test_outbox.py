@@ -105,3 +105,19 @@ def test_only_the_newest_given_up_report_is_tried_again(db):
     assert outbox.revive(within=0.0) == 0  # made before the window
     assert outbox.revive(within=3600.0) == 1
     assert outbox.of(deployment.id) == [("queued", "dropped"), ("success", "waiting")]
+    # Still naming who tried: the next sender looks on GitHub before it posts.
+    assert Report.get_by_id(success.id).sender == "replica-a"
+
+
+def test_a_report_handed_back_waits_again_naming_who_began_it(db):
+    """A sender that stops without an outcome (an error, no longer leading) hands the report
+    back: any replica may take it, and knows an attempt may have reached GitHub."""
+    deployment = queries.create(**GITHUB)
+    report = Report.get(deployment_id=deployment.id)
+    assert outbox.take(report.id, "replica-a")
+    outbox.hand_back(report.id, "replica-b")  # not its sender: nothing changes
+    assert outbox.holds(report.id, "replica-a")
+    outbox.hand_back(report.id, "replica-a")
+    [(due, _)] = outbox.due()
+    assert (due.id, due.state, due.sender) == (report.id, outbox.WAITING, "replica-a")
+    assert outbox.take(report.id, "replica-b")
