@@ -30,6 +30,7 @@ CATCH_UP_WINDOW = datetime.timedelta(days=1)
 # PostgreSQL's notices do not arrive), and whether this replica leads.
 POLL_SECONDS = 0.5
 PASSING = ("queued", "running")  # the states a deployment shows before its final one
+STATUS_PAGES = 10  # of 100: GitHub keeps at most 1000 statuses per commit and context
 # What a call to GitHub may fail with: its answers, the connection, the time limit.
 GITHUB_FAILURES = (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -310,15 +311,21 @@ class Reporter:
 
     async def _statuses(self, deployment: Deployment) -> list[dict]:
         """This deployment's statuses (its context, its page) on its commit as GitHub lists
-        them, newest first: another deployment of the same commit has statuses of its own."""
+        them, newest first: other deployments of the same commit have statuses of their own,
+        so every page is read (GitHub keeps at most 1000 per commit and context)."""
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
-        listed = await self.github.api.getitem(
-            f"/repos/{deployment.repo_full_name}/commits/{deployment.commit}/statuses"
-            "?per_page=100", oauth_token=token)
         # By the page's path: replicas without one server.public_url name different hosts.
         context, page = self._context(deployment), f"/deployments/{deployment.id}"
-        return [s for s in listed
-                if s["context"] == context and (s.get("target_url") or "").endswith(page)]
+        found = []
+        for number in range(1, STATUS_PAGES + 1):
+            listed = await self.github.api.getitem(
+                f"/repos/{deployment.repo_full_name}/commits/{deployment.commit}/statuses"
+                f"?per_page=100&page={number}", oauth_token=token)
+            found += [s for s in listed
+                      if s["context"] == context and (s.get("target_url") or "").endswith(page)]
+            if len(listed) < 100:
+                break
+        return found
 
     async def _post_status(self, deployment: Deployment, report: Report) -> None:
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
@@ -336,8 +343,12 @@ class Reporter:
         the GitHub Deployment's status; how far it got."""
         rule = rule_for(self.config, deployment.repo_full_name)
         if steps == 0:
-            posted[shown.state, shown.description] += 1  # applied, or may still be
-            await self._post_status(deployment, shown)
+            try:
+                await self._post_status(deployment, shown)
+            except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError):
+                posted[shown.state, shown.description] += 1  # GitHub may still apply it
+                raise
+            posted[shown.state, shown.description] += 1
             steps = 1
             if rule and rule.environment:
                 await self.store.run(outbox.step, report.id, self.replica, steps)

@@ -338,14 +338,15 @@ class FakeGitHub:
             "created_at": now, "updated_at": now, "creator": BOT})
 
     async def _list_statuses(self, request: web.Request) -> web.Response:
-        """GitHub's list of a commit's statuses: newest first, a page of at most per_page."""
+        """GitHub's list of a commit's statuses: newest first, page `page` (from 1) of per_page."""
         self._repo_auth(request)
         posted = self.statuses.get((self._full_name(request), request.match_info["sha"]), [])
         per_page = min(int(request.query.get("per_page", 30)), 100)
+        first = (max(int(request.query.get("page", 1)), 1) - 1) * per_page
         return self._answer(200, [
             {"state": body["state"], "description": body.get("description"),
              "target_url": body.get("target_url"), "context": body.get("context") or "default"}
-            for body in reversed(posted)][:per_page])
+            for body in reversed(posted)][first:first + per_page])
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
         self._repo_auth(request)
