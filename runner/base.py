@@ -31,6 +31,8 @@ class LogCursor:
         return LogCursor(at, self.seen + 1) if at == self.at else LogCursor(at)
 
 
+# What image pruning must leave, asked of the database at the moment it is needed.
+Spared = Callable[[], Awaitable[set[str]]]
 KILLED = 137  # the exit code of a container ended by SIGKILL: SPEED's kill, or the OOM killer's
 
 
@@ -129,5 +131,7 @@ class Backend(abc.ABC):
         """Remove the container and image if they exist; never fails on what is already gone."""
 
     @abc.abstractmethod
-    async def prune_images(self, repository: str, keep: int, spare: set[str]) -> None:
-        """Untag all but the keep newest deployment images of repository, and never spare."""
+    async def prune_images(self, repository: str, keep: int, spared: Spared) -> None:
+        """Untag all but the keep newest deployment images of repository, and never those
+        spared() names. It is asked after the images are listed (and only when one is to go):
+        an image named in the database before it was tagged is then always spared."""

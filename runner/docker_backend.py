@@ -21,7 +21,7 @@ from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
 from runner import context as build_context
-from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink
+from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink, Spared
 from runner.cgroups import BuildCgroups
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed, RunnerError
 from runner.settings import Build
@@ -456,7 +456,7 @@ class DockerBackend(Backend):
                 with contextlib.suppress(NotFound, APIError):
                     await asyncio.to_thread(api.remove_image, image)
 
-    async def prune_images(self, repository: str, keep: int, spare: set[str]) -> None:
+    async def prune_images(self, repository: str, keep: int, spared: Spared) -> None:
         async with self._images_idle:
             if self._builds or self._pruning:
                 return  # the next deployment to finish prunes
@@ -470,6 +470,11 @@ class DockerBackend(Backend):
                         for image in images for tag in image.get("RepoTags") or []
                         if (match := re.fullmatch(re.escape(repository) + r":(\d+)(?:-\w+)?", tag))]
             tags = [tag for _, tag in sorted(numbered, reverse=True)]
+            if not tags[keep:]:
+                return
+            # Asked now, after the listing: a deployment (of any replica) names its image in
+            # the database before tagging it, so a tag listed here is spared if still in use.
+            spare = await spared()
             # By tag: the build cache gives equal builds one image, and untagging one
             # deployment's image must leave the others'. Docker deletes the image with its last
             # tag, and never while a container still uses it.

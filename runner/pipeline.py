@@ -3,6 +3,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import itertools
 import logging
@@ -613,10 +614,7 @@ class Pipeline:
         """Store what output is left; remove the container and surplus images once finished."""
         with contextlib.suppress(Exception):
             await recorder.close()
-        # One round trip for both questions, and ids rather than rows: listing a long queue as
-        # whole rows held the database thread (and the API behind it) for tens of milliseconds.
-        unfinished = await self.store.run(queries.unfinished_images_once_finished, deployment_id)
-        if unfinished is None:
+        if not await self.store.run(queries.finished, deployment_id):
             return  # interrupted by shutdown: the next start reattaches or requeues it
         try:
             if run.container_id:
@@ -624,7 +622,10 @@ class Pipeline:
             if run.image and not run.built:
                 # A build stopped at its very end may have tagged its image after all.
                 await self.backend.cleanup(image=run.image)
+            # Images any replica's unfinished deployment or kept release names (as image ids,
+            # not rows: listing a long queue as whole rows held the database thread for tens
+            # of milliseconds); asked only when an image is to go.
             await self.backend.prune_images(self.image_repository, self.settings.keep_images,
-                                            spare=unfinished)
+                                            functools.partial(self.store.run, releases.images_in_use))
         except RunnerError as e:
             log.warning("cleanup failed: %s", e.message, extra={"deployment": deployment_id})

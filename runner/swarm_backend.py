@@ -12,7 +12,7 @@ from docker.types import (ContainerSpec, DriverConfig, EndpointSpec, Placement, 
 from docker.types.daemon import CancellableStream
 from docker.utils import parse_bytes
 
-from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink
+from runner.base import KILLED, Backend, ContainerState, Limits, LogCursor, OutputSink, Spared
 from runner.docker_backend import (DROPPED_CAPABILITIES, RUN_NETWORK, DockerBackend,
                                    _engine_errors, _iterate, _whole, pieces_after)
 from runner.errors import BuildFailed, EngineUnavailable, RunFailed
@@ -444,7 +444,9 @@ class SwarmBackend(Backend):
             await self._builder.cleanup(image=self.pullable(image))
             await self._builder.cleanup(image=image)
 
-    async def prune_images(self, repository: str, keep: int, spare: set[str]) -> None:
-        await self._builder.prune_images(self.pullable(repository), keep,
-                                         {self.pullable(tag) for tag in spare})
-        await self._builder.prune_images(repository, keep, spare)
+    async def prune_images(self, repository: str, keep: int, spared: Spared) -> None:
+        async def pullable() -> set[str]:
+            return {self.pullable(tag) for tag in await spared()}
+
+        await self._builder.prune_images(self.pullable(repository), keep, pullable)
+        await self._builder.prune_images(repository, keep, spared)

@@ -8,7 +8,7 @@ from storage.db import SQLITE_MAX_ID, clock, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, StartRequest, utcnow
 from storage.quoting import one_line, quote
-from storage.releases import abandon, images_in_use, went_live
+from storage.releases import abandon, went_live
 from storage.status import Status, is_legal
 
 SQLITE_MAX_INT = SQLITE_MAX_ID  # the widest any database's ids go: what a request may name
@@ -340,12 +340,10 @@ def _ids(query) -> list[int]:
     return [i for (i,) in database.execute(query)]
 
 
-def unfinished_images_once_finished(deployment_id: int) -> set[str] | None:
-    """None while the deployment is unfinished; once it finished, the images clean-up spares:
-    those of the Pending and Running deployments and of the releases kept."""
-    if not _status(deployment_id).finished:
-        return None
-    return images_in_use()
+def finished(deployment_id: int) -> bool:
+    """Whether the deployment finished: clean-up's one read (what it spares is asked later,
+    after the images are listed: storage.releases.images_in_use)."""
+    return _status(deployment_id).finished
 
 
 def unfinished_among(deployment_ids: set[int]) -> set[int]:

@@ -332,7 +332,10 @@ async def test_pruning_keeps_the_newest_and_the_spared(backend, image, docker_cl
     for number in range(1, 5):
         assert await backend.reuse_image([image], f"{repository}:{number}-ab") == image
     try:
-        await backend.prune_images(repository, 2, spare={f"{repository}:1-ab"})
+        async def spared() -> set[str]:
+            return {f"{repository}:1-ab"}
+
+        await backend.prune_images(repository, 2, spared)
         tags = {t for i in docker_client.api.images() for t in i.get("RepoTags") or []
                 if repository in t}
         names = {t.rpartition("/")[2] for t in tags}  # the swarm's registry names too

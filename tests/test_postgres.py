@@ -159,7 +159,7 @@ def test_output_is_stored_in_order_within_its_limit(db):
     assert queries.get(deployment.id).reason == "bad\\nexit"  # one line, as on SQLite
     with pytest.raises(Finished):
         queries.add_result(deployment.id, "late", limit=1000, unfinished_only=True)
-    assert queries.unfinished_images_once_finished(deployment.id) == set()
+    assert queries.finished(deployment.id)
 
 
 def test_deliveries_are_recorded_once_and_supersede_older_pushes(db):
@@ -193,7 +193,7 @@ def test_ids_past_the_columns_range_are_not_found(db, postgres_url):
     for wrong in (POSTGRES_MAX_ID + 1, 2**40, 2**63 - 1, 2**63, 10**30, 0, -1):
         for query in (queries.get, queries.results_text, lambda i: queries.transition(
                 i, Status.CANCELLED), lambda i: queries.add_result(i, "x", limit=10),
-                      queries.unfinished_images_once_finished):
+                      queries.finished):
             with pytest.raises(NotFound):
                 query(wrong)
     assert queries.results_after(2**40) == [] and queries.listing(before=2**63 - 1) != []

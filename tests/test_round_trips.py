@@ -51,20 +51,19 @@ def test_writes_return_the_row_as_stored(database):
         queries.update(created.id + 1, commit="b" * 40)
 
 
-def test_unfinished_images_once_finished(database):
-    """Clean-up's one read. Asserts: None while the deployment is unfinished (Pending or
-    Running); once it finished, exactly the images of the Pending and Running deployments that
-    have one, its own not among them."""
+def test_clean_up_reads_whether_finished_and_spares_what_unfinished_deployments_name(database):
+    """Clean-up's reads. Asserts: finished is False while the deployment is Pending or Running;
+    the images spared are exactly those of the Pending and Running deployments that have one."""
+    from storage.releases import images_in_use
     first, second, third, fourth = (queries.create("http://127.0.0.1:9/x.git", "main")
                                     for _ in range(4))
     for deployment in (first, second, third):
         queries.record(deployment.id, image=f"speed-x:{deployment.id}-abc")
     assert queries.claim_next("r1").id == first.id
-    assert queries.unfinished_images_once_finished(first.id) is None
-    assert queries.unfinished_images_once_finished(second.id) is None
+    assert not queries.finished(first.id) and not queries.finished(second.id)
     queries.transition(third.id, Status.CANCELLED)
-    assert queries.unfinished_images_once_finished(third.id) == {
-        f"speed-x:{first.id}-abc", f"speed-x:{second.id}-abc"}
+    assert queries.finished(third.id)
+    assert images_in_use() == {f"speed-x:{first.id}-abc", f"speed-x:{second.id}-abc"}
     assert queries.pending_ids() == [second.id, fourth.id]
 
 
@@ -87,7 +86,7 @@ async def test_a_deployment_makes_only_these_round_trips(make_client, repo, monk
     # deployment makes none), container id, then container started (announced, so the row
     # comes back).
     phases = ["record", "record", "check", "record", "update", "transition",
-              "unfinished_images_once_finished"]
+              "finished"]
     for expected in (["name_image", *phases], ["name_image", *phases[1:]]):
         deployment_id = await start(client, url)
         assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
