@@ -39,7 +39,7 @@ GITHUB_FAILURES = (GitHubException, aiohttp.ClientError, asyncio.TimeoutError, O
 class Report:
     """One state of a deployment as GitHub shows it."""
 
-    key: str  # what SPEED stores once GitHub has it
+    key: str  # the outbox row's (storage.outbox): queued, running, success, ...
     state: str  # commit status: pending, success, failure, error
     description: str
     deployment_state: str  # Deployment status: queued, in_progress, success, failure, error
