@@ -70,23 +70,18 @@ def remove_test_instances_from_the_engine():
     yield
     if not TEST_INSTANCES:
         return
-    from concurrent.futures import ThreadPoolExecutor
-
     api = docker.from_env().api
-    containers = [c["Id"] for c in api.containers(all=True, filters={"label": "speed.instance"})
-                  if (c.get("Labels") or {}).get("speed.instance") in TEST_INSTANCES]
-    tags = [tag for image in api.images() for tag in image.get("RepoTags") or []
-            if tag.partition(":")[0].removeprefix("speed-") in TEST_INSTANCES]
-
-    def remove(call, name: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            call(name, force=True)
-
-    # Side by side: one by one, the images of a worker's hundreds of instances took the last
-    # one to two minutes of the run.
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda c: remove(api.remove_container, c), containers))
-        list(pool.map(lambda t: remove(api.remove_image, t), tags))
+    # One listing of each, not one per instance: a worker starts hundreds of instances, and
+    # the engine lists every image for each such call (minutes at the end of the run).
+    for container in api.containers(all=True, filters={"label": "speed.instance"}):
+        if (container.get("Labels") or {}).get("speed.instance") in TEST_INSTANCES:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True)
+    for image in api.images():
+        for tag in image.get("RepoTags") or []:
+            if tag.partition(":")[0].removeprefix("speed-") in TEST_INSTANCES:
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_image(tag, force=True)
 
 
 @pytest.fixture(scope="session")
