@@ -151,10 +151,17 @@ class Reporter:
             if leading and not self._leading:
                 await self._take_up()
             self._leading = leading
-            if not leading:
-                return
             now = asyncio.get_running_loop().time()
+            if not leading:
+                # What this replica knew of the reports it sent is stale once another leads
+                # (a sender looks on GitHub first when it takes up a begun row): kept only for
+                # sends still under way.
+                self._posted = {d: c for d, c in self._posted.items() if d in self._tasks}
+                self._uncertain &= self._tasks.keys()
+                self._resting.clear()
+                return
             self._led_at = now
+            self._resting = {d: until for d, until in self._resting.items() if until > now}
             for report, deployment in await self.store.run(outbox.due):
                 if deployment.id in self._tasks or self._resting.get(deployment.id, 0) > now:
                     continue

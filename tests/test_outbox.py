@@ -121,3 +121,25 @@ def test_a_report_handed_back_waits_again_naming_who_began_it(db):
     [(due, _)] = outbox.due()
     assert (due.id, due.state, due.sender) == (report.id, outbox.WAITING, "replica-a")
     assert outbox.take(report.id, "replica-b")
+
+
+async def test_a_replica_that_does_not_lead_keeps_nothing_of_the_reports_it_sent(tmp_path):
+    """What a sender remembers of its sends (rests after errors, commit statuses posted, timed
+    out ones) is stale once another replica leads: a replica that does not lead drops it, so the
+    memory is bounded by what it sends now."""
+    from bot.config import load
+    from bot.reporter import Reporter
+    from storage import replicas
+    from storage.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'speed.db'}")
+    try:
+        await store.run(replicas.join, "leader", "host", 1)
+        reporter = Reporter(load(None), store, github=None, replica="follower")
+        reporter._resting[1] = float("inf")
+        reporter._posted[1] = {"success": 1}
+        reporter._uncertain.add(1)
+        await reporter.idle()
+        assert (reporter._resting, reporter._posted, reporter._uncertain) == ({}, {}, set())
+    finally:
+        store.close()
