@@ -118,8 +118,7 @@ class Reporter:
                 await self._pass()
             except Exception:  # noqa: BLE001 - the database away: the next pass tries again
                 log.exception("sending GitHub's outbox failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            await self._woken()
 
     async def idle(self) -> None:
         """Wait until the outbox holds nothing to send and nothing is being sent (for tests and
@@ -132,9 +131,16 @@ class Reporter:
             elif not await self.store.run(outbox.unsent):
                 return
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                await self._woken()
                 self._wake.clear()
+
+    async def _woken(self) -> None:
+        """Wait until woken, or POLL_SECONDS."""
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the event is
+        # set, and run() then never ended (a shutdown hung on it: seen in the tests).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(POLL_SECONDS):
+                await self._wake.wait()
 
     async def close(self) -> None:
         tasks = [*self._tasks.values(), *self._background]

@@ -67,8 +67,11 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
         # Its own process group: git's transport helpers (git remote-https) die with it.
         start_new_session=True)
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (a deployment
+        # cancelled) that comes as git ends.
+        async with asyncio.timeout(timeout):
+            output, _ = await process.communicate()
+    except TimeoutError:
         raise CheckoutFailed(f"git {args[0]} timed out after {timeout:g} s") from None
     finally:
         if process.returncode is None:

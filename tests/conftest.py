@@ -3,6 +3,8 @@ import asyncio
 import contextlib
 import pathlib
 import socket
+import sys
+import threading
 import time
 
 import docker
@@ -42,6 +44,38 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Shortly before pytest-timeout fails a hung test, print what each asyncio task awaits:
+    its report shows only the threads' stacks, where a hung event loop just polls."""
+    timeout = float(item.config.getini("timeout") or 0)
+    timer = threading.Timer(max(timeout - 20, 1), _print_pending_tasks) if timeout else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
+
+
+def _print_pending_tasks() -> None:
+    import gc
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    print(f"=== {len(tasks)} asyncio tasks pending", file=sys.stderr)
+    for task in tasks:
+        with contextlib.suppress(Exception):  # a task may move on while it is read
+            print(f"--- {task.get_name()}", file=sys.stderr)
+            awaiting = task.get_coro()
+            while awaiting is not None:  # down the chain of awaits, where it waits
+                frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None)
+                if frame is not None:
+                    print(f"  {frame.f_code.co_filename}:{frame.f_lineno} in "
+                          f"{frame.f_code.co_name}", file=sys.stderr)
+                awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """GitHub's outbox (storage.outbox, migration 0008): the database records each state a deployment
 is to show on GitHub, once, in order, whichever query changed it; senders take rows by a
 conditional write. On SQLite here; tests/test_postgres.py runs them again on PostgreSQL."""
+import asyncio
+
 import pytest
 
 from storage import deployments as queries
@@ -123,23 +125,41 @@ def test_a_report_handed_back_waits_again_naming_who_began_it(db):
     assert outbox.take(report.id, "replica-b")
 
 
-async def test_a_replica_that_does_not_lead_keeps_nothing_of_the_reports_it_sent(tmp_path):
-    """What a sender remembers of its sends (rests after errors, commit statuses posted, timed
-    out ones) is stale once another replica leads: a replica that does not lead drops it, so the
-    memory is bounded by what it sends now."""
+
+@pytest.fixture
+async def follower(tmp_path):
+    """A reporter of a replica that does not lead (another joined), on SQLite."""
     from bot.config import load
     from bot.reporter import Reporter
     from storage import replicas
     from storage.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'speed.db'}")
-    try:
-        await store.run(replicas.join, "leader", "host", 1)
-        reporter = Reporter(load(None), store, github=None, replica="follower")
-        reporter._resting[1] = float("inf")
-        reporter._posted[1] = {"success": 1}
-        reporter._uncertain.add(1)
-        await reporter.idle()
-        assert (reporter._resting, reporter._posted, reporter._uncertain) == ({}, {}, set())
-    finally:
-        store.close()
+    await store.run(replicas.join, "leader", "host", 1)
+    yield Reporter(load(None), store, github=None, replica="follower")
+    store.close()
+
+
+async def test_a_replica_that_does_not_lead_keeps_nothing_of_the_reports_it_sent(follower):
+    """What a sender remembers of its sends (rests after errors, commit statuses posted, timed
+    out ones) is stale once another replica leads: a replica that does not lead drops it, so the
+    memory is bounded by what it sends now."""
+    follower._resting[1] = float("inf")
+    follower._posted[1] = {"success": 1}
+    follower._uncertain.add(1)
+    await follower.idle()
+    assert (follower._resting, follower._posted, follower._uncertain) == ({}, {}, set())
+
+
+async def test_a_reporter_stopped_as_it_is_woken_stops(follower):
+    """Fault: the shutdown's cancel comes in the same moment as a wake-up (Python 3.11's
+    asyncio.wait_for swallowed such a cancel, and the shutdown waited for ever)."""
+    sending = asyncio.create_task(follower.run())
+    async with asyncio.timeout(10):
+        while not follower._wake._waiters:  # until it waits to be woken
+            await asyncio.sleep(0.01)
+    follower.heard()
+    sending.cancel()
+    async with asyncio.timeout(10):
+        await asyncio.gather(sending, return_exceptions=True)
+    assert sending.cancelled()
