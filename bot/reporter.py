@@ -6,6 +6,7 @@ import contextvars
 import dataclasses
 import datetime
 import logging
+import urllib.parse
 from typing import Callable
 
 import aiohttp
@@ -280,11 +281,17 @@ class Reporter:
             if not mine:
                 return 0
             steps = 1
+        rule = rule_for(self.config, deployment.repo_full_name)
+        if not (rule and rule.environment):
+            return steps
         github_id = deployment.github_deployment_id or (
             await self.store.run(queries.get, deployment.id)).github_deployment_id
-        if github_id is None:
-            return steps
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        if github_id is None:
+            github_id = await self._created(deployment, token)
+            if github_id is None:
+                return steps
+            await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
         listed = await self.github.api.getitem(
             f"/repos/{deployment.repo_full_name}/deployments/{github_id}/statuses?per_page=100",
             oauth_token=token)
@@ -292,6 +299,16 @@ class Reporter:
                for s in listed):
             return 2
         return steps
+
+    async def _created(self, deployment: Deployment, token: str | None) -> int | None:
+        """The GitHub Deployment an earlier attempt created though its answer was lost (so
+        none is created twice), by commit, environment and the description naming ours."""
+        listed = await self.github.api.getitem(
+            f"/repos/{deployment.repo_full_name}/deployments?sha={deployment.commit}"
+            f"&environment={urllib.parse.quote(environment_name(deployment))}&per_page=100",
+            oauth_token=token)
+        ours = _github_description(deployment)
+        return next((d["id"] for d in listed if d.get("description") == ours), None)
 
     async def _settle(self, deployment: Deployment, final: Report,
                       posted: collections.Counter) -> None:
@@ -376,7 +393,7 @@ class Reporter:
             created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
                 "ref": deployment.commit, "environment": environment_name(deployment),
                 "auto_merge": False,
-                "required_contexts": [], "description": f"SPEED deployment {deployment.id}",
+                "required_contexts": [], "description": _github_description(deployment),
                 "transient_environment": deployment.trigger == "pull_request"})
             github_id = created["id"]
             await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
@@ -411,6 +428,11 @@ class Reporter:
                 log.warning("could not mark GitHub deployment %s inactive: %s",
                             deployment.github_deployment_id, _describe(e),
                             extra={"deployment": deployment.id})
+
+
+def _github_description(deployment: Deployment) -> str:
+    """The description of the deployment's GitHub Deployment (how _created finds it again)."""
+    return f"SPEED deployment {deployment.id}"
 
 
 def _describe(error: Exception) -> str:

@@ -1,5 +1,6 @@
 """A stand-in for GitHub's REST API on 127.0.0.1: GitHub's answers and auth, every call recorded."""
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import hmac
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 from tests.webhooks import encode, fake_sha
 
 DOCS = "https://docs.github.com/rest"
+LOST_ANSWER_SECONDS = 5  # how long lose_answer holds an answer back (past SPEED's timeout)
 STATUS_STATES = ("error", "failure", "pending", "success")
 DEPLOYMENT_STATES = ("error", "failure", "inactive", "in_progress", "queued", "pending", "success")
 JWT_MAX_LIFETIME = 600  # GitHub refuses an App JWT whose exp is more than 10 minutes ahead
@@ -111,6 +113,7 @@ class FakeGitHub:
         self.redelivery_requests: list[int] = []
         self.on_redeliver: Callable[[Delivery], Awaitable[Any]] | None = None
         self.delay: float = 0
+        self._lost: list[tuple[str, str]] = []  # (method, path suffix) of answers to lose
         self._failures: list[tuple[int, dict, dict]] = []
         self._ids = itertools.count(1000)
         self._changed = asyncio.Condition()
@@ -121,6 +124,7 @@ class FakeGitHub:
             web.post("/repos/{owner}/{repo}/statuses/{sha}", self._create_status),
             web.get("/repos/{owner}/{repo}/commits/{sha}/statuses", self._list_statuses),
             web.post("/repos/{owner}/{repo}/deployments", self._create_deployment),
+            web.get("/repos/{owner}/{repo}/deployments", self._list_deployments),
             web.post(r"/repos/{owner}/{repo}/deployments/{id:\d+}/statuses",
                      self._create_deployment_status),
             web.get(r"/repos/{owner}/{repo}/deployments/{id:\d+}/statuses",
@@ -183,6 +187,11 @@ class FakeGitHub:
             message = "Server Error" if status >= 500 else http.HTTPStatus(status).phrase
             body = {"message": message, "documentation_url": DOCS}
         self._failures.extend([(status, dict(headers or {}), body)] * n)
+
+    def lose_answer(self, method: str, path_suffix: str) -> None:
+        """Carry out the next such call, but answer it only once SPEED has given up on it (its
+        request timeout): GitHub applied it, SPEED cannot know."""
+        self._lost.append((method, path_suffix))
 
     def recover(self) -> None:
         """Drop the errors fail_next queued: GitHub answers normally again."""
@@ -267,6 +276,12 @@ class FakeGitHub:
                 response = self._answer(e.status, e.body)
             except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
                 response = self._answer(404, {"message": "Not Found", "documentation_url": DOCS})
+        lost = next(((m, p) for m, p in self._lost
+                     if m == request.method and request.path.endswith(p)), None)
+        if lost:
+            self._lost.remove(lost)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), LOST_ANSWER_SECONDS)
         call.status = response.status
         async with self._changed:
             self._changed.notify_all()
@@ -371,6 +386,18 @@ class FakeGitHub:
         self.deployments.append(deployment)
         self._deployment_repo[did] = full_name.lower()
         return self._answer(201, deployment)
+
+    async def _list_deployments(self, request: web.Request) -> web.Response:
+        """GitHub's list of a repository's deployments, newest first, filtered by sha and
+        environment; page `page` (from 1) of per_page."""
+        self._repo_auth(request)
+        full_name = self._full_name(request).lower()
+        wanted = {k: request.query[k] for k in ("sha", "environment") if k in request.query}
+        found = [d for d in reversed(self.deployments) if self._deployment_repo[d["id"]] == full_name
+                 and all(d[k] == v for k, v in wanted.items())]
+        per_page = min(int(request.query.get("per_page", 30)), 100)
+        first = (max(int(request.query.get("page", 1)), 1) - 1) * per_page
+        return self._answer(200, found[first:first + per_page])
 
     async def _create_deployment_status(self, request: web.Request) -> web.Response:
         self._repo_auth(request)

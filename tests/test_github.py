@@ -617,3 +617,21 @@ async def test_pull_requests_supersede_only_their_own_deployments(github_client,
     assert (older_info["status"], older_info["reason"]) == (
         "Cancelled", f"superseded by deployment {newer}")
     assert (await wait_finished(client, newer))["status"] == "Succeeded"
+
+
+@pytest.mark.usefixtures("github_invariants")
+async def test_a_lost_answer_to_creating_the_github_deployment_makes_no_second_one(
+        github_client, project, fake):
+    """Fault: GitHub creates the Deployment but its answer comes after SPEED's request timeout.
+    Asserts: SPEED finds the one it created (by commit, environment and description) instead
+    of creating another, and that one shows every state once, in order."""
+    client = await github_client(github__request_timeout=0.5)
+    full_name, url, sha = project("deploy")
+    fake.lose_answer("POST", "/deployments")
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha))
+    await wait_finished(client, (await response.json())["id"])
+    await client.app[reporter_key].idle()
+    [created] = fake.deployments
+    assert [s["state"] for s in fake.deployment_statuses[created["id"]]] == [
+        "queued", "in_progress", "success"]
+    assert client.app[reporter_key].failures >= 1  # the answer was lost
