@@ -29,7 +29,7 @@ def _queued(api: Api, body, follow_it: bool) -> int:
 
 
 def start(api: Api, args: argparse.Namespace) -> int:
-    return _queued(api, api.post("/start", {"url": args.repo_url, "branch": args.branch}),
+    return _queued(api, api.post_once("/start", {"url": args.repo_url, "branch": args.branch}),
                    args.follow)
 
 

@@ -23,8 +23,10 @@ class HttpError(CliError):
 
 
 class Unreachable(CliError):
-    """No answer from SPEED: refused, unresolvable, timed out, or cut off."""
+    """No answer from SPEED: refused, unresolvable, timed out, or cut off. `sent`: the request
+    may have reached SPEED (timed out or cut off), so it may have been carried out."""
 
-    def __init__(self, base_url: str, why: str):
+    def __init__(self, base_url: str, why: str, sent: bool = False):
         super().__init__(f"cannot reach SPEED at {base_url}: {why}")
         self.why = why
+        self.sent = sent

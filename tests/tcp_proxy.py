@@ -36,6 +36,8 @@ class HoldingProxy:
         self._lock = threading.Lock()
         self._held = 0
         self.held_total = 0  # requests ever held
+        self._losing: list[Callable[[bytes, bytes], bool]] = []
+        self.lost = 0  # answers ever lost
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -52,6 +54,12 @@ class HoldingProxy:
             self._matches = matches or (lambda head, body: True)
             self._limit = None if limit is None else self.held_total + limit
         self._released.clear()
+
+    def lose_answer(self, matches: Callable[[bytes, bytes], bool]) -> None:
+        """Forward the next request that matches (head, body) -> bool, then cut its client off
+        instead of answering: the server carried it out, the client cannot know."""
+        with self._lock:
+            self._losing.append(matches)
 
     def release(self) -> None:
         """Forward what is held and stop holding."""
@@ -97,12 +105,29 @@ class HoldingProxy:
             self.held_total += 1
             return True
 
+    def _lose(self, head: bytes, body: bytes) -> bool:
+        """Whether to lose this request's answer (counted as lost if so)."""
+        with self._lock:
+            matches = next((m for m in self._losing if m(head, _decoded(head, body))), None)
+            if matches is None:
+                return False
+            self._losing.remove(matches)
+            self.lost += 1
+            return True
+
     def _serve(self, client: socket.socket) -> None:
         with client:
             try:
                 head, body = _read_request(client)
             except OSError:
                 return
+            if self._lose(head, body):
+                with contextlib.suppress(OSError), \
+                        socket.create_connection(self._upstream, timeout=30) as upstream:
+                    upstream.sendall(head + body)
+                    while upstream.recv(65536):  # the whole answer, dropped
+                        pass
+                return  # the client's connection closes with no answer
             if self._take(head, body):
                 try:
                     self._released.wait()

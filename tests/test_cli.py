@@ -12,6 +12,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from tests.conftest import free_port, results_of, wait_finished, wait_for
+from tests.tcp_proxy import HoldingProxy
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 120
@@ -286,6 +287,21 @@ async def test_follow_gives_up_after_a_few_reconnections(aiohttp_server):
                                         "(5 reconnection attempts): 503: restarting")
     assert "Traceback" not in ran.err
     assert requests == [""] * 6  # no log arrived, so there is nothing to resume after
+
+
+async def test_start_whose_answer_is_lost_is_sent_again_and_queues_one_deployment(client):
+    """Fault: SPEED queues the deployment but the answer never reaches the client (the
+    connection is cut off). Asserts: `speed start` sends it again with the same Idempotency-Key,
+    prints the one deployment's id, and SPEED queued only that one."""
+    proxy = HoldingProxy(base_url(client))
+    proxy.lose_answer(lambda head, body: head.startswith(b"POST /start "))
+    try:
+        ran = await speed(proxy.base_url, "start", NOWHERE, "main")
+    finally:
+        proxy.close()
+    assert (ran.code, proxy.lost) == (0, 1), ran.err
+    listed = (await (await client.get("/deployments")).json())["deployments"]
+    assert [d["id"] for d in listed] == [int(ran.out)]
 
 
 async def test_api_token_from_the_flag_or_the_environment(make_client):
