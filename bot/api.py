@@ -171,9 +171,12 @@ async def start(request: web.Request) -> web.Response:
         # Sent again after an answer was lost (a 503, a dropped connection): the same
         # deployment, answered as the first time; never a second one.
         asked = hashlib.sha256(json.dumps([url, branch]).encode()).hexdigest()
+        # A key is the client's own: scoped to the API token that sent it (another token's
+        # same key neither replays this one's deployment nor is refused), stored as a hash.
+        scoped = hashlib.sha256(json.dumps([bearer(request) or "", key]).encode()).hexdigest()
         try:
             deployment, again = await request.app[store_key].run(
-                queries.create_once, key, asked, url, branch, **fields)
+                queries.create_once, scoped, asked, url, branch, **fields)
         except KeyReused:
             raise json_error(422, "this Idempotency-Key was used for another request") from None
         if again:

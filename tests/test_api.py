@@ -142,6 +142,24 @@ async def test_an_idempotency_key_with_another_request_or_malformed_is_refused(c
     assert len(listed) == 1  # neither queued anything
 
 
+async def test_an_idempotency_key_is_the_tokens_own(make_client):
+    """Two API tokens that happen to send the same key (two CI systems counting from 1): each
+    gets a deployment of its own; the same token sending again gets its own back."""
+    tokens = ["idempotency-token-a-0123456789", "idempotency-token-b-0123456789"]
+    client = await make_client(auth__api_tokens=tokens)
+    body = {"url": CLOSED, "branch": "main"}
+
+    async def start_as(token: str) -> int:
+        response = await client.post("/start", json=body, headers={
+            "Idempotency-Key": "build-1", "Authorization": f"Bearer {token}"})
+        assert response.status == 201, await response.text()
+        return (await response.json())["id"]
+
+    first, second = await start_as(tokens[0]), await start_as(tokens[1])
+    assert first != second
+    assert await start_as(tokens[0]) == first
+
+
 @pytest.mark.parametrize("body, field", [
     ({"branch": "main"}, "url"),
     ({"url": CLOSED}, "branch"),
