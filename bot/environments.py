@@ -77,7 +77,7 @@ async def close_preview(app: web.Application, full_name: str, number: int) -> No
     """A closed pull request: stop its deployments, tear its preview down (route, containers,
     images no other environment uses) and mark its GitHub Deployments inactive."""
     store, worker = app[store_key], app[worker_key]
-    cancelled, reported = await store.run(queries.close_pull_request, full_name, number)
+    cancelled = await store.run(queries.close_pull_request, full_name, number)
     store.announce(*cancelled)
     for deployment in cancelled:
         await worker.stop(deployment.id)
@@ -85,7 +85,7 @@ async def close_preview(app: web.Application, full_name: str, number: int) -> No
     if environment is not None and worker.pipeline.retirer:
         await worker.pipeline.retirer.teardown(environment.id)  # the engine's part goes on after
     if reporter_key in app:
-        app[reporter_key].deactivate(reported)  # in the background: GitHub may be slow
+        app[reporter_key].heard()  # GitHub's outbox holds the inactive marks now
 
 
 async def environments_page(request: web.Request) -> web.Response:

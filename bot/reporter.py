@@ -54,6 +54,8 @@ def _seconds(deployment: Deployment) -> int:
 
 def report_of(key: str, deployment: Deployment) -> Report:
     """How GitHub shows the state key (an outbox row's: see migration 0008) of a deployment."""
+    if key == outbox.INACTIVE:  # a Deployment status only: no commit status
+        return Report(key, "", "Environment torn down", "inactive")
     if key == "queued":
         return Report("queued", "pending", "Queued", "queued")
     if key == "running":
@@ -108,7 +110,8 @@ class Reporter:
         self._wake.set()
 
     def heard(self) -> None:
-        """Another replica's change made a report (PostgreSQL's notice)."""
+        """A report was made that no deployment change here announced: another replica's
+        (PostgreSQL's notice), or a torn-down preview's inactive marks."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -226,6 +229,8 @@ class Reporter:
         shown = report_of(report.key, deployment)
         deadline = asyncio.get_running_loop().time() + self.config.github.report_retry_for
         delay, steps = 1.0, report.steps
+        if report.key == outbox.INACTIVE:
+            steps = max(steps, 1)  # it has no commit status
         posted = self._posted.setdefault(deployment.id, collections.Counter())
         if uncertain:
             self._uncertain.add(deployment.id)
@@ -265,7 +270,7 @@ class Reporter:
                     return outbox.GIVEN_UP
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF)
-        if report.key not in PASSING:  # its final state
+        if report.key not in (*PASSING, outbox.INACTIVE):  # its final state
             if deployment.id in self._uncertain:
                 await self._settle(deployment, shown, posted)
             self._posted.pop(deployment.id, None)
@@ -389,6 +394,8 @@ class Reporter:
         github_id = deployment.github_deployment_id
         if github_id is None:
             github_id = (await self.store.run(queries.get, deployment.id)).github_deployment_id
+        if github_id is None and report.key == outbox.INACTIVE:
+            return 2  # it never made one: nothing to mark
         if github_id is None:
             created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
                 "ref": deployment.commit, "environment": environment_name(deployment),
@@ -406,28 +413,6 @@ class Reporter:
         await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
                                    data=status)
         return 2
-
-    def deactivate(self, deployments: list[Deployment]) -> None:
-        """Mark the GitHub Deployments of a torn-down environment inactive, in the background
-        (logged if GitHub refuses)."""
-        self._in_background(self._deactivate(deployments))
-
-    async def _deactivate(self, deployments: list[Deployment]) -> None:
-        for deployment in deployments:
-            if not (deployment.repo_full_name and deployment.github_deployment_id):
-                continue
-            try:
-                token = await self.github.token(deployment.repo_full_name,
-                                                deployment.installation_id)
-                await self.github.api.post(
-                    f"/repos/{deployment.repo_full_name}/deployments/"
-                    f"{deployment.github_deployment_id}/statuses", oauth_token=token,
-                    data={"state": "inactive", "log_url": self._page(deployment),
-                          "description": "Environment torn down"})
-            except GITHUB_FAILURES as e:
-                log.warning("could not mark GitHub deployment %s inactive: %s",
-                            deployment.github_deployment_id, _describe(e),
-                            extra={"deployment": deployment.id})
 
 
 def _github_description(deployment: Deployment) -> str:

@@ -4,6 +4,7 @@ from typing import Callable, TypeVar
 
 from peewee import IntegrityError, fn
 
+from storage import outbox
 from storage.db import SQLITE_MAX_ID, clock, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, StartRequest, utcnow
@@ -104,9 +105,10 @@ def _supersede(newer: Deployment) -> list[Deployment]:
                        reason=f"superseded by deployment {newer.id}") for deployment_id in older]
 
 
-def close_pull_request(full_name: str, number: int) -> tuple[list[Deployment], list[Deployment]]:
-    """A pull request was closed: cancel its unfinished deployments. Returns those cancelled,
-    and those that made GitHub Deployments (to be marked inactive)."""
+def close_pull_request(full_name: str, number: int) -> list[Deployment]:
+    """A pull request was closed: cancel its unfinished deployments (returned), and queue its
+    GitHub Deployments' marking as inactive in GitHub's outbox (those made already, and those
+    its waiting reports are still to make)."""
     of_it = ((fn.LOWER(Deployment.repo_full_name) == full_name.lower())
              & (Deployment.pull_request == number))
     with write_transaction():
@@ -116,9 +118,8 @@ def close_pull_request(full_name: str, number: int) -> tuple[list[Deployment], l
                                 note="[speed] Cancelled: the pull request was closed",
                                 reason="the pull request was closed")
                      for deployment_id in unfinished]
-    reported = list(Deployment.select().where(of_it,
-                                              Deployment.github_deployment_id.is_null(False)))
-    return cancelled, reported
+        outbox.deactivate(_ids(Deployment.select(Deployment.id).where(of_it)))
+    return cancelled
 
 
 def record_delivery(guid: str, event: str, deployment: dict | None, message: str,

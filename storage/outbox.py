@@ -12,6 +12,9 @@ from storage.models import Deployment, Report
 
 WAITING, SENDING, SENT, DROPPED, GIVEN_UP = "waiting", "sending", "sent", "dropped", "given_up"
 OPEN = (WAITING, SENDING)
+# The key of a torn-down environment's report: its GitHub Deployment marked inactive. Made by
+# deactivate, not by the triggers (it is no change of the deployment's own state).
+INACTIVE = "inactive"
 
 
 def due(limit: int = 100) -> list[tuple[Report, Deployment]]:
@@ -64,10 +67,23 @@ def end(report_id: int, sender: str, state: str) -> bool:
                                             Report.sender == sender).execute() == 1
 
 
+def deactivate(deployment_ids: list[int]) -> None:
+    """Queue marking the deployments' GitHub Deployments inactive (their environment is torn
+    down): once each, after the states they wait to show."""
+    if not deployment_ids:
+        return
+    now = clock()
+    Report.insert_many([dict(deployment_id=i, key=INACTIVE, state=WAITING, steps=0,
+                             created_at=now) for i in deployment_ids]
+                       ).on_conflict_ignore().execute()
+
+
 def overtaken(report: Report) -> bool:
-    """Whether a newer state of the same deployment waits behind this report."""
+    """Whether a newer state of the same deployment waits behind this report (marking it
+    inactive is no newer state: what it showed before still has to get there)."""
     return Report.select().where(Report.deployment_id == report.deployment_id,
-                                 Report.id > report.id, Report.state == WAITING).exists()
+                                 Report.id > report.id, Report.state == WAITING,
+                                 Report.key != INACTIVE).exists()
 
 
 def revive(within: float) -> int:

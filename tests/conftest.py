@@ -105,24 +105,17 @@ def remove_test_instances_from_the_engine():
     if not TEST_INSTANCES:
         return
     api = docker.from_env().api
-    import os as _os; _t0 = time.monotonic(); _log = open(f"/tmp/cleanup-{_os.getpid()}.log", "w")
     # One listing of each, not one per instance: a worker starts hundreds of instances, and
     # the engine lists every image for each such call (minutes at the end of the run).
     for container in api.containers(all=True, filters={"label": "speed.instance"}):
         if (container.get("Labels") or {}).get("speed.instance") in TEST_INSTANCES:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(container["Id"], force=True)
-    print("containers", time.monotonic() - _t0, file=_log, flush=True)
-    _n = 0
     for image in api.images():
         for tag in image.get("RepoTags") or []:
             if tag.partition(":")[0].removeprefix("speed-") in TEST_INSTANCES:
                 with contextlib.suppress(docker.errors.NotFound):
-                    _t1 = time.monotonic()
                     api.remove_image(tag, force=True)
-                    _n += 1
-                    print("tag", tag, len(image.get("RepoTags")), time.monotonic() - _t1, file=_log, flush=True)
-    print("images", _n, time.monotonic() - _t0, file=_log, flush=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,6 @@
 """GitHub's outbox (storage.outbox, migration 0008): the database records each state a deployment
 is to show on GitHub, once, in order, whichever query changed it; senders take rows by a
 conditional write. On SQLite here; tests/test_postgres.py runs them again on PostgreSQL."""
-import asyncio
-
 import pytest
 
 from storage import deployments as queries
@@ -126,40 +124,20 @@ def test_a_report_handed_back_waits_again_naming_who_began_it(db):
 
 
 
-@pytest.fixture
-async def follower(tmp_path):
-    """A reporter of a replica that does not lead (another joined), on SQLite."""
-    from bot.config import load
-    from bot.reporter import Reporter
-    from storage import replicas
-    from storage.store import Store
-
-    store = Store(f"sqlite:///{tmp_path / 'speed.db'}")
-    await store.run(replicas.join, "leader", "host", 1)
-    yield Reporter(load(None), store, github=None, replica="follower")
-    store.close()
-
-
-async def test_a_replica_that_does_not_lead_keeps_nothing_of_the_reports_it_sent(follower):
-    """What a sender remembers of its sends (rests after errors, commit statuses posted, timed
-    out ones) is stale once another replica leads: a replica that does not lead drops it, so the
-    memory is bounded by what it sends now."""
-    follower._resting[1] = float("inf")
-    follower._posted[1] = {"success": 1}
-    follower._uncertain.add(1)
-    await follower.idle()
-    assert (follower._resting, follower._posted, follower._uncertain) == ({}, {}, set())
-
-
-async def test_a_reporter_stopped_as_it_is_woken_stops(follower):
-    """Fault: the shutdown's cancel comes in the same moment as a wake-up (Python 3.11's
-    asyncio.wait_for swallowed such a cancel, and the shutdown waited for ever)."""
-    sending = asyncio.create_task(follower.run())
-    async with asyncio.timeout(10):
-        while not follower._wake._waiters:  # until it waits to be woken
-            await asyncio.sleep(0.01)
-    follower.heard()
-    sending.cancel()
-    async with asyncio.timeout(10):
-        await asyncio.gather(sending, return_exceptions=True)
-    assert sending.cancelled()
+def test_a_closed_pull_requests_deployments_are_marked_inactive_once_after_their_states(db):
+    """Closing a pull request queues each of its deployments' inactive mark behind the states
+    they still have to show (a cancelled one's `cancelled` first); closing it again queues
+    nothing more; the mark overtakes no state (a failing success is not dropped for it)."""
+    fields = dict(GITHUB, trigger="pull_request", pull_request=7)
+    done = queries.create(**fields)
+    queries.claim_next("replica-a")
+    queries.transition(done.id, Status.SUCCEEDED)
+    waiting = queries.create(**fields)
+    other = queries.create(**dict(fields, pull_request=8))
+    assert [d.id for d in queries.close_pull_request("acme/APP", 7)] == [waiting.id]
+    queries.close_pull_request("acme/app", 7)
+    assert keys(done.id) == ["queued", "success", "inactive"]
+    assert keys(waiting.id) == ["queued", "cancelled", "inactive"]
+    assert keys(other.id) == ["queued"]
+    success = Report.get(Report.deployment_id == done.id, Report.key == "success")
+    assert not outbox.overtaken(success)

@@ -10,7 +10,7 @@ from playhouse.migrations import Runner
 
 from bot.keys import store_key
 from storage import deployments as queries
-from storage import feeds, secrets, sessions
+from storage import feeds, outbox, secrets, sessions
 from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, max_id,
                         open_database, upgrade)
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
@@ -175,8 +175,9 @@ def test_deliveries_are_recorded_once_and_supersede_older_pushes(db):
     assert queries.known_deliveries(["guid-1", "guid-3"]) == {"guid-1"}
     pull = queries.create(GITHUB, "feature", trigger="pull_request", repo_full_name="acme/app",
                           pull_request=4, github_deployment_id=99)
-    cancelled, reported = queries.close_pull_request("ACME/app", 4)
-    assert [d.id for d in cancelled] == [pull.id] == [d.id for d in reported]
+    cancelled = queries.close_pull_request("ACME/app", 4)
+    assert [d.id for d in cancelled] == [pull.id]
+    assert outbox.of(pull.id)[-1] == ("inactive", "waiting")
     queries.record(created.id, commit="c" * 40, image="img:1",
                    built_at=created.created_at, settings="{}")
     later = queries.create(GITHUB, "main")
