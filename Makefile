@@ -9,13 +9,14 @@ CONFIG ?= app.yaml
 run: setup system
 	$(PY) main.py --config $(CONFIG)
 
-# Tests run in TEST_WORKERS processes (they mostly wait on Docker and git); those marked serial
+# Tests run in TEST_WORKERS processes (they mostly wait on Docker and git), a file to a worker,
+# the slowest files first (tests/conftest.py: SLOWEST_FIRST); those marked serial
 # restart the Docker engine everyone shares (or flood it), so they run afterwards, alone. pytest's exit code 5
 # says only that PYTEST_ARGS selected none of one kind.
 TEST_WORKERS ?= 3
 
 test: setup system test-system
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 setup: $(VENV)/.installed
