@@ -383,9 +383,9 @@ PATHS = {
             "operationId": "start", "tags": ["deployments"],
             "summary": "Queue a deployment of a repository's branch",
             "description": "With an `Idempotency-Key` header, a request sent again (its answer "
-                           "lost) within a day with the same API token gets the deployment the first "
-                           "one queued, with `Idempotent-Replayed: true`, instead of a second one. "
-                           "Keys are each token's own.",
+                           "lost) within a day with the same API token gets the deployment the "
+                           "first one queued, with `Idempotent-Replayed: true`, instead of a "
+                           "second one. Keys are each token's own.",
             "security": OPTIONAL_BEARER,
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,100}$"}}],

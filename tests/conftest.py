@@ -96,7 +96,8 @@ def _print_pending_tasks() -> None:
                 if frame is not None:
                     print(f"  {frame.f_code.co_filename}:{frame.f_lineno} in "
                           f"{frame.f_code.co_name}", file=sys.stderr)
-                awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
+                awaiting = (getattr(awaiting, "cr_await", None)
+                            or getattr(awaiting, "ag_await", None))
 
 
 @pytest.fixture(scope="session")

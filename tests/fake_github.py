@@ -393,7 +393,8 @@ class FakeGitHub:
         self._repo_auth(request)
         full_name = self._full_name(request).lower()
         wanted = {k: request.query[k] for k in ("sha", "environment") if k in request.query}
-        found = [d for d in reversed(self.deployments) if self._deployment_repo[d["id"]] == full_name
+        found = [d for d in reversed(self.deployments)
+                 if self._deployment_repo[d["id"]] == full_name
                  and all(d[k] == v for k, v in wanted.items())]
         per_page = min(int(request.query.get("per_page", 30)), 100)
         first = (max(int(request.query.get("page", 1)), 1) - 1) * per_page
