@@ -1,7 +1,7 @@
 """PostgreSQL's announcements (LISTEN), for every replica: deployments queued and finished, and
 GitHub reports added to the outbox."""
 import logging
-import select
+import selectors
 import threading
 from typing import Callable
 
@@ -46,6 +46,10 @@ class Notices:
                 log.warning("not listening for other replicas' deployments (%s); polling "
                             "meanwhile", str(e).strip().splitlines()[0] if str(e).strip() else e)
                 self._stopping.wait(RETRY_SECONDS)
+            except Exception:  # noqa: BLE001 - logged: listening again, not a thread gone for good
+                log.exception("listening for other replicas' deployments failed; polling "
+                              "meanwhile")
+                self._stopping.wait(RETRY_SECONDS)
 
     def _listen_once(self) -> None:
         settings = dict(self._settings)
@@ -54,21 +58,29 @@ class Notices:
             connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {CHANNEL}; LISTEN {REPORTS}")
-            while not self._stopping.is_set():
-                # Woken at least twice a second to see whether it is to stop.
-                if select.select([connection], [], [], 0.5)[0]:
-                    connection.poll()
-                    reports = False
-                    while connection.notifies:
-                        notice = connection.notifies.pop(0)
-                        if notice.channel == REPORTS:
-                            reports = True
-                        else:
-                            self._heard(notice.payload)
-                    if reports:  # one word for a batch: the reporter reads the outbox whole
-                        self._report()
+            # Not select.select: SPEED raises its open files limit, and select() cannot wait on
+            # a descriptor past 1023 (a ValueError ended this thread: seen in the tests).
+            with selectors.DefaultSelector() as waiting:
+                waiting.register(connection, selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    # Woken at least twice a second to see whether it is to stop.
+                    if waiting.select(0.5):
+                        self._take(connection)
         finally:
             connection.close()
+
+    def _take(self, connection) -> None:
+        """Pass on what the server announced."""
+        connection.poll()
+        reports = False
+        while connection.notifies:
+            notice = connection.notifies.pop(0)
+            if notice.channel == REPORTS:
+                reports = True
+            else:
+                self._heard(notice.payload)
+        if reports:  # one word for a batch: the reporter reads the outbox whole
+            self._report()
 
     def _heard(self, payload: str) -> None:
         deployment_id, _, status = payload.partition(" ")

@@ -389,6 +389,35 @@ def test_every_replica_hears_of_deployments_queued_and_finished(db, postgres_url
         notices.close()
 
 
+def test_notices_are_heard_on_a_descriptor_past_1023(db, postgres_url):
+    """SPEED raises its open files limit: a busy replica's listening connection may get a
+    descriptor select() cannot wait on (its ValueError ended the thread). Asserts: with every
+    descriptor below 1100 taken, a listener still hears a deployment queued."""
+    import os
+    import queue
+    import resource
+
+    from storage.notices import Notices
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    taken = []
+    heard: queue.Queue = queue.Queue()
+    notices = Notices(postgres_url, lambda deployment_id, status: heard.put((deployment_id, status)))
+    try:
+        while not taken or taken[-1] < 1100:
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+        notices.start()
+        _until(lambda: sql(postgres_url, "SELECT count(*) FROM pg_stat_activity WHERE "
+                           "datname = current_database() AND query LIKE 'LISTEN%%'")[0][0] == 1)
+        queued = queries.create(GITHUB, "main")
+        assert heard.get(timeout=10) == (queued.id, Status.PENDING)
+    finally:
+        notices.close()
+        for descriptor in taken:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def _until(check, timeout: float = 10.0) -> None:
     import time
     deadline = time.monotonic() + timeout
