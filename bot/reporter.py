@@ -231,7 +231,9 @@ class Reporter:
         delay, steps = 1.0, report.steps
         if report.key == outbox.INACTIVE:
             steps = max(steps, 1)  # it has no commit status
-        posted = self._posted.setdefault(deployment.id, collections.Counter())
+        # Commit statuses posted (inactive posts none: no entry, which nothing would remove).
+        posted = (collections.Counter() if report.key == outbox.INACTIVE
+                  else self._posted.setdefault(deployment.id, collections.Counter()))
         if uncertain:
             self._uncertain.add(deployment.id)
         loop = asyncio.get_running_loop()
@@ -289,14 +291,10 @@ class Reporter:
         rule = rule_for(self.config, deployment.repo_full_name)
         if not (rule and rule.environment):
             return steps
-        github_id = deployment.github_deployment_id or (
-            await self.store.run(queries.get, deployment.id)).github_deployment_id
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
+        github_id = await self._github_deployment(deployment, token, make=False)
         if github_id is None:
-            github_id = await self._created(deployment, token)
-            if github_id is None:
-                return steps
-            await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
+            return steps
         listed = await self.github.api.getitem(
             f"/repos/{deployment.repo_full_name}/deployments/{github_id}/statuses?per_page=100",
             oauth_token=token)
@@ -305,15 +303,31 @@ class Reporter:
             return 2
         return steps
 
-    async def _created(self, deployment: Deployment, token: str | None) -> int | None:
-        """The GitHub Deployment an earlier attempt created though its answer was lost (so
-        none is created twice), by commit, environment and the description naming ours."""
+    async def _github_deployment(self, deployment: Deployment, token: str | None,
+                                 make: bool) -> int | None:
+        """The id of the deployment's GitHub Deployment: as recorded; else as GitHub lists it
+        (by commit, environment and the description naming ours: an attempt whose answer was
+        lost, or whose report was dropped, may have made it); else, with make, made now."""
+        github_id = deployment.github_deployment_id or (
+            await self.store.run(queries.get, deployment.id)).github_deployment_id
+        if github_id is not None:
+            return github_id
+        repo = f"/repos/{deployment.repo_full_name}"
         listed = await self.github.api.getitem(
-            f"/repos/{deployment.repo_full_name}/deployments?sha={deployment.commit}"
+            f"{repo}/deployments?sha={deployment.commit}"
             f"&environment={urllib.parse.quote(environment_name(deployment))}&per_page=100",
             oauth_token=token)
         ours = _github_description(deployment)
-        return next((d["id"] for d in listed if d.get("description") == ours), None)
+        github_id = next((d["id"] for d in listed if d.get("description") == ours), None)
+        if github_id is None and make:
+            created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
+                "ref": deployment.commit, "environment": environment_name(deployment),
+                "auto_merge": False, "required_contexts": [], "description": ours,
+                "transient_environment": deployment.trigger == "pull_request"})
+            github_id = created["id"]
+        if github_id is not None:
+            await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
+        return github_id
 
     async def _settle(self, deployment: Deployment, final: Report,
                       posted: collections.Counter) -> None:
@@ -389,34 +403,24 @@ class Reporter:
                 await self.store.run(outbox.step, report.id, self.replica, steps)
         if not (rule and rule.environment) or steps >= 2:
             return steps
-        repo = f"/repos/{deployment.repo_full_name}"
         token = await self.github.token(deployment.repo_full_name, deployment.installation_id)
-        github_id = deployment.github_deployment_id
+        github_id = await self._github_deployment(deployment, token,
+                                                  make=report.key != outbox.INACTIVE)
         if github_id is None:
-            github_id = (await self.store.run(queries.get, deployment.id)).github_deployment_id
-        if github_id is None and report.key == outbox.INACTIVE:
-            return 2  # it never made one: nothing to mark
-        if github_id is None:
-            created = await self.github.api.post(f"{repo}/deployments", oauth_token=token, data={
-                "ref": deployment.commit, "environment": environment_name(deployment),
-                "auto_merge": False,
-                "required_contexts": [], "description": _github_description(deployment),
-                "transient_environment": deployment.trigger == "pull_request"})
-            github_id = created["id"]
-            await self.store.run(queries.update, deployment.id, github_deployment_id=github_id)
+            return 2  # inactive, and none was ever made: nothing to mark
         status = {"state": shown.deployment_state, "log_url": self._page(deployment),
                   "description": shown.description}
         if shown.deployment_state == "success":
             address = await self.store.run(releases.address_of, deployment.id)
             if address:  # a service: the pull request shows "View deployment"
                 status["environment_url"] = self.config.proxy.environment_url(address)
-        await self.github.api.post(f"{repo}/deployments/{github_id}/statuses", oauth_token=token,
-                                   data=status)
+        await self.github.api.post(f"/repos/{deployment.repo_full_name}/deployments/{github_id}"
+                                   "/statuses", oauth_token=token, data=status)
         return 2
 
 
 def _github_description(deployment: Deployment) -> str:
-    """The description of the deployment's GitHub Deployment (how _created finds it again)."""
+    """The description of the deployment's GitHub Deployment (how it is found again)."""
     return f"SPEED deployment {deployment.id}"
 
 

@@ -148,17 +148,23 @@ class Worker:
         interval = min(BEAT_SECONDS, self.lease / 3)
         loop = asyncio.get_running_loop()
         adopt_from = sweep_at = loop.time() + self.lease
+        # A gap between this replica's renewals past which the others' leases may have run
+        # out too: theirs are at most two beats apart from its own.
+        gap_allowed = max(2 * interval, self.lease - 2 * interval)
+        renewed_at = loop.time()
         while True:
             await asyncio.sleep(interval)
             try:
-                asked = loop.time()
                 if not await self.store.run(replicas.beat, self.replica):
                     log.warning("this replica was forgotten (silent for a day?); joining again")
                     await self._join()
-                if loop.time() - asked > interval:
-                    # The database was away (or this process frozen): the others could not
-                    # renew their leases either. Give them a lease's time before adopting.
+                if loop.time() - renewed_at > gap_allowed:
+                    # Renewals came late (the database away: the patient store waits for it;
+                    # or this process frozen): the others' may have too, and run out. Give them
+                    # a lease to renew before adopting. (Only a gap this long: a beat slower
+                    # than a second put off adoption by a whole lease, even with 30 s leases.)
                     adopt_from = loop.time() + self.lease
+                renewed_at = loop.time()
                 # Let go before adopting: a run of an earlier claim must not go on beside
                 # the new one.
                 claims = {i: run.claim for i, run in self.runs.items()}

@@ -90,11 +90,18 @@ def revive(within: float) -> int:
     """Queue again each deployment's newest report if it was given up and made within the last
     within seconds: the state GitHub should show now, once GitHub answers again. It keeps its
     sender: an attempt may have reached GitHub, which is looked at first."""
-    newest = Report.select(fn.MAX(Report.id)).group_by(Report.deployment_id)
+    # The newest state, that is: an inactive mark is no state. Its own row is queued again
+    # behind a revived one, so the state cannot make a torn-down Deployment active again.
+    newest = (Report.select(fn.MAX(Report.id)).where(Report.key != INACTIVE)
+              .group_by(Report.deployment_id))
     with write_transaction():
-        return Report.update(state=WAITING).where(
+        revived = list(Report.update(state=WAITING).where(
             Report.state == GIVEN_UP, Report.id.in_(newest),
-            Report.created_at >= clock() - within).execute()
+            Report.created_at >= clock() - within).returning(Report.deployment_id).tuples())
+        Report.update(state=WAITING).where(
+            Report.key == INACTIVE, Report.deployment_id.in_([d for (d,) in revived] or [0])
+        ).execute()
+    return len(revived)
 
 
 def unsent() -> int:

@@ -109,6 +109,25 @@ def test_only_the_newest_given_up_report_is_tried_again(db):
     assert Report.get_by_id(success.id).sender == "replica-a"
 
 
+def test_a_given_up_state_of_a_closed_pull_request_is_tried_again_before_its_inactive_mark(db):
+    """Found by a review: the inactive mark, the newest row, hid a given-up `success` from
+    reviving. Asserts: the state is revived and the mark is queued again behind it (sent
+    after it, so the state cannot make the torn-down Deployment active again)."""
+    deployment = queries.create(**dict(GITHUB, trigger="pull_request", pull_request=3))
+    queries.transition(deployment.id, Status.SUCCEEDED)
+    queries.close_pull_request("acme/app", 3)
+    rows = {r.key: r for r in Report.select().where(Report.deployment_id == deployment.id)}
+    for key, outcome in (("queued", outbox.SENT), ("success", outbox.GIVEN_UP),
+                         ("inactive", outbox.SENT)):
+        assert outbox.take(rows[key].id, "replica-a")
+        assert outbox.end(rows[key].id, "replica-a", outcome)
+    assert outbox.revive(within=3600.0) == 1
+    assert outbox.of(deployment.id) == [("queued", "sent"), ("success", "waiting"),
+                                        ("inactive", "waiting")]
+    [(due, _)] = outbox.due()
+    assert due.key == "success"
+
+
 def test_a_report_handed_back_waits_again_naming_who_began_it(db):
     """A sender that stops without an outcome (an error, no longer leading) hands the report
     back: any replica may take it, and knows an attempt may have reached GitHub."""

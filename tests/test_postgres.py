@@ -399,7 +399,8 @@ def test_notices_are_heard_on_a_descriptor_past_1023(db, postgres_url):
 
     from storage.notices import Notices
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (
+        4096 if hard == resource.RLIM_INFINITY else min(max(soft, 4096), hard), hard))
     taken = []
     heard: queue.Queue = queue.Queue()
     notices = Notices(postgres_url, lambda deployment_id, status: heard.put((deployment_id, status)))

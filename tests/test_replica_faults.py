@@ -232,10 +232,11 @@ def private_postgres():
 
 
 def test_replicas_wait_for_a_restarted_database_and_lose_nothing(replicas, repo, private_postgres):
-    """Fault: PostgreSQL stops while a deployment runs and another is queued, then starts again.
-    Asserts: what was asked meanwhile is refused (503: nothing acknowledged); once it is back
-    the running deployment goes on with every line once, the queued one runs, and the refused
-    one does not exist."""
+    """Fault: PostgreSQL stops for longer than a lease while a deployment runs and another is
+    queued, then starts again. Asserts: what was asked meanwhile is refused (503: nothing
+    acknowledged); once it is back the running deployment goes on with every line once on the
+    replica that ran it (no other adopted it: every lease ran out together, none was lost), the
+    queued one runs, and the refused one does not exist."""
     url, stop, start = private_postgres
     first = replicas("first", database_url=url)
     second = replicas("second", database_url=url)
@@ -249,6 +250,7 @@ def test_replicas_wait_for_a_restarted_database_and_lose_nothing(replicas, repo,
         first.wait_until(lambda: "waits for it" in first.log_path.read_text(), timeout=20)
         status, body = second.call("POST", "/start", {"url": queued_url, "branch": "main"})
         assert status == 503 and "database cannot be reached" in body["error"], body
+        time.sleep(LEASE + 1)  # the fault: the database away for longer than a lease
     finally:
         start()
     queued = second.start_deployment(queued_url)
@@ -258,6 +260,8 @@ def test_replicas_wait_for_a_restarted_database_and_lose_nothing(replicas, repo,
     assert info["status"] == "Succeeded", results
     assert_every_line_once(results, lines=60)
     assert first.sql("SELECT count(*) FROM deployment") == [(2,)]
+    # Claimed once, never adopted (an adoption claims it again).
+    assert first.sql("SELECT claim FROM deployment WHERE id = %s", (running,)) == [(1,)]
 
 
 def test_any_replica_shows_the_whole_cluster(replicas, repo):
