@@ -75,9 +75,12 @@ def owner(replica: SpeedProcess, deployment_id: int) -> str | None:
 
 
 def replica_id(replica: SpeedProcess) -> str:
-    """The id of the replica's process (the newest replica row with its pid)."""
-    return replica.sql("SELECT id FROM replica WHERE pid = %s ORDER BY started_at DESC LIMIT 1",
-                       (replica.process.pid,))[0][0]
+    """The id of the replica's process (the newest replica row with its pid); one that names
+    no replica while the process has not joined yet (it joins once its engine answers, after
+    it began to serve: seen in a loaded run)."""
+    rows = replica.sql("SELECT id FROM replica WHERE pid = %s ORDER BY started_at DESC LIMIT 1",
+                       (replica.process.pid,))
+    return rows[0][0] if rows else "(not joined yet)"
 
 
 def test_a_killed_replicas_deployment_is_adopted_with_no_line_lost_or_doubled(replicas, repo):
