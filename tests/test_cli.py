@@ -304,6 +304,32 @@ async def test_start_whose_answer_is_lost_is_sent_again_and_queues_one_deploymen
     assert [d["id"] for d in listed] == [int(ran.out)]
 
 
+@pytest.mark.parametrize("answers, code", [
+    pytest.param([503, 502, 201], 0, id="gateway-errors-then-queued"),
+    pytest.param([503, 503, 503], 3, id="gives-up-after-three"),
+    pytest.param([500], 3, id="a-500-is-not-sent-again"),
+    pytest.param([422], 3, id="a-refusal-is-not-sent-again")])
+async def test_start_is_sent_again_only_while_its_answer_may_be_lost(aiohttp_server, answers,
+                                                                     code):
+    """A server answering /start as listed: `speed start` sends it again after a gateway's
+    502/503/504 (SPEED may not have got it), with the same Idempotency-Key, at most three times
+    in all; an answer SPEED gave (500, 422) is final."""
+    keys = []
+
+    async def start(request):
+        keys.append(request.headers.get("Idempotency-Key"))
+        status = answers[len(keys) - 1]
+        body = {"id": 7} if status == 201 else {"error": f"answered {status}"}
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/start", start)
+    ran = await speed(base_url(await aiohttp_server(app)), "start", NOWHERE, "main")
+    assert ran.code == code, ran.err
+    assert len(keys) == len(answers) and len(set(keys)) == 1 and keys[0], keys
+    assert ran.out == ("7\n" if code == 0 else "")
+
+
 async def test_api_token_from_the_flag_or_the_environment(make_client):
     client = await make_client(auth__api_tokens=[TOKEN])
     server = base_url(client)
