@@ -118,7 +118,7 @@ def close_pull_request(full_name: str, number: int) -> list[Deployment]:
                                 note="[speed] Cancelled: the pull request was closed",
                                 reason="the pull request was closed")
                      for deployment_id in unfinished]
-        outbox.deactivate(_ids(Deployment.select(Deployment.id).where(of_it)))
+        outbox.deactivate(Deployment.select().where(of_it))
     return cancelled
 
 

@@ -5,7 +5,7 @@ triggers), in the very transaction of the change, whichever replica or query mad
 replica at a time sends them (bot/reporter.py); a row is taken by a conditional write naming its
 sender, so a replica whose lease ran out cannot finish a row another took over.
 """
-from peewee import fn
+from peewee import Select, Value, fn
 
 from storage.db import clock, write_transaction
 from storage.models import Deployment, Report
@@ -67,15 +67,13 @@ def end(report_id: int, sender: str, state: str) -> bool:
                                             Report.sender == sender).execute() == 1
 
 
-def deactivate(deployment_ids: list[int]) -> None:
-    """Queue marking the deployments' GitHub Deployments inactive (their environment is torn
-    down): once each, after the states they wait to show."""
-    if not deployment_ids:
-        return
-    now = clock()
-    Report.insert_many([dict(deployment_id=i, key=INACTIVE, state=WAITING, steps=0,
-                             created_at=now) for i in deployment_ids]
-                       ).on_conflict_ignore().execute()
+def deactivate(deployments: Select) -> None:
+    """Queue marking the GitHub Deployments of the deployments a query selects inactive (their
+    environment is torn down): once each, after the states they wait to show. One INSERT ...
+    SELECT: no ids read back, however many deployments a pull request made."""
+    marks = deployments.select(Deployment.id, Value(INACTIVE), Value(WAITING), Value(0), clock())
+    Report.insert_from(marks, [Report.deployment_id, Report.key, Report.state, Report.steps,
+                               Report.created_at]).on_conflict_ignore().execute()
 
 
 def overtaken(report: Report) -> bool:
