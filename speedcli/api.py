@@ -17,11 +17,17 @@ RETRY_AFTER = (1.0, 3.0)
 GATEWAY_ERRORS = (502, 503, 504)
 
 
+def _cause(error: BaseException) -> BaseException:
+    """The failure urllib wrapped in a URLError (a refusal, a timeout), else the error itself."""
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+        return error.reason
+    return error
+
+
 def reason(error: BaseException) -> str:
     """A network failure in a few words ("Connection refused", "timed out")."""
-    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
-        error = error.reason
-    elif isinstance(error, urllib.error.URLError):
+    error = _cause(error)
+    if isinstance(error, urllib.error.URLError):
         return str(error.reason)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
@@ -114,7 +120,5 @@ class Api:
 def _maybe_sent(error: BaseException) -> bool:
     """Whether a failed request may have reached the server: it timed out or was cut off,
     rather than refused or never resolved."""
-    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
-        error = error.reason
-    return isinstance(error, (TimeoutError, ConnectionResetError, BrokenPipeError,
-                              http.client.HTTPException))
+    return isinstance(_cause(error), (TimeoutError, ConnectionResetError, BrokenPipeError,
+                                      http.client.HTTPException))
