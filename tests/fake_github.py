@@ -259,10 +259,7 @@ class FakeGitHub:
             call.json = raw.decode(errors="replace")
         request[CALL] = call
         if self.delay:
-            try:
-                await asyncio.wait_for(self._closing.wait(), self.delay)
-            except TimeoutError:
-                pass
+            await self._hold(self.delay)
         if self._failures:
             status, headers, body = self._failures.pop(0)
             call.failed = True
@@ -280,12 +277,16 @@ class FakeGitHub:
                      if m == request.method and request.path.endswith(p)), None)
         if lost:
             self._lost.remove(lost)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), LOST_ANSWER_SECONDS)
+            await self._hold(LOST_ANSWER_SECONDS)
         call.status = response.status
         async with self._changed:
             self._changed.notify_all()
         return response
+
+    async def _hold(self, seconds: float) -> None:
+        """Hold an answer back this long, or until the stand-in closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _credential(self, request: web.Request) -> tuple[str, str]:
         """The (lowercased scheme, credential) of the Authorization header."""
