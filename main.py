@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from bot.access_log import AccessLog
 from bot.app import create_app
 from bot.config import ConfigError, load, secrets_key_file
 from bot.logs import configure_logging
@@ -57,7 +58,7 @@ def serve(app: web.Application, config) -> None:
     # print: said once the application started and the socket is open, not before.
     web.run_app(app, host=config.server.host, port=config.server.port,
                 print=lambda _: logging.getLogger("speed").info(listening),
-                access_log_format='%r %s %b %Tfs', shutdown_timeout=SHUTDOWN_SECONDS)
+                access_log_class=AccessLog, shutdown_timeout=SHUTDOWN_SECONDS)
 
 
 def raise_open_files_limit() -> None:

@@ -1,5 +1,6 @@
 """The REST API of the seed: start, info, update, add_results, results; plus listing and cancel."""
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -10,7 +11,8 @@ from bot.auth import api_token_ok, bearer, deployment_token_ok, require_api_toke
 from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
-from bot.requests import deployment_id, idempotency_key, int_field, json_object, text_field
+from bot.requests import (deployment_id, idempotency_key, int_field, json_object,
+                          not_modified, text_field)
 from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
@@ -91,10 +93,11 @@ async def waiting_reasons(request: web.Request, deployments: list[Deployment]) -
             for place, deployment_id in enumerate(queue, start=1)}
 
 
-async def deployment_or_404(request: web.Request) -> Deployment:
-    """The deployment the {id} in the path names, or a 404 JSON error."""
+async def deployment_or_404(request: web.Request, target_id: int | None = None) -> Deployment:
+    """The deployment target_id (by default, the {id} in the path) names, or a 404 JSON error."""
     try:
-        return await request.app[store_key].run(queries.get, deployment_id(request))
+        return await request.app[store_key].run(
+            queries.get, deployment_id(request) if target_id is None else target_id)
     except NotFound:
         raise not_found() from None
 
@@ -187,14 +190,37 @@ async def start(request: web.Request) -> web.Response:
     return web.json_response({"id": deployment.id}, status=201)
 
 
-@routes.get("/info/{id}")
-async def info(request: web.Request) -> web.Response:
-    """One deployment's fields."""
-    deployment = await deployment_or_404(request)
+@dataclasses.dataclass(frozen=True)
+class _Described:
+    """A deployment's JSON as /info sends it, and whether it depends on the database alone."""
+
+    body: bytes
+    etag: str
+    waiting: bool  # a queue position also depends on the clock (replicas' leases)
+
+
+async def _describe_one(request: web.Request, target_id: int) -> _Described:
+    deployment = await deployment_or_404(request, target_id)
     reasons = await waiting_reasons(request, [deployment])
     urls = await environment_urls(request.app, [deployment])
-    return web.json_response(describe(deployment, reasons.get(deployment.id),
-                                      urls.get(deployment.id)))
+    body = json.dumps(describe(deployment, reasons.get(deployment.id),
+                               urls.get(deployment.id))).encode()
+    return _Described(body, hashlib.blake2b(body, digest_size=16).hexdigest(),
+                      deployment.id in reasons)
+
+
+@routes.get("/info/{id}")
+async def info(request: web.Request) -> web.Response:
+    """One deployment's fields; 304 to a client that sends the ETag it got, if they are the same.
+    Served from memory until the database changes (storage/cache.py)."""
+    target_id = deployment_id(request)
+    answer = await request.app[store_key].cache.get(
+        ("info", target_id), lambda: _describe_one(request, target_id),
+        keep=lambda described: not described.waiting)
+    headers = {"ETag": f'"{answer.etag}"'}
+    if not_modified(request, answer.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=answer.body, content_type="application/json", headers=headers)
 
 
 @routes.post("/update")

@@ -11,7 +11,8 @@ from bot.auth import host_guard_middleware, same_origin_middleware
 from bot.errors import error_middleware
 from bot.github import GitHub
 from bot.keys import (backend_key, callback_only_key, config_key, feed_key, github_key,
-                      identity_key, keyring_key, metrics_key, reporter_key, router_key, store_key, worker_key)
+                      identity_key, keyring_key, metrics_key, reporter_key, router_key, store_key,
+                      trusted_hosts_key, worker_key)
 from bot.metrics import Metrics
 from bot.badge import routes as badge_routes
 from bot.browser_pages import browser_pages
@@ -58,6 +59,7 @@ def _application(config: Config, routes_: web.RouteTableDef, callback_only: bool
     app.on_response_prepare.append(name_the_server)
     app[config_key] = config
     app[callback_only_key] = callback_only
+    app[trusted_hosts_key] = {}
     app.add_routes(routes_)
     return app
 

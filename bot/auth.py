@@ -9,7 +9,7 @@ from yarl import URL
 
 from bot.config import Config, is_loopback, public_url
 from bot.errors import json_error
-from bot.keys import config_key, store_key
+from bot.keys import config_key, store_key, trusted_hosts_key
 from runner.pipeline import token_hash
 from storage import sessions
 from storage.models import Deployment
@@ -155,6 +155,24 @@ def origin_allowed(request: web.Request, origin: str) -> bool:
     return presented is not None and presented in allowed
 
 
+# How many (Host, local address) verdicts each application keeps: the ones its clients use.
+TRUSTED_HOSTS_KEPT = 256
+
+
+def _trusted_host(request: web.Request) -> bool:
+    """host_trusted, decided once per Host header and local address (it depends on nothing
+    else: the configuration is fixed for the application's life)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    key = (request.headers.get("Host"), sockname and sockname[0])
+    verdicts = request.app[trusted_hosts_key]
+    verdict = verdicts.get(key)
+    if verdict is None:
+        if len(verdicts) >= TRUSTED_HOSTS_KEPT:  # many names tried (a scan): start again
+            verdicts.clear()
+        verdict = verdicts[key] = host_trusted(request)
+    return verdict
+
+
 @web.middleware
 async def host_guard_middleware(request: web.Request, handler):
     """Answer 421 to every request for a host name SPEED does not go by, reads included.
@@ -162,7 +180,7 @@ async def host_guard_middleware(request: web.Request, handler):
     DNS rebinding: a page at http://evil.example:8080 whose name its owner then points at
     127.0.0.1 is same-origin with a loopback SPEED, so the browser lets it send and read anything;
     only the Host header, evil.example, gives it away."""
-    if not host_trusted(request):
+    if not _trusted_host(request):
         raise json_error(421, "This server does not answer to that host name; reach it by "
                               "loopback, server.host or server.public_url")
     return await handler(request)

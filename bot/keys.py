@@ -27,6 +27,8 @@ reporter_key = web.AppKey("reporter", Reporter)
 metrics_key = web.AppKey("metrics", Metrics)
 keyring_key = web.AppKey("keyring", Keyring)
 router_key = web.AppKey("router", Router)
+# Verdicts of bot.auth's host guard, by Host header and local address.
+trusted_hosts_key = web.AppKey("trusted_hosts", dict)
 # True on the listener that containers reach: it serves only their callbacks, token always required.
 callback_only_key = web.AppKey("callback_only", bool)
 # Typed by annotation only: bot.feed reads the keys above, so importing it here would be a cycle.

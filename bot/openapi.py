@@ -408,10 +408,19 @@ PATHS = {
     "/info/{id}": {
         "get": {
             "operationId": "info", "tags": ["deployments"], "summary": "One deployment",
-            "parameters": [ID_PARAMETER],
+            "description": "Answered with an `ETag`; a client that sends it back in "
+                           "`If-None-Match` gets `304` with no body while the deployment is "
+                           "unchanged.",
+            "parameters": [ID_PARAMETER, {
+                "name": "If-None-Match", "in": "header", "required": False,
+                "schema": {"type": "string"},
+                "description": "The `ETag` of an earlier answer."}],
             "responses": {
                 "200": {"description": "The deployment.",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
                         "content": _json(_ref("schemas", "Deployment"))},
+                "304": {"description": "Unchanged since the answer whose `ETag` was sent.",
+                        "headers": {"ETag": {"schema": {"type": "string"}}}},
                 **_errors(404),
             },
         },

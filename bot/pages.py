@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bot.api import MAX_LIMIT, deployment_or_404, describe, environment_urls, waiting_reasons
 from bot.errors import json_error
+from bot.requests import not_modified
 from bot.keys import config_key, store_key
 from storage import deployments as queries
 from storage.deployments import SQLITE_MAX_INT
@@ -55,7 +56,7 @@ async def static_file(request: web.Request) -> web.Response:
     headers = {"ETag": f'"{version}"', "X-Content-Type-Options": "nosniff",
                "Cache-Control": "public, max-age=31536000, immutable"
                if request.rel_url.query.get("v") == version else "no-cache"}
-    if request.headers.get("If-None-Match") == headers["ETag"]:
+    if not_modified(request, version):
         return web.Response(status=304, headers=headers)
     return web.Response(body=_FILES[name], headers=headers, charset="utf-8",
                         content_type=STATIC_TYPES[pathlib.PurePath(name).suffix])

@@ -90,3 +90,12 @@ def idempotency_key(request) -> str | None:
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
         raise json_error(400, "Idempotency-Key must be 1 to 100 characters of A-Z a-z 0-9 . _ : -")
     return key
+
+
+def not_modified(request: web.Request, etag: str) -> bool:
+    """Whether the request's If-None-Match names etag (weakly, as RFC 9110 compares it) or *."""
+    try:
+        presented = request.if_none_match or ()
+    except ValueError:  # a malformed header: as if absent, the whole answer is sent
+        return False
+    return any(tag.value in (etag, "*") for tag in presented)

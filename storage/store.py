@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from storage import replicas
+from storage.cache import ReadCache
 from storage.db import connection_lost, database, open_database
 from storage.errors import StorageFull, StorageUnavailable
 from storage.models import Deployment
@@ -72,6 +73,8 @@ class Store(_Changes):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speed-db")
         self._executor.submit(_translated, functools.partial(open_database, url)).result()
         self._listeners: list[Callable[[Deployment], None]] = []
+        # After open_database: the file exists, its schema is up to date.
+        self.cache = ReadCache(url)
 
     def subscribe(self, listener: Callable[[Deployment], None]) -> None:
         """Call listener with every deployment that change() creates or moves."""
@@ -102,6 +105,7 @@ class Store(_Changes):
         """Finish queued queries and close the connection."""
         self._executor.submit(lambda: database.close()).result()
         self._executor.shutdown(wait=True)
+        self.cache.close()
 
 
 class PatientStore(_Changes):

@@ -1,0 +1,102 @@
+"""Answers served from memory (storage/cache.py) are never older than the database: any commit,
+by SPEED or by another connection, makes the next read compute afresh; /info's ETag gets a 304."""
+import sqlite3
+
+from storage.cache import ReadCache
+from storage.db import SQLITE_PRAGMAS
+from tests.test_api import CLOSED, start
+
+WRITE = "INSERT INTO note (text) VALUES ('x')"
+
+
+def _database(path) -> sqlite3.Connection:
+    """An SQLite database in WAL mode, as SPEED keeps it, with a table to write to."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA journal_mode = {SQLITE_PRAGMAS['journal_mode']}")
+    db.execute("CREATE TABLE note (text TEXT)")
+    return db
+
+
+def _counting():
+    """A computation that answers how many times it ran."""
+    runs = []
+
+    async def compute():
+        runs.append(1)
+        return len(runs)
+
+    return compute
+
+
+async def test_an_answer_is_reused_until_another_connection_commits(tmp_path):
+    writer = _database(tmp_path / "speed.db")
+    cache, compute = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), _counting()
+    try:
+        assert [await cache.get("k", compute) for _ in range(3)] == [1, 1, 1]
+        writer.execute(WRITE)
+        assert await cache.get("k", compute) == 2
+        writer.execute("BEGIN")
+        writer.execute(WRITE)  # not committed yet: nothing changed for a reader
+        assert await cache.get("k", compute) == 2
+        writer.execute("COMMIT")
+        assert await cache.get("k", compute) == 3
+    finally:
+        cache.close()
+        writer.close()
+
+
+async def test_a_commit_during_the_computation_is_not_kept(tmp_path):
+    writer = _database(tmp_path / "speed.db")
+    cache, runs = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), []
+
+    async def compute():
+        runs.append(1)
+        if len(runs) == 1:  # what it read may be from before this commit
+            writer.execute(WRITE)
+        return len(runs)
+
+    try:
+        assert await cache.get("k", compute) == 1
+        assert await cache.get("k", compute) == 2
+        assert await cache.get("k", compute) == 2
+    finally:
+        cache.close()
+        writer.close()
+
+
+async def test_answers_keep_says_depend_on_more_are_never_kept(tmp_path):
+    writer = _database(tmp_path / "speed.db")
+    cache, compute = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), _counting()
+    try:
+        assert [await cache.get("k", compute, keep=lambda _: False) for _ in range(2)] == [1, 2]
+    finally:
+        cache.close()
+        writer.close()
+
+
+async def test_postgresql_reads_are_never_kept():
+    # No connection is made: a PostgreSQL store is read through its database thread only.
+    cache, compute = ReadCache("postgresql://speed@127.0.0.1:1/speed"), _counting()
+    assert [await cache.get("k", compute) for _ in range(2)] == [1, 2]
+    cache.close()
+
+
+async def test_info_answers_not_modified_to_its_etag_until_the_deployment_changes(
+        make_client, tmp_path):
+    client = await make_client()
+    deployment_id = await start(client, CLOSED)
+    first = await client.get(f"/info/{deployment_id}")
+    while (await first.json())["status"] in ("Pending", "Running"):
+        first = await client.get(f"/info/{deployment_id}")
+    etag = first.headers["ETag"]
+    again = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag and await again.read() == b""
+    other = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": '"other"'})
+    assert other.status == 200 and await other.json() == await first.json()
+    # Changed behind SPEED's back, by another connection: the next answer shows it.
+    with sqlite3.connect(tmp_path / "speed" / "speed.db") as db:
+        db.execute("UPDATE deployment SET progress = 'changed outside' WHERE id = ?",
+                   (deployment_id,))
+    changed = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+    assert (await changed.json())["progress"] == "changed outside"
