@@ -4,7 +4,7 @@ from typing import Callable, TypeVar
 
 from peewee import IntegrityError, fn
 
-from storage import outbox
+from storage import inserts, outbox
 from storage.db import SQLITE_MAX_ID, clock, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, StartRequest, utcnow
@@ -65,7 +65,7 @@ def _move(deployment_id: int, current: Status, **fields) -> Deployment | None:
 def create(url: str, branch: str, **fields) -> Deployment:
     """Record a Pending deployment (fields: trigger, commit, repo_full_name, ...)."""
     # One INSERT commits by itself: no BEGIN and COMMIT around it on the path of every /start.
-    return Deployment.create(url=url, branch=branch, **fields)
+    return inserts.create(Deployment, url=url, branch=branch, **fields)
 
 
 KEYS_KEPT_SECONDS = 24 * 3600
@@ -131,20 +131,21 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
     deployments it superseded (cancelled)."""
     try:
         with write_transaction():
-            existing = Delivery.get_or_none(Delivery.guid == guid)
-            if existing is not None:
-                return existing, False, None, []
             created, superseded = None, []
             if deployment is not None:
-                created = Deployment.create(**deployment)
+                created = inserts.create(Deployment, **deployment)
                 if supersede:
                     superseded = _supersede(created)
-            delivery = Delivery.create(guid=guid, event=event, deployment=created,
-                                       status=202 if created else 200, message=message)
+            # Last: a delivery recorded before (GitHub sent it again, or another replica has
+            # just recorded it) fails on the unique guid, and all of this is rolled back. One
+            # statement fewer than looking first, for what is nearly always a new delivery.
+            delivery = inserts.create(Delivery, guid=guid, event=event, deployment=created,
+                                      status=202 if created else 200, message=message)
     except IntegrityError:
-        # Another replica recorded the same delivery meanwhile (PostgreSQL; SQLite's one writer
-        # never lets two in): everything of this one was rolled back, and theirs is the answer.
-        return Delivery.get(Delivery.guid == guid), False, None, []
+        existing = Delivery.get_or_none(Delivery.guid == guid)
+        if existing is None:  # refused for another reason than its guid
+            raise
+        return existing, False, None, []
     return delivery, True, created, superseded
 
 

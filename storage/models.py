@@ -80,6 +80,11 @@ class Deployment(BaseModel):
     container_started_at = DateTimeField(null=True)
     finished_at = DateTimeField(null=True)
 
+    class Meta:
+        # A push's superseded deployments are found by these (storage.deployments._supersede):
+        # without it, each delivery read every deployment the repository ever had.
+        indexes = ((("repo_full_name", "branch", "status"), False),)
+
     @property
     def state(self) -> Status:
         return Status(self.status)

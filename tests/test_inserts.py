@@ -1,0 +1,46 @@
+"""storage.inserts.create makes the same rows as peewee's Model.create (tests/test_postgres.py
+runs these again on PostgreSQL)."""
+import pytest
+from peewee import IntegrityError
+
+from storage import inserts
+from storage.db import open_database
+from storage.models import Delivery, Deployment
+
+FIELDS = dict(url="http://127.0.0.1:1/app.git", branch="main", commit="a" * 40,
+              repo_full_name="acme/app", trigger="push", installation_id=2**40, pull_request=7,
+              environment="production", fork=True)
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_database(f"sqlite:///{tmp_path / 'speed.db'}")
+    with database.connection_context():
+        yield database
+
+
+def _stored(model, row_id: int) -> dict:
+    """A row as the database has it, without what differs between two inserts."""
+    stored = model.select().where(model._meta.primary_key == row_id).dicts().get()
+    return {k: v for k, v in stored.items() if k not in ("id", "created_at", "received_at")}
+
+
+def test_a_created_row_is_the_one_peewee_would_make(db):
+    for values in (FIELDS, dict(url=FIELDS["url"], branch="other")):  # defaults filled alike
+        ours, peewees = inserts.create(Deployment, **values), Deployment.create(**values)
+        assert ours.id is not None and ours.id != peewees.id
+        assert _stored(Deployment, ours.id) == _stored(Deployment, peewees.id)
+        assert not ours.is_dirty()  # as after peewee's save: nothing left to write
+        assert ours.status == "Pending" and ours.created_at is not None
+    delivery = inserts.create(Delivery, guid="g-1", event="push", deployment=ours, status=202,
+                              message="m")
+    assert _stored(Delivery, delivery.id) == {"guid": "g-1", "event": "push",
+                                              "deployment": ours.id, "status": 202,
+                                              "message": "m"}
+
+
+def test_a_refused_row_raises_as_peewee_does_and_is_not_stored(db):
+    inserts.create(Delivery, guid="g-1", event="push", status=200, message="m")
+    with pytest.raises(IntegrityError):
+        inserts.create(Delivery, guid="g-1", event="push", status=200, message="again")
+    assert [d.message for d in Delivery.select()] == ["m"]
