@@ -4,7 +4,7 @@ from typing import Callable, TypeVar
 
 from peewee import IntegrityError, fn
 
-from storage import inserts, outbox
+from storage import outbox, statements
 from storage.db import SQLITE_MAX_ID, clock, database, max_id, write_transaction
 from storage.errors import Finished, IllegalTransition, KeyReused, NotFound, ResultsFull
 from storage.models import Delivery, Deployment, Result, Setting, StartRequest, utcnow
@@ -65,7 +65,7 @@ def _move(deployment_id: int, current: Status, **fields) -> Deployment | None:
 def create(url: str, branch: str, **fields) -> Deployment:
     """Record a Pending deployment (fields: trigger, commit, repo_full_name, ...)."""
     # One INSERT commits by itself: no BEGIN and COMMIT around it on the path of every /start.
-    return inserts.create(Deployment, url=url, branch=branch, **fields)
+    return statements.create(Deployment, url=url, branch=branch, **fields)
 
 
 KEYS_KEPT_SECONDS = 24 * 3600
@@ -95,11 +95,16 @@ def _supersede(newer: Deployment) -> list[Deployment]:
     """Cancel the unfinished deployments newer replaces: those of the same pull request, or for
     pushes those of the same repository and branch. (A pull request's branch is its head's,
     named by whoever opened it, even in a fork: it says nothing about which pull request.)"""
-    same = (Deployment.pull_request == newer.pull_request if newer.pull_request is not None
+    pull_request = newer.pull_request is not None
+    same = (Deployment.pull_request == newer.pull_request if pull_request
             else (Deployment.branch == newer.branch) & Deployment.pull_request.is_null())
-    older = _ids(Deployment.select(Deployment.id).where(
-        Deployment.repo_full_name == newer.repo_full_name, Deployment.trigger == newer.trigger,
-        same, Deployment.id < newer.id, Deployment.status.in_(UNFINISHED)))
+    params = [newer.repo_full_name, newer.trigger,
+              newer.pull_request if pull_request else newer.branch, newer.id, *UNFINISHED]
+    older = [i for (i,) in statements.execute(
+        ("supersede", pull_request), params, lambda: Deployment.select(Deployment.id).where(
+            Deployment.repo_full_name == newer.repo_full_name,
+            Deployment.trigger == newer.trigger, same, Deployment.id < newer.id,
+            Deployment.status.in_(UNFINISHED)))]
     return [transition(deployment_id, Status.CANCELLED,
                        note=f"[speed] Cancelled: superseded by deployment {newer.id}",
                        reason=f"superseded by deployment {newer.id}") for deployment_id in older]
@@ -133,13 +138,13 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
         with write_transaction():
             created, superseded = None, []
             if deployment is not None:
-                created = inserts.create(Deployment, **deployment)
+                created = statements.create(Deployment, **deployment)
                 if supersede:
                     superseded = _supersede(created)
             # Last: a delivery recorded before (GitHub sent it again, or another replica has
             # just recorded it) fails on the unique guid, and all of this is rolled back. One
             # statement fewer than looking first, for what is nearly always a new delivery.
-            delivery = inserts.create(Delivery, guid=guid, event=event, deployment=created,
+            delivery = statements.create(Delivery, guid=guid, event=event, deployment=created,
                                       status=202 if created else 200, message=message)
     except IntegrityError:
         existing = Delivery.get_or_none(Delivery.guid == guid)

@@ -16,16 +16,16 @@ from storage.db import (MIGRATION_LOCK, MIGRATIONS, POSTGRES_MAX_ID, database, m
 from storage.errors import Finished, IllegalTransition, NotFound, ResultsFull
 from storage.models import Deployment
 from storage.status import Status
-from tests import test_inserts, test_outbox, test_output_batches, test_releases
+from tests import test_outbox, test_output_batches, test_releases, test_statements
 from tests.conftest import postgres_sql as sql
 from tests.conftest import results_of, wait_finished
 
 # Every test of the release state machine (tests/test_releases.py) runs here again, on
 # PostgreSQL: pytest collects them from this module, where `db` is this module's fixture.
 # So do those of GitHub's outbox (tests/test_outbox.py: its triggers are the dialect's own), of
-# output batches stored once, and of storage.inserts' rows.
+# output batches stored once, and of storage.statements.
 globals().update({name: test for module in (test_releases, test_outbox, test_output_batches,
-                                            test_inserts)
+                                            test_statements)
                   for name, test in vars(module).items() if name.startswith("test_")})
 
 MIGRATION_NAMES = sorted(p.stem for p in MIGRATIONS.glob("0*.py"))

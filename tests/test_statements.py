@@ -1,9 +1,9 @@
-"""storage.inserts.create makes the same rows as peewee's Model.create (tests/test_postgres.py
+"""storage.statements makes the rows and runs the queries peewee would (tests/test_postgres.py
 runs these again on PostgreSQL)."""
 import pytest
 from peewee import IntegrityError
 
-from storage import inserts
+from storage import statements
 from storage.db import open_database
 from storage.models import Delivery, Deployment
 
@@ -27,12 +27,12 @@ def _stored(model, row_id: int) -> dict:
 
 def test_a_created_row_is_the_one_peewee_would_make(db):
     for values in (FIELDS, dict(url=FIELDS["url"], branch="other")):  # defaults filled alike
-        ours, peewees = inserts.create(Deployment, **values), Deployment.create(**values)
+        ours, peewees = statements.create(Deployment, **values), Deployment.create(**values)
         assert ours.id is not None and ours.id != peewees.id
         assert _stored(Deployment, ours.id) == _stored(Deployment, peewees.id)
         assert not ours.is_dirty()  # as after peewee's save: nothing left to write
         assert ours.status == "Pending" and ours.created_at is not None
-    delivery = inserts.create(Delivery, guid="g-1", event="push", deployment=ours, status=202,
+    delivery = statements.create(Delivery, guid="g-1", event="push", deployment=ours, status=202,
                               message="m")
     assert _stored(Delivery, delivery.id) == {"guid": "g-1", "event": "push",
                                               "deployment": ours.id, "status": 202,
@@ -40,7 +40,21 @@ def test_a_created_row_is_the_one_peewee_would_make(db):
 
 
 def test_a_refused_row_raises_as_peewee_does_and_is_not_stored(db):
-    inserts.create(Delivery, guid="g-1", event="push", status=200, message="m")
+    statements.create(Delivery, guid="g-1", event="push", status=200, message="m")
     with pytest.raises(IntegrityError):
-        inserts.create(Delivery, guid="g-1", event="push", status=200, message="again")
+        statements.create(Delivery, guid="g-1", event="push", status=200, message="again")
     assert [d.message for d in Delivery.select()] == ["m"]
+
+
+def test_a_statement_runs_with_its_callers_parameters_and_refuses_others(db):
+    made = [statements.create(Deployment, url=FIELDS["url"], branch=b) for b in ("a", "b")]
+
+    def ids_of(branch: str) -> list[int]:
+        return [i for (i,) in statements.execute(
+            "ids of a branch", [branch], lambda: Deployment.select(Deployment.id).where(
+                Deployment.branch == branch))]
+
+    assert (ids_of("a"), ids_of("b"), ids_of("c")) == ([made[0].id], [made[1].id], [])
+    with pytest.raises(ValueError, match="parameters"):  # not the values its query takes
+        statements.execute("ids by url", ["wrong"], lambda: Deployment.select(Deployment.id)
+                           .where(Deployment.url == FIELDS["url"]))
