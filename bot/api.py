@@ -190,6 +190,11 @@ async def start(request: web.Request) -> web.Response:
     return web.json_response({"id": deployment.id}, status=201)
 
 
+# The largest /info answer kept in memory (a long progress line makes one of up to megabytes):
+# with storage.cache's MAX_ENTRIES, at most 16 MiB held.
+KEPT_BYTES = 16 * 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class _Described:
     """A deployment's JSON as /info sends it, and whether it depends on the database alone."""
@@ -216,7 +221,7 @@ async def info(request: web.Request) -> web.Response:
     target_id = deployment_id(request)
     answer = await request.app[store_key].cache.get(
         ("info", target_id), lambda: _describe_one(request, target_id),
-        keep=lambda described: not described.waiting)
+        keep=lambda described: not described.waiting and len(described.body) <= KEPT_BYTES)
     headers = {"ETag": f'"{answer.etag}"'}
     if not_modified(request, answer.etag):
         return web.Response(status=304, headers=headers)

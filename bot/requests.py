@@ -17,22 +17,25 @@ MAX_UNDECLARED_BODY = MAX_BODY
 BODY_SECONDS = 30.0
 
 
+def _too_large(limit: int) -> web.HTTPException:
+    return json_error(413, f"Request body is larger than {limit} bytes")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed limit, and with 408
     unless it has all arrived within BODY_SECONDS."""
     declared = request.content_length
     if declared is None:
         limit = min(limit, MAX_UNDECLARED_BODY)
-    too_large = json_error(413, f"Request body is larger than {limit} bytes")
     if declared is not None and declared > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks, size = [], 0
     try:
         async with asyncio.timeout(BODY_SECONDS):
             async for chunk in request.content.iter_chunked(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         too_slow = json_error(408, f"The request body did not arrive within {BODY_SECONDS:g} s")
@@ -93,9 +96,12 @@ def idempotency_key(request) -> str | None:
 
 
 def not_modified(request: web.Request, etag: str) -> bool:
-    """Whether the request's If-None-Match names etag (weakly, as RFC 9110 compares it) or *."""
+    """Whether the request's If-None-Match is * or names etag (weakly, as RFC 9110 compares)."""
+    if request.headers.get("If-None-Match", "").strip() == "*":
+        return True
     try:
         presented = request.if_none_match or ()
     except ValueError:  # a malformed header: as if absent, the whole answer is sent
         return False
-    return any(tag.value in (etag, "*") for tag in presented)
+    # By value alone: aiohttp reads a quoted "*" as the wildcard's value too, and it is no tag.
+    return any(tag.value == etag for tag in presented)

@@ -232,7 +232,9 @@ async def _receive(request: web.Request) -> web.Response:
         action = action if isinstance(action, str) and EVENT_NAME.fullmatch(action) else ""
         decision.message = f"ignored: {event.event} {action + ' ' if action else ''}events are not deployed"
     store = request.app[store_key]
-    delivery, new, created, superseded = await store.run(
+    # Together: under a burst, the deliveries that arrive while one is written share the next
+    # transaction (each answered after its COMMIT).
+    delivery, new, created, superseded = await store.run_together(
         queries.record_delivery, event.delivery_id, event.event, decision.deployment,
         decision.message, decision.supersede)
     if decision.reopened and new:  # before the worker wakes: a closed preview stays closed

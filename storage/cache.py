@@ -7,7 +7,8 @@ from typing import Any, Awaitable, Callable, Hashable
 from playhouse.db_url import parse
 
 # Enough for every deployment a dashboard or a poller looks at; past it the cache starts again.
-MAX_ENTRIES = 4096
+# (Callers keep only small answers: see bot/api.py.)
+MAX_ENTRIES = 1024
 
 
 class ReadCache:

@@ -136,21 +136,21 @@ def record_delivery(guid: str, event: str, deployment: dict | None, message: str
     deployments it superseded (cancelled)."""
     try:
         with write_transaction():
+            # First: a redelivery touches nothing else (no deployment, no cancelling).
+            if list(statements.execute("delivery by guid", [guid], lambda: Delivery.select(
+                    Delivery.id).where(Delivery.guid == guid))):
+                return Delivery.get(Delivery.guid == guid), False, None, []
             created, superseded = None, []
             if deployment is not None:
                 created = statements.create(Deployment, **deployment)
                 if supersede:
                     superseded = _supersede(created)
-            # Last: a delivery recorded before (GitHub sent it again, or another replica has
-            # just recorded it) fails on the unique guid, and all of this is rolled back. One
-            # statement fewer than looking first, for what is nearly always a new delivery.
             delivery = statements.create(Delivery, guid=guid, event=event, deployment=created,
-                                      status=202 if created else 200, message=message)
+                                         status=202 if created else 200, message=message)
     except IntegrityError:
-        existing = Delivery.get_or_none(Delivery.guid == guid)
-        if existing is None:  # refused for another reason than its guid
-            raise
-        return existing, False, None, []
+        # Another replica recorded the same delivery meanwhile (PostgreSQL; SQLite's one writer
+        # never lets two in): everything of this one was rolled back, and theirs is the answer.
+        return Delivery.get(Delivery.guid == guid), False, None, []
     return delivery, True, created, superseded
 
 

@@ -2,7 +2,7 @@
 a 40-column INSERT or a six-term SELECT that took 20 times what SQLite took to run it."""
 from typing import Callable, Hashable, TypeVar
 
-from peewee import Field, Model, Query
+from peewee import Field, Model, Node, Query
 
 from storage.db import database
 
@@ -21,12 +21,15 @@ def create(model: type[M], **values) -> M:
     if key not in _COMPILED:
         _COMPILED[key] = _compile(model, data)
     compiled = _COMPILED[key]
-    if compiled is None:
+    # An expression as a value (fn.NOW()) is SQL of its own, not a parameter: peewee's to write.
+    if compiled is None or any(isinstance(value, Node) for value in data.values()):
         row.save(force_insert=True)
         return row
     sql, fields = compiled
     cursor = database.execute_sql(sql, [field.db_value(data[field.name]) for field in fields])
-    row._pk = cursor.fetchone()[0]
+    # Read to the end: SQLite commits an INSERT ... RETURNING outside a transaction only when
+    # the statement finishes, and a failed COMMIT (a full disk) must fail here, not later.
+    ((row._pk,),) = cursor.fetchall()
     row._dirty.clear()
     return row
 
@@ -48,6 +51,8 @@ _SQL: dict[tuple, str] = {}
 def execute(key: Hashable, params: list, build: Callable[[], Query]):
     """The cursor of build()'s query, run with params: its SQL built once per key (so one
     shape of query per key), and only if params are the parameters peewee gives it."""
+    if any(param is None for param in params):  # peewee writes `= None` as IS NULL: its shape
+        return database.execute(build())
     cached = (key, type(database.obj))
     sql = _SQL.get(cached)
     if sql is None:

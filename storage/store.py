@@ -11,6 +11,7 @@ from storage.cache import ReadCache
 from storage.db import connection_lost, database, open_database
 from storage.errors import StorageFull, StorageUnavailable
 from storage.models import Deployment
+from storage.together import Together
 
 T = TypeVar("T")
 
@@ -75,6 +76,7 @@ class Store(_Changes):
         self._listeners: list[Callable[[Deployment], None]] = []
         # After open_database: the file exists, its schema is up to date.
         self.cache = ReadCache(url)
+        self._together = Together(self._executor, _translated)
 
     def subscribe(self, listener: Callable[[Deployment], None]) -> None:
         """Call listener with every deployment that change() creates or moves."""
@@ -97,15 +99,24 @@ class Store(_Changes):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _translated, call)
 
+    async def run_together(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Store.run for a write that shares its transaction (and its hop to the database
+        thread) with those queued meanwhile: storage/together.py. Never within a deployment's
+        run (that is fenced, one query at a time)."""
+        assert replicas.acting.get() is None, "a deployment's queries are fenced: use run()"
+        return await self._together.run(functools.partial(query, *args, **kwargs))
+
     def patient(self) -> "PatientStore":
         """This store for work that must not lose a write: see PatientStore."""
         return PatientStore(self)
 
     def close(self) -> None:
         """Finish queued queries and close the connection."""
+        # The watch first: the last connection to close folds the WAL into the database, and a
+        # read-only one cannot.
+        self.cache.close()
         self._executor.submit(lambda: database.close()).result()
         self._executor.shutdown(wait=True)
-        self.cache.close()
 
 
 class PatientStore(_Changes):

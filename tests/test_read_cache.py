@@ -100,3 +100,18 @@ async def test_info_answers_not_modified_to_its_etag_until_the_deployment_change
     changed = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": etag})
     assert changed.status == 200 and changed.headers["ETag"] != etag
     assert (await changed.json())["progress"] == "changed outside"
+
+
+async def test_info_answers_304_only_to_its_own_etag_or_a_bare_star(make_client):
+    client = await make_client()
+    deployment_id = await start(client, CLOSED)
+    first = await client.get(f"/info/{deployment_id}")
+    while (await first.json())["status"] in ("Pending", "Running"):
+        first = await client.get(f"/info/{deployment_id}")
+    etag = first.headers["ETag"]
+    statuses = {}
+    for presented in ("*", f'"other", {etag}', f"W/{etag}", '"*"', 'W/"*"', '"other"', "garbage"):
+        response = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": presented})
+        statuses[presented] = response.status
+    assert statuses == {"*": 304, f'"other", {etag}': 304, f"W/{etag}": 304, '"*"': 200,
+                        'W/"*"': 200, '"other"': 200, "garbage": 200}

@@ -1,7 +1,7 @@
 """storage.statements makes the rows and runs the queries peewee would (tests/test_postgres.py
 runs these again on PostgreSQL)."""
 import pytest
-from peewee import IntegrityError
+from peewee import IntegrityError, fn
 
 from storage import statements
 from storage.db import open_database
@@ -58,3 +58,20 @@ def test_a_statement_runs_with_its_callers_parameters_and_refuses_others(db):
     with pytest.raises(ValueError, match="parameters"):  # not the values its query takes
         statements.execute("ids by url", ["wrong"], lambda: Deployment.select(Deployment.id)
                            .where(Deployment.url == FIELDS["url"]))
+
+
+def test_a_none_parameter_runs_the_query_peewee_builds_for_it(db):
+    # peewee writes `= None` as IS NULL: a cached `= ?` with None would match nothing.
+    made = statements.create(Deployment, url=FIELDS["url"], branch="a")
+
+    def without_commit(commit) -> list[int]:
+        return [i for (i,) in statements.execute(
+            "ids by commit", [commit], lambda: Deployment.select(Deployment.id).where(
+                Deployment.commit == commit))]
+
+    assert (without_commit("b" * 40), without_commit(None)) == ([], [made.id])
+
+
+def test_an_expression_as_a_value_is_written_as_sql(db):
+    made = statements.create(Deployment, url=FIELDS["url"], branch=fn.LOWER("MAIN"))
+    assert Deployment.get_by_id(made.id).branch == "main"
