@@ -41,8 +41,10 @@ test-system:
 	scripts/ensure-packages.sh busybox:busybox-static chromium:chromium caddy:caddy
 	test -x /usr/lib/git-core/git-http-backend
 
+# BENCH_ARGS: e.g. --only deploys,requests (the parts: deploys, requests, services, replicas).
 bench: setup system test-system
-	$(PY) -m bench
+	scripts/ensure-wrk.sh
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .speed .pytest_cache
