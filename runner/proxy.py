@@ -111,6 +111,10 @@ class Proxy:
         self._segments = ("apps", "http", "servers", server)
         self._path = "/config/" + "/".join(self._segments)
         self._session: aiohttp.ClientSession | None = None
+        # Whether the last call found nobody at the admin address: then a call tries once, not
+        # for RECONNECT_FOR (the router's watch sent ~50 connects every 2 s at a Caddy that is
+        # not running: most of an idle SPEED's CPU).
+        self._away = False
         # SPEED's own writes one at a time; If-Match guards against everyone else's.
         self._lock = asyncio.Lock()
 
@@ -243,13 +247,14 @@ class Proxy:
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         headers = {"If-Match": if_match} if if_match else {}
         loop = asyncio.get_running_loop()
-        reconnect_until = loop.time() + min(RECONNECT_FOR, self.timeout)
+        reconnect_until = loop.time() + (0 if self._away else min(RECONNECT_FOR, self.timeout))
         while True:
             try:
                 async with self._session.request(method, self.admin + path, headers=headers,
                                                  json=body) as response:
                     raw = await response.read()
                     status, etag = response.status, response.headers.get("ETag")
+                self._away = False
                 break
             except asyncio.TimeoutError:
                 raise ProxyUnavailable(f"Caddy's admin API at {self.admin} did not answer "
@@ -261,6 +266,7 @@ class Proxy:
                 if loop.time() < reconnect_until:
                     await asyncio.sleep(0.02)
                     continue
+                self._away = True
                 raise ProxyUnavailable(f"Caddy's admin API at {self.admin} does not answer: "
                                        f"{e}") from None
             except aiohttp.ClientError as e:

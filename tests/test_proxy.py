@@ -359,6 +359,40 @@ async def test_caddy_down_is_proxy_unavailable():
         await proxy.close()
 
 
+async def test_once_caddy_was_found_down_a_call_tries_once_until_it_answers_again(caddy):
+    # Each call to a Caddy that is down kept reconnecting for a second: the router's watch made
+    # ~50 connections every 2 s, most of an idle SPEED's CPU.
+    accepted = 0
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.transport.abort()  # as Caddy's admin endpoint being replaced: a reset
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    proxy = Proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", caddy.listen)
+    try:
+        counts = []
+        for _ in range(3):
+            before = accepted
+            with pytest.raises(ProxyUnavailable):
+                await proxy.routes()
+            counts.append(accepted - before)
+        # One request each (aiohttp itself sends a GET on a reset connection once more).
+        assert counts[0] > 5 and counts[1] == counts[2] <= 2
+        proxy.admin = caddy.admin  # it answers again: the next failure reconnects for a while
+        assert await proxy.routes() is None
+        proxy.admin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        before = accepted
+        with pytest.raises(ProxyUnavailable):
+            await proxy.routes()
+        assert accepted - before > 5
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_admin_api_that_hangs_is_proxy_unavailable_after_the_timeout():
     with socket.socket() as silent:  # accepts connections (the backlog) and never answers
         silent.bind(("127.0.0.1", 0))
