@@ -30,7 +30,7 @@ def _found(deployment_id: int, read: Callable[[], T | None]) -> T:
 
 
 def _get(deployment_id: int) -> Deployment:
-    return _found(deployment_id, lambda: Deployment.get_or_none(Deployment.id == deployment_id))
+    return _found(deployment_id, lambda: statements.get(Deployment, deployment_id))
 
 
 def _status(deployment_id: int) -> Status:

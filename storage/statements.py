@@ -61,3 +61,20 @@ def execute(key: Hashable, params: list, build: Callable[[], Query]):
             raise ValueError(f"statement {key!r}: its parameters are {built}, not {params}")
         _SQL[cached] = sql
     return database.execute_sql(sql, params)
+
+
+def get(model: type[M], row_id: int) -> M | None:
+    """model.get_or_none(its primary key == row_id): the same instance, the SELECT built once."""
+    key = model._meta.primary_key
+    cursor = execute((model, "by primary key"), [key.db_value(row_id)],
+                     lambda: model.select().where(key == row_id))
+    rows = cursor.fetchall()  # to the end: an unfinished SELECT holds SQLite's read snapshot
+    if not rows:
+        return None
+    fields = model._meta.sorted_fields
+    if [column[0] for column in cursor.description] != [f.column_name for f in fields]:
+        raise ValueError(f"{model.__name__}: the SELECT's columns are not its fields")
+    # As peewee makes a row's instance: its values converted, no defaults, nothing to save.
+    row = model(__no_default__=1, **{f.name: f.python_value(v) for f, v in zip(fields, rows[0])})
+    row._dirty.clear()
+    return row

@@ -75,3 +75,12 @@ def test_a_none_parameter_runs_the_query_peewee_builds_for_it(db):
 def test_an_expression_as_a_value_is_written_as_sql(db):
     made = statements.create(Deployment, url=FIELDS["url"], branch=fn.LOWER("MAIN"))
     assert Deployment.get_by_id(made.id).branch == "main"
+
+
+def test_a_row_read_by_id_is_the_one_peewee_reads(db):
+    made = statements.create(Deployment, **FIELDS)
+    Deployment.update(progress="p", exit_code=3).where(Deployment.id == made.id).execute()
+    ours, peewees = statements.get(Deployment, made.id), Deployment.get_by_id(made.id)
+    assert ours.__data__ == peewees.__data__ and not ours.is_dirty()
+    assert isinstance(ours.created_at, type(peewees.created_at)) and ours.fork is True
+    assert statements.get(Deployment, made.id + 1) is None
