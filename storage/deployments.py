@@ -297,8 +297,12 @@ def append_output(deployment_id: int, text: str, cursor: tuple[int, int] | None,
     (its answer lost with the connection) and nothing is stored again."""
     data = text.encode()
     with write_transaction():
-        stored, batches = Deployment.select(Deployment.log_bytes, Deployment.output_batches).where(
-            Deployment.id == deployment_id).tuples().first() or (0, 0)
+        # The output's statements are a running deployment's most frequent: their SQL is
+        # built once (storage/statements.py).
+        stored, batches = next(iter(statements.execute(
+            "output so far", [deployment_id], lambda: Deployment.select(
+                Deployment.log_bytes, Deployment.output_batches).where(
+                Deployment.id == deployment_id)).fetchall()), (0, 0))
         if batch is not None and batches > batch:
             return stored, 0
         kept = len(data) if limit is None else max(min(len(data), limit - stored), 0)
@@ -306,7 +310,7 @@ def append_output(deployment_id: int, text: str, cursor: tuple[int, int] | None,
             text = data[:kept].decode("utf-8", "ignore")
             kept = len(text.encode())
         if text:
-            Result.create(deployment=deployment_id, text=text)
+            statements.create(Result, deployment=deployment_id, text=text)
         fields = {"log_bytes": stored + kept, "output_batches": batches + 1}
         if cursor is not None:  # the time of the last piece stored, and the pieces of that time
             fields.update(log_cursor=cursor[0], log_seen=cursor[1])

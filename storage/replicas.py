@@ -6,6 +6,7 @@ from typing import Callable, TypeVar
 from peewee import SqliteDatabase
 
 from storage.db import clock, database, write_transaction
+from storage import statements
 from storage.errors import NotOwner
 from storage.models import Deployment, Replica
 from storage.status import Status
@@ -116,12 +117,16 @@ def fenced(replica_id: str, deployment_id: int, claim: int, query: Callable[...,
            **kwargs) -> T:
     """query, in a transaction that first checks the replica still carries out this claim of
     the deployment: NotOwner (and nothing written) once it was adopted or claimed again."""
-    with write_transaction():
-        owner = Deployment.select(Deployment.owner, Deployment.claim).where(
+    def owner():
+        select = Deployment.select(Deployment.owner, Deployment.claim).where(
             Deployment.id == deployment_id)
-        if database.for_update:
-            # Held to the commit: an adoption waits for this write, never slips in between.
-            owner = owner.for_update("FOR SHARE")
-        if owner.tuples().first() != (replica_id, claim):
+        # PostgreSQL: held to the commit, an adoption waits for this write, never slips in.
+        return select.for_update("FOR SHARE") if database.for_update else select
+
+    with write_transaction():
+        # Before every query of a deployment's run: its SQL built once (storage/statements.py).
+        rows = list(statements.execute(("owner", bool(database.for_update)), [deployment_id],
+                                       owner))
+        if rows != [(replica_id, claim)]:
             raise NotOwner(deployment_id)
         return query(*args, **kwargs)
