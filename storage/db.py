@@ -46,6 +46,12 @@ SQLITE_PRAGMAS = {
     # WAL makes NORMAL durable against process crashes; only a power cut can lose the last commits.
     "synchronous": "normal",
     "busy_timeout": 10_000,
+    # storage/checkpoints.py folds the WAL in every half second; a writer does it only if that
+    # thread could not for long (40 MB of WAL), never at the default 1,000 pages (4 MB).
+    "wal_autocheckpoint": 10_000,
+    # And the next write after a checkpoint starts the WAL over as an empty file: a full disk
+    # then refuses it at once (507), rather than only once the WAL's old room is used up.
+    "journal_size_limit": 0,
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, TypeVar
 
 from storage import replicas
 from storage.cache import ReadCache
+from storage.checkpoints import checkpointer
 from storage.db import connection_lost, database, open_database
 from storage.errors import StorageFull, StorageUnavailable
 from storage.models import Deployment
@@ -76,6 +77,7 @@ class Store(_Changes):
         self._listeners: list[Callable[[Deployment], None]] = []
         # After open_database: the file exists, its schema is up to date.
         self.cache = ReadCache(url)
+        self._checkpointer = checkpointer(url)
         self._together = Together(self._executor, _translated)
 
     def subscribe(self, listener: Callable[[Deployment], None]) -> None:
@@ -112,8 +114,10 @@ class Store(_Changes):
 
     def close(self) -> None:
         """Finish queued queries and close the connection."""
-        # The watch first: the last connection to close folds the WAL into the database, and a
+        # These first: the last connection to close folds the WAL into the database, and a
         # read-only one cannot.
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.cache.close()
         self._executor.submit(lambda: database.close()).result()
         self._executor.shutdown(wait=True)

@@ -55,6 +55,11 @@ class Together:
 def _run_all(calls: list[Call], translated: Callable[[Call], Any]) -> list[tuple]:
     """On the database thread: every call in one write transaction, each in a savepoint;
     (error, result) of each."""
+    if len(calls) == 1:  # alone: its own transaction is enough, no savepoint around it
+        try:
+            return [(None, translated(calls[0]))]
+        except Exception as e:
+            return [(e, None)]
     outcomes = []
     with write_transaction():
         for call in calls:
