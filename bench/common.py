@@ -8,6 +8,7 @@ import threading
 import docker
 import yaml
 
+from tests.conftest import DOCKERFILE
 from tests.gitserver import GitServer
 from tests.process import ROOT, SpeedProcess
 
@@ -125,3 +126,12 @@ class GitHost(GitServer):
     def close(self) -> None:
         self._process.terminate()
         self._process.wait(10)
+
+
+def app_and_sleeper(git: GitServer) -> tuple[str, str, str]:
+    """The bench's two repositories on git: an app that prints a line and exits, and one that
+    sleeps (its deployment holds a slot, so what others queue stays queued); (the app's URL,
+    its commit, the sleeper's URL)."""
+    commit = git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
+    git.commit("bench/sleeper", {"Dockerfile": DOCKERFILE, "run.sh": "sleep 300\n"})
+    return git.url("bench/app"), commit, git.url("bench/sleeper")

@@ -13,7 +13,8 @@ import psycopg2
 import yaml
 from cryptography.fernet import Fernet
 
-from tests.conftest import DOCKERFILE, free_port, tests_postgres
+from bench.common import app_and_sleeper
+from tests.conftest import free_port, tests_postgres
 from tests.gitserver import GitServer
 from tests.process import SpeedProcess
 from tests.webhooks import delivery_headers, encode, push_payload
@@ -134,10 +135,7 @@ def measure() -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         work = pathlib.Path(scratch)
         git = GitServer(work / "git")
-        url = git.url("bench/app")
-        commit = git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
-        sleeper_url = git.url("bench/sleeper")
-        git.commit("bench/sleeper", {"Dockerfile": DOCKERFILE, "run.sh": "sleep 300\n"})
+        url, commit, sleeper_url = app_and_sleeper(git)
         try:
             for name, count, database in (("sqlite_1_process", 1, None),
                                           ("postgresql_1_replica", 1, _database(server)),

@@ -12,9 +12,9 @@ import aiohttp
 import docker
 
 from bench import deliveries, wrk
-from bench.common import (WEBHOOK_SECRET, accept_webhooks, alive, load_average, pair,
-                          remove_leftovers, rss_mib)
-from tests.conftest import DOCKERFILE, free_port
+from bench.common import (WEBHOOK_SECRET, accept_webhooks, alive, app_and_sleeper,
+                          load_average, pair, remove_leftovers, rss_mib)
+from tests.conftest import free_port
 from tests.gitserver import GitServer
 from tests.images import ensure_base_image
 from tests.process import ROOT, SpeedProcess
@@ -202,10 +202,7 @@ def measure() -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         work = pathlib.Path(scratch)
         git = GitServer(work / "git")
-        url = git.url("bench/app")
-        commit = git.commit("bench/app", {"Dockerfile": DOCKERFILE, "run.sh": "echo hello\n"})
-        sleeper_url = git.url("bench/sleeper")
-        git.commit("bench/sleeper", {"Dockerfile": DOCKERFILE, "run.sh": "sleep 300\n"})
+        url, commit, sleeper_url = app_and_sleeper(git)
         minimal = MinimalServer(work / "minimal")
         (work / "speed").mkdir()
         bot = SpeedProcess(work / "speed", free_port(), free_port(), max_concurrent=1)

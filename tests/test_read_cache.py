@@ -2,8 +2,11 @@
 by SPEED or by another connection, makes the next read compute afresh; /info's ETag gets a 304."""
 import sqlite3
 
+import pytest
+
 from storage.cache import ReadCache
 from storage.db import SQLITE_PRAGMAS
+from tests.conftest import wait_finished
 from tests.test_api import CLOSED, start
 
 WRITE = "INSERT INTO note (text) VALUES ('x')"
@@ -28,26 +31,32 @@ def _counting():
     return compute
 
 
-async def test_an_answer_is_reused_until_another_connection_commits(tmp_path):
+@pytest.fixture
+def watched(tmp_path):
+    """An SQLite database with a writer of its own, and a ReadCache watching it."""
     writer = _database(tmp_path / "speed.db")
-    cache, compute = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), _counting()
-    try:
-        assert [await cache.get("k", compute) for _ in range(3)] == [1, 1, 1]
-        writer.execute(WRITE)
-        assert await cache.get("k", compute) == 2
-        writer.execute("BEGIN")
-        writer.execute(WRITE)  # not committed yet: nothing changed for a reader
-        assert await cache.get("k", compute) == 2
-        writer.execute("COMMIT")
-        assert await cache.get("k", compute) == 3
-    finally:
-        cache.close()
-        writer.close()
+    cache = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}")
+    yield writer, cache
+    cache.close()
+    writer.close()
 
 
-async def test_a_commit_during_the_computation_is_not_kept(tmp_path):
-    writer = _database(tmp_path / "speed.db")
-    cache, runs = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), []
+async def test_an_answer_is_reused_until_another_connection_commits(watched):
+    writer, cache = watched
+    compute = _counting()
+    assert [await cache.get("k", compute) for _ in range(3)] == [1, 1, 1]
+    writer.execute(WRITE)
+    assert await cache.get("k", compute) == 2
+    writer.execute("BEGIN")
+    writer.execute(WRITE)  # not committed yet: nothing changed for a reader
+    assert await cache.get("k", compute) == 2
+    writer.execute("COMMIT")
+    assert await cache.get("k", compute) == 3
+
+
+async def test_a_commit_during_the_computation_is_not_kept(watched):
+    writer, cache = watched
+    runs = []
 
     async def compute():
         runs.append(1)
@@ -55,23 +64,13 @@ async def test_a_commit_during_the_computation_is_not_kept(tmp_path):
             writer.execute(WRITE)
         return len(runs)
 
-    try:
-        assert await cache.get("k", compute) == 1
-        assert await cache.get("k", compute) == 2
-        assert await cache.get("k", compute) == 2
-    finally:
-        cache.close()
-        writer.close()
+    assert [await cache.get("k", compute) for _ in range(3)] == [1, 2, 2]
 
 
-async def test_answers_keep_says_depend_on_more_are_never_kept(tmp_path):
-    writer = _database(tmp_path / "speed.db")
-    cache, compute = ReadCache(f"sqlite:///{tmp_path / 'speed.db'}"), _counting()
-    try:
-        assert [await cache.get("k", compute, keep=lambda _: False) for _ in range(2)] == [1, 2]
-    finally:
-        cache.close()
-        writer.close()
+async def test_answers_keep_says_depend_on_more_are_never_kept(watched):
+    _, cache = watched
+    compute = _counting()
+    assert [await cache.get("k", compute, keep=lambda _: False) for _ in range(2)] == [1, 2]
 
 
 async def test_postgresql_reads_are_never_kept():
@@ -81,13 +80,17 @@ async def test_postgresql_reads_are_never_kept():
     cache.close()
 
 
+async def _finished(client):
+    """A deployment that failed at once (nothing to clone), and its /info answer once final."""
+    deployment_id = await start(client, CLOSED)
+    await wait_finished(client, deployment_id)
+    return deployment_id, await client.get(f"/info/{deployment_id}")
+
+
 async def test_info_answers_not_modified_to_its_etag_until_the_deployment_changes(
         make_client, tmp_path):
     client = await make_client()
-    deployment_id = await start(client, CLOSED)
-    first = await client.get(f"/info/{deployment_id}")
-    while (await first.json())["status"] in ("Pending", "Running"):
-        first = await client.get(f"/info/{deployment_id}")
+    deployment_id, first = await _finished(client)
     etag = first.headers["ETag"]
     again = await client.get(f"/info/{deployment_id}", headers={"If-None-Match": etag})
     assert again.status == 304 and again.headers["ETag"] == etag and await again.read() == b""
@@ -104,10 +107,7 @@ async def test_info_answers_not_modified_to_its_etag_until_the_deployment_change
 
 async def test_info_answers_304_only_to_its_own_etag_or_a_bare_star(make_client):
     client = await make_client()
-    deployment_id = await start(client, CLOSED)
-    first = await client.get(f"/info/{deployment_id}")
-    while (await first.json())["status"] in ("Pending", "Running"):
-        first = await client.get(f"/info/{deployment_id}")
+    deployment_id, first = await _finished(client)
     etag = first.headers["ETag"]
     statuses = {}
     for presented in ("*", f'"other", {etag}', f"W/{etag}", '"*"', 'W/"*"', '"other"', "garbage"):
