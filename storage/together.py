@@ -32,9 +32,16 @@ class Together:
         batch, self._queued = self._queued, []
         self._sending = True
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._translated,
-                                    functools.partial(_run_all, [call for call, _ in batch],
-                                                      self._translated))
+        try:
+            done = loop.run_in_executor(self._executor, self._translated,
+                                        functools.partial(_run_all, [call for call, _ in batch],
+                                                          self._translated))
+        except RuntimeError as e:  # the store is closed: nothing of the batch was written
+            self._sending = False
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(e)
+            return
         done.add_done_callback(functools.partial(self._answer, batch))
 
     def _answer(self, batch: list[tuple[Call, asyncio.Future]], done: asyncio.Future) -> None:

@@ -50,3 +50,10 @@ async def test_a_write_sent_alone_is_answered_at_once(store):
     delivery, new, created, _ = await store.run_together(
         queries.record_delivery, "g-1", "push", dict(PUSH), "alone")
     assert new and created is not None and delivery.deployment_id == created.id
+
+
+async def test_a_write_sent_after_the_store_closed_fails_and_does_not_hang(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'speed.db'}")
+    store.close()
+    with pytest.raises(RuntimeError):
+        await store.run_together(queries.record_delivery, "g-1", "push", None, "late")
