@@ -5,8 +5,8 @@ from typing import Callable, TypeVar
 
 from peewee import SqliteDatabase
 
-from storage.db import clock, database, write_transaction
 from storage import statements
+from storage.db import clock, database, write_transaction
 from storage.errors import NotOwner
 from storage.models import Deployment, Replica
 from storage.status import Status

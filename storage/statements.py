@@ -17,12 +17,15 @@ def create(model: type[M], **values) -> M:
     """model.create(**values): the same row (defaults filled by the model), the same SQL."""
     row = model(**values)
     data = row.__data__
+    # An expression as a value (fn.NOW()) is SQL of its own, not a parameter: peewee's to write.
+    if any(isinstance(value, Node) for value in data.values()):
+        row.save(force_insert=True)
+        return row
     key = (model, type(database.obj), tuple(data))
     if key not in _COMPILED:
         _COMPILED[key] = _compile(model, data)
     compiled = _COMPILED[key]
-    # An expression as a value (fn.NOW()) is SQL of its own, not a parameter: peewee's to write.
-    if compiled is None or any(isinstance(value, Node) for value in data.values()):
+    if compiled is None:
         row.save(force_insert=True)
         return row
     sql, fields = compiled
