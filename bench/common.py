@@ -97,7 +97,8 @@ def remove_leftovers(bot: SpeedProcess) -> None:
         api.remove_container(container["Id"], force=True)
     for image in api.images(f"speed-{instance}"):
         for tag in image.get("RepoTags") or []:
-            api.remove_image(tag, force=True)
+            if tag.startswith(f"speed-{instance}:"):  # not others' tags of the same image
+                api.remove_image(tag, force=True)
 
 
 def serve_git(root: str) -> None:

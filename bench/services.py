@@ -17,6 +17,7 @@ import time
 import docker
 import requests
 
+from bench.common import remove_leftovers
 from tests.caddy import Caddy, binary
 from tests.conftest import free_port
 from tests.gitserver import GitServer
@@ -295,15 +296,7 @@ class ServiceBench:
             self.bot.stop()
         finally:
             self.caddy.stop()
-            instance = getattr(self.bot, "instance", None)
-            if instance:
-                api = docker.from_env().api
-                for container in api.containers(
-                        all=True, filters={"label": f"speed.instance={instance}"}):
-                    api.remove_container(container["Id"], force=True)
-                for image in api.images(f"speed-{instance}"):
-                    for tag in image.get("RepoTags") or []:
-                        api.remove_image(tag, force=True)
+            remove_leftovers(self.bot)
 
 
 def percentile(samples: list[float], p: float) -> float:

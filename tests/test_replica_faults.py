@@ -133,9 +133,11 @@ def test_a_killed_replicas_swarm_job_is_adopted_and_followed_on_its_node(replica
             filters={"label": f"speed.instance={first.instance}"}), timeout=30)
     finally:
         local = docker.from_env()
-        for image in local.images.list(name=f"{swarm.registry}/speed-{first.instance}"):
-            for tag in image.tags:
-                local.images.remove(tag, force=True)
+        repository = f"{swarm.registry}/speed-{first.instance}"
+        for image in local.images.list(name=repository):
+            for tag in image.tags:  # its own only: the same image may carry other tests' tags
+                if tag.startswith(repository + ":"):
+                    local.images.remove(tag, force=True)
 
 
 def stopped_and_adopted(replicas, repo, lines: int, seen: int):

@@ -30,9 +30,13 @@ async def swarm_speed(make_client, swarm):
     for client in made:
         for service in services_of(swarm, client):
             service.remove()  # releases only: every job's service went when its run ended
-        for image in local.images.list(name=f"{swarm.registry}/speed-{instance_of(client)}"):
+        repository = f"{swarm.registry}/speed-{instance_of(client)}"
+        for image in local.images.list(name=repository):
+            # Its own tags only: an image built of the same files elsewhere (tests/test_services'
+            # app) is one image with their tags too, and removing those broke a rollback there.
             for tag in image.tags:
-                local.images.remove(tag, force=True)
+                if tag.startswith(repository + ":"):
+                    local.images.remove(tag, force=True)
 
 
 @pytest.fixture
