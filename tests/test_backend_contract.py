@@ -276,7 +276,9 @@ async def _serves(address: str, timeout: float = 30.0) -> str:
     """The body at http://address/ once it answers."""
     async with aiohttp.ClientSession() as session:
         async def get():
-            with contextlib.suppress(aiohttp.ClientError):
+            # A request that timed out is tried again too: on a loaded machine the first one to
+            # a node's new port took over 2 s (seen once in a full run), the poll allows 30.
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.get(f"http://{address}/index.html",
                                        timeout=aiohttp.ClientTimeout(total=2)) as response:
                     return await response.text() if response.status == 200 else None
