@@ -1,10 +1,9 @@
 """Answers reused until the database changes: a read served from memory, without the hop to the
 database thread, only while no commit has been made since it was computed."""
-import pathlib
 import sqlite3
 from typing import Any, Awaitable, Callable, Hashable
 
-from playhouse.db_url import parse
+from storage.db import sqlite_file
 
 # Enough for every deployment a dashboard or a poller looks at; past it the cache starts again.
 # (Callers keep only small answers: see bot/api.py.)
@@ -62,10 +61,9 @@ def _watch(url: str) -> sqlite3.Connection | None:
     """A read-only connection to the SQLite database at url, asked only for data_version (which
     moves with every commit by any other connection: SPEED's database thread, another process);
     None for PostgreSQL, where only the database thread reads."""
-    settings = parse(url)
-    if not url.startswith("sqlite:") or settings["database"] in ("", ":memory:"):
+    path = sqlite_file(url)
+    if path is None:
         return None
     # timeout 0: the event loop never waits on a lock; a busy database reads through instead.
-    path = pathlib.Path(settings["database"]).resolve()
     return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=0,
                            isolation_level=None, check_same_thread=False)

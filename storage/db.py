@@ -93,6 +93,14 @@ def is_postgres(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
+def sqlite_file(url: str) -> pathlib.Path | None:
+    """The SQLite database file database.url names (absolute); None for PostgreSQL or memory."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = parse(url)["database"]
+    return None if path in ("", ":memory:") else pathlib.Path(path).resolve()
+
+
 def _postgres(url: str) -> PostgresqlDatabase:
     settings = parse(url)
     options = settings.pop("options", "")
