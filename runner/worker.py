@@ -27,6 +27,9 @@ ENGINE_RETRY_SECONDS = 2.0
 # A replica renews its lease, adopts orphans, looks for cancels made elsewhere and for queued
 # work at most this often (and three times per lease at least).
 BEAT_SECONDS = 1.0
+# How long a shutdown waits for runs that recorded their outcome to remove their container:
+# no later start may come to sweep it (one that refuses to start, or none at all).
+CLEAN_UP_SECONDS = 30.0
 
 
 def _remove_workspaces(workdir: str, present: set[str]) -> None:
@@ -302,11 +305,17 @@ class Worker:
 
     async def close(self) -> None:
         """Stop following deployments and give up the lease: their containers run on, for
-        another replica (or the next start) to adopt at once."""
-        tasks = [run.task for run in self.runs.values() if run.task]
-        for task in tasks:
+        another replica (or the next start) to adopt at once. Runs that recorded their outcome
+        finish removing their container first."""
+        cleaning = [run.task for run in self.runs.values() if run.task and run.settled]
+        following = [run.task for run in self.runs.values() if run.task and not run.settled]
+        for task in following:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if cleaning:
+            await asyncio.wait(cleaning, timeout=CLEAN_UP_SECONDS)
+        for task in cleaning:
+            task.cancel()
+        await asyncio.gather(*following, *cleaning, return_exceptions=True)
         if self.pipeline.retirer:
             await self.pipeline.retirer.close()
         if self._joined:

@@ -3,6 +3,7 @@ import asyncio
 import re
 import secrets
 
+from bot.keys import worker_key
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
 
 
@@ -292,6 +293,31 @@ async def test_finished_deployment_leaves_no_container_or_workspace(client, repo
     # Each replica clones in a folder of its own, which stays while it runs: empty.
     assert [p.name for p in (tmp_path / "speed" / "work").rglob("*")
             if not p.name.startswith("replica-")] == []
+
+
+async def test_shutting_down_as_a_deployment_finishes_still_removes_its_container(
+        make_client, repo, docker_client):
+    """SPEED stopped the moment a run settles on its outcome: the shutdown waits for its
+    container to go (no later start may come to sweep it), and the outcome is stored."""
+    client = await make_client()
+    worker = client.app[worker_key]
+    url, _ = repo("echo done\n")
+    deployment_id = await start(client, url)
+
+    async def claimed():
+        return worker.runs.get(deployment_id)
+
+    run = await wait_for(claimed, interval=0.01)
+    settled = asyncio.Event()
+    wake = run.on_settled
+    run.on_settled = lambda: (wake(), settled.set())
+    await settled.wait()
+    instance = instance_of(client)
+    await client.close()  # before the outcome is even written
+    assert docker_client.api.containers(all=True, filters={"label": [
+        f"speed.instance={instance}", f"speed.deployment={deployment_id}"]}) == []
+    reopened = await make_client()
+    assert (await wait_finished(reopened, deployment_id))["status"] == "Succeeded"
 
 
 async def test_at_most_max_concurrent_run_in_arrival_order(make_client, repo):
