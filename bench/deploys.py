@@ -10,12 +10,13 @@ import docker
 import requests
 
 from bench.common import GitHost, alive, cpu_seconds, load_average, pair, remove_leftovers
+from speedcli.api import Api
+from speedcli.stream import deployment_events
 from tests.conftest import DOCKERFILE, free_port
 from tests.images import ensure_base_image
 from tests.process import SpeedProcess
 
 ROUNDS = 10
-POLL_SECONDS = 0.01
 PARALLEL_COMMITS = 20
 PARALLEL = 4
 # After a deployment finished SPEED still removes its container and prunes images: its CPU is
@@ -23,7 +24,6 @@ PARALLEL = 4
 # speed_idle_cpu_per_s in the results, is counted too).
 SETTLE_SECONDS = 0.5
 RAW_SCRIPT = pathlib.Path(__file__).with_name("raw-deploy.sh")
-FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 
 def _children_cpu() -> float:
@@ -48,16 +48,22 @@ def raw_deployment(url: str, work: pathlib.Path, n: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def finished(bot: SpeedProcess, deployment_id: int) -> dict:
+    """The deployment's /info once its event stream says `end`: how `speed deploy` waits."""
+    api = Api(bot.base_url)
+    for _ in deployment_events(api, deployment_id):
+        pass
+    return api.get(f"/info/{deployment_id}")
+
+
 def speed_deployment(session: requests.Session, bot: SpeedProcess, url: str) -> float:
-    """POST /start, then GET /info every 10 ms (one keep-alive connection) until finished."""
+    """POST /start, then follow the deployment's event stream until it ends."""
     started = time.perf_counter()
     response = session.post(f"{bot.base_url}/start", json={"url": url, "branch": "main"},
                             timeout=10)
     assert response.status_code == 201, response.text
     deployment_id = response.json()["id"]
-    while (info := session.get(f"{bot.base_url}/info/{deployment_id}", timeout=10)
-           .json())["status"] not in FINISHED:
-        time.sleep(POLL_SECONDS)
+    info = finished(bot, deployment_id)
     elapsed = time.perf_counter() - started
     assert info["status"] == "Succeeded", (info, bot.results(deployment_id)[-3000:])
     return elapsed
@@ -78,7 +84,7 @@ def raw_parallel(url: str, branches: list[str], work: pathlib.Path) -> float:
 
 def speed_parallel(bot: SpeedProcess, url: str, branches: list[str]) -> float:
     """POST /start for every branch at once: the wall time until all finished."""
-    # Only the oldest unfinished is polled (every 10 ms, as row 1): one request at a time.
+    # The streams are followed one after another, oldest first: one connection at a time.
     with requests.Session() as session:
         session.get(f"{bot.base_url}/deployments?limit=1", timeout=10)  # connected beforehand
         started = time.perf_counter()
@@ -88,13 +94,9 @@ def speed_parallel(bot: SpeedProcess, url: str, branches: list[str]) -> float:
                                     timeout=10)
             assert response.status_code == 201, response.text
             pending.append(response.json()["id"])
-        while pending:
-            info = session.get(f"{bot.base_url}/info/{pending[0]}", timeout=10).json()
-            if info["status"] in FINISHED:
-                assert info["status"] == "Succeeded", (info, bot.results(pending[0])[-3000:])
-                pending.pop(0)  # the next one at once: it may have finished already
-            else:
-                time.sleep(POLL_SECONDS)
+        for deployment_id in pending:
+            info = finished(bot, deployment_id)
+            assert info["status"] == "Succeeded", (info, bot.results(deployment_id)[-3000:])
         return time.perf_counter() - started
 
 
@@ -196,15 +198,16 @@ def measure() -> dict:
         "how": {
             "raw": "git clone -q --depth 1 --single-branch, docker build -q, docker run --rm "
                    "(docker rmi afterwards, untimed)",
-            "speed": "POST /start, then GET /info every 10 ms on one keep-alive connection until "
-                     "finished; max_concurrent 1 (rows 1, 2, 4), 4 (row 3)",
+            "speed": "POST /start, then the deployment's event stream (GET "
+                     "/deployments/<id>/events) followed until `end`, as `speed deploy` waits, "
+                     "and GET /info; max_concurrent 1 (rows 1, 2, 4), 4 (row 3)",
             "parallel": f"{PARALLEL_COMMITS} branches with a new commit each per side; raw: "
                         f"bench/raw-deploy.sh through xargs -P{PARALLEL}; SPEED: {PARALLEL_COMMITS}"
                         " POST /start at once, wall time until the last finished",
             "cpu": "SPEED: /proc/<pid>/stat utime+stime+cutime+cstime of the server (its git "
                    f"children included) from POST /start to {SETTLE_SECONDS} s after finished; "
-                   "its answers to the 10 ms GET /info polling are part of that load (the "
-                   "polling client's own CPU is not counted). Raw: getrusage(RUSAGE_CHILDREN) "
+                   "serving the event stream is part of that load (the client's own CPU is not "
+                   "counted). Raw: getrusage(RUSAGE_CHILDREN) "
                    "around the commands (git, docker CLI). Neither counts the engine nor the "
                    "git server (a process of its own)",
         },

@@ -69,6 +69,7 @@ async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: No
     loop = asyncio.get_running_loop()
     items: collections.deque = collections.deque()
     ready, room, failure = asyncio.Event(), threading.Semaphore(high_water), []
+    left = threading.Event()  # the consumer left before the end
 
     def hand_over(item) -> None:
         was_empty = not items
@@ -80,6 +81,8 @@ async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: No
         try:
             for item in blocking:
                 room.acquire()
+                if left.is_set():
+                    break
                 hand_over(item)
         except Exception as e:  # noqa: BLE001 - re-raised in the consumer
             failure.append(e)
@@ -87,6 +90,7 @@ async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: No
             hand_over(_DONE)
 
     threading.Thread(target=produce, daemon=True, name="speed-stream").start()
+    ended = False
     try:
         while True:
             await ready.wait()
@@ -94,16 +98,17 @@ async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: No
             while items:
                 item = items.popleft()
                 if item is _DONE:
+                    ended = True
                     if failure:
                         raise failure[0]
                     return
                 room.release()
                 yield item
     finally:
-        if not (items and items[-1] is _DONE):
+        if not ended:
+            left.set()
             close()
-            for _ in range(high_water):
-                room.release()  # a producer blocked on a full queue sees the closed stream
+            room.release()  # a producer blocked on a full queue wakes, sees left, and stops
 
 
 @contextlib.contextmanager
