@@ -71,13 +71,30 @@ def get(model: type[M], row_id: int) -> M | None:
     key = model._meta.primary_key
     cursor = execute((model, "by primary key"), [key.db_value(row_id)],
                      lambda: model.select().where(key == row_id))
+    rows = _instances(model, cursor)
+    return rows[0] if rows else None
+
+
+def many(model: type[M], row_ids: list[int]) -> list[M]:
+    """model.select().where(its primary key in row_ids): the SELECT built once per number of ids."""
+    key = model._meta.primary_key
+    return _instances(model, execute((model, "by primary keys", len(row_ids)),
+                                     [key.db_value(row_id) for row_id in row_ids],
+                                     lambda: model.select().where(key.in_(row_ids))))
+
+
+def _instances(model: type[M], cursor) -> list[M]:
+    """The cursor's rows as peewee makes a row's instance: values converted, no defaults,
+    nothing to save."""
     rows = cursor.fetchall()  # to the end: an unfinished SELECT holds SQLite's read snapshot
     if not rows:
-        return None
+        return []
     fields = model._meta.sorted_fields
     if [column[0] for column in cursor.description] != [f.column_name for f in fields]:
         raise ValueError(f"{model.__name__}: the SELECT's columns are not its fields")
-    # As peewee makes a row's instance: its values converted, no defaults, nothing to save.
-    row = model(__no_default__=1, **{f.name: f.python_value(v) for f, v in zip(fields, rows[0])})
-    row._dirty.clear()
-    return row
+    made = []
+    for values in rows:
+        row = model(__no_default__=1, **{f.name: f.python_value(v) for f, v in zip(fields, values)})
+        row._dirty.clear()
+        made.append(row)
+    return made

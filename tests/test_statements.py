@@ -84,3 +84,14 @@ def test_a_row_read_by_id_is_the_one_peewee_reads(db):
     assert ours.__data__ == peewees.__data__ and not ours.is_dirty()
     assert isinstance(ours.created_at, type(peewees.created_at)) and ours.fork is True
     assert statements.get(Deployment, made.id + 1) is None
+
+
+def test_rows_read_by_ids_are_the_ones_peewee_reads(db):
+    made = [statements.create(Deployment, **FIELDS) for _ in range(3)]
+    ids = [row.id for row in made]
+    for wanted in (ids[:1], ids, [ids[2], ids[0], ids[2] + 100]):  # one, all, and one missing
+        ours = {row.id: row.__data__ for row in statements.many(Deployment, wanted)}
+        peewees = {row.id: row.__data__ for row in Deployment.select().where(
+            Deployment.id.in_(wanted))}
+        assert ours == peewees and set(ours) == set(wanted) & set(ids)
+    assert not any(row.is_dirty() for row in statements.many(Deployment, ids))
