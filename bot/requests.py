@@ -29,6 +29,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         limit = min(limit, MAX_UNDECLARED_BODY)
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    if request.content.is_eof():  # it all came with the headers: nothing to wait for
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
     chunks, size = [], 0
     try:
         async with asyncio.timeout(BODY_SECONDS):
