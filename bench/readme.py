@@ -36,9 +36,11 @@ def _service_rows(services: dict) -> list[dict]:
     rows = []
     if push:
         # issue 12's aim for push to live (the README's prose): 1.1 ×.
-        rows.append(pair("service push to live, new commit (median; health passes 1, 0.1 s)",
-                         "s", push["raw_median_s"],
-                         push["speed"]["passes_1_interval_0.1"]["median_s"],
+        # SPEED told by the deployment's event stream, as speed deploy is and as rows 1-4 are
+        # (polling /info every 10 ms, the other configurations, costs the 2 cores a build needs).
+        rows.append(pair("service push to live, new commit (median; health passes 1, 0.1 s; "
+                         "SPEED followed on its event stream)", "s", push["raw_median_s"],
+                         push["speed"]["passes_1_interval_0.1_event_stream"]["median_s"],
                          ("ratio", "<=", 1.1)))
     if proxy:
         rows.append(pair("service GET through Caddy (SPEED's route) vs to the container, p50",
