@@ -98,11 +98,17 @@ async def checkout(url: str, branch: str, destination: str, timeout: float,
     head = (await _git(["rev-parse", "HEAD"], url, timeout, cwd=destination)).strip()
     if commit and head != commit:
         # The branch moved on since the push that asked for commit: fetch exactly that one.
-        await _git(["fetch", "--quiet", "--depth", "1", "--no-tags", "origin", "--", commit],
-                   url, timeout, cwd=destination, token=token, addresses=addresses)
-        await _git(["checkout", "--quiet", "--detach", commit], url, timeout, cwd=destination)
-        head = commit
+        return await move_to(url, destination, commit, timeout, token, addresses)
     return head
+
+
+async def move_to(url: str, destination: str, commit: str, timeout: float,
+                  token: str | None = None, addresses: tuple[str, ...] = ()) -> str:
+    """Check out exactly commit in the clone at destination, fetching it; return it."""
+    await _git(["fetch", "--quiet", "--depth", "1", "--no-tags", "origin", "--", commit],
+               url, timeout, cwd=destination, token=token, addresses=addresses)
+    await _git(["checkout", "--quiet", "--detach", commit], url, timeout, cwd=destination)
+    return commit
 
 
 async def resolve(url: str, branch: str, timeout: float, token: str | None = None,

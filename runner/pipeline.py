@@ -223,30 +223,34 @@ class Pipeline:
         url, branch, timeout = deployment.url, deployment.branch, self.settings.git_timeout
         # Checked again now, and git held to what was checked: DNS may have changed its answer.
         addresses = await git.pin(url, self.settings.allowed_urls, timeout)
-        commit = deployment.commit
+        commit, source_dir = deployment.commit, os.path.join(workspace, "src")
+        early = None
         if commit is None and self.settings.reuse_images:
-            commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
-        if commit and self.settings.reuse_images:
-            # Named in the database before it is tagged or built: every replica's pruning
-            # spares the images of unfinished deployments, and one pruning between the tag and
-            # a later record untagged what this deployment was about to run (three replicas).
-            earlier = dict(await self.store.run(queries.name_image, deployment.id, run.image,
-                                                url, commit))
-            reused = await self.backend.reuse_image(list(earlier), run.image)
-            if reused:
-                # The settings come with the commit: those of the deployment that built it.
-                await self._use_settings(deployment, run, repository_settings.from_json(
-                    earlier[reused] or Settings().to_json(), self.ceiling))
-                run.built, now = True, utcnow()
-                await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
-                                     built_at=now, image=run.image,
-                                     settings=run.settings.to_json())
-                await recorder.say(f"reusing the image already built of {commit}")
+            # Cloned beside the ls-remote that names the commit: a new commit (the usual case)
+            # waits for the longer of the two, not both; a commit built before stops the clone.
+            early = asyncio.create_task(git.checkout(url, branch, source_dir, timeout,
+                                                     token=token, addresses=addresses))
+        try:
+            if early is not None:
+                commit = await git.resolve(url, branch, timeout, token, addresses=addresses)
+            if commit and self.settings.reuse_images and await self._reuse(deployment, run,
+                                                                            recorder, commit):
                 return commit
-        await recorder.say(f"cloning {url} (branch {branch})")
-        source_dir = os.path.join(workspace, "src")
-        commit = await git.checkout(url, branch, source_dir, timeout, commit=commit, token=token,
-                                    addresses=addresses)
+            await recorder.say(f"cloning {url} (branch {branch})")
+            if early is None:
+                commit = await git.checkout(url, branch, source_dir, timeout, commit=commit,
+                                            token=token, addresses=addresses)
+            else:
+                head = await early
+                if commit and head != commit:
+                    # Pushed to between the two: the commit ls-remote named (the image's name
+                    # in the database says it).
+                    head = await git.move_to(url, source_dir, commit, timeout, token, addresses)
+                commit = head
+        finally:
+            if early is not None:
+                early.cancel()  # kills git if it still runs: the workspace goes after this
+                await asyncio.gather(early, return_exceptions=True)
         await recorder.say(f"checked out {commit}")
         # In a thread: a file of 64 KiB can take YAML a while, and the event loop serves all.
         await self._use_settings(deployment, run, await asyncio.to_thread(
@@ -261,6 +265,26 @@ class Pipeline:
         run.built = True
         await self.store.run(queries.record, deployment.id, built_at=utcnow(), image=run.image)
         return commit
+
+    async def _reuse(self, deployment: Deployment, run: Run, recorder: OutputRecorder,
+                     commit: str) -> bool:
+        """Tag the image built of commit before as this deployment's, if one is kept."""
+        # Named in the database before it is tagged or built: every replica's pruning spares
+        # the images of unfinished deployments, and one pruning between the tag and a later
+        # record untagged what this deployment was about to run (three replicas).
+        earlier = dict(await self.store.run(queries.name_image, deployment.id, run.image,
+                                            deployment.url, commit))
+        reused = await self.backend.reuse_image(list(earlier), run.image)
+        if not reused:
+            return False
+        # The settings come with the commit: those of the deployment that built it.
+        await self._use_settings(deployment, run, repository_settings.from_json(
+            earlier[reused] or Settings().to_json(), self.ceiling))
+        run.built, now = True, utcnow()
+        await self.store.run(queries.record, deployment.id, commit=commit, cloned_at=now,
+                             built_at=now, image=run.image, settings=run.settings.to_json())
+        await recorder.say(f"reusing the image already built of {commit}")
+        return True
 
     async def _return_to(self, deployment: Deployment, run: Run,
                          recorder: OutputRecorder) -> str:

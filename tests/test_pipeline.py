@@ -4,6 +4,7 @@ import re
 import secrets
 
 from bot.keys import worker_key
+from runner import git
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
 
 
@@ -404,6 +405,34 @@ async def test_a_commit_built_before_reuses_its_image(client, repo, git_server):
     third = await start(client, url)
     assert (await wait_finished(client, third))["commit"] == newer
     assert "cloning" in await results_of(client, third)
+
+
+async def test_a_push_between_naming_the_commit_and_cloning_builds_the_named_one(
+        client, repo, git_server, monkeypatch):
+    """The clone starts beside the ls-remote that names the commit (and so the image, in the
+    database): a push landing between the two still gets the named commit built and run."""
+    url, commit = repo("cat /app/version.txt\n", extra={"version.txt": "the named one\n"})
+    name = url.rsplit("/", 1)[1].removesuffix(".git")
+    named = asyncio.Event()
+    resolve, checkout = git.resolve, git.checkout
+
+    async def resolved(*args, **kwargs):
+        found = await resolve(*args, **kwargs)
+        named.set()
+        return found
+
+    async def pushed_then_cloned(*args, **kwargs):
+        await named.wait()
+        await asyncio.to_thread(git_server.commit, name, {"version.txt": "pushed after\n"})
+        return await checkout(*args, **kwargs)
+
+    monkeypatch.setattr(git, "resolve", resolved)
+    monkeypatch.setattr(git, "checkout", pushed_then_cloned)
+    deployment_id = await start(client, url)
+    info = await wait_finished(client, deployment_id)
+    results = await results_of(client, deployment_id)
+    assert (info["status"], info["commit"]) == ("Succeeded", commit), results
+    assert "the named one" in results and "pushed after" not in results
 
 
 async def test_an_image_is_spared_from_pruning_from_the_moment_it_is_made(
