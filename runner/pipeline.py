@@ -584,6 +584,9 @@ class Pipeline:
                     # A followed stream can end before the last lines of a container that has
                     # just exited (seen with Docker 20.10): read on to the end once more.
                     after = await self._record_logs(run.container_id, recorder, after, False)
+                    if now.exit_code is not None:  # ended for good: nothing to wait for
+                        state = now
+                        break
                 state = await self.backend.wait(run.container_id)
                 break
             except EngineUnavailable as e:

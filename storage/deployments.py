@@ -46,8 +46,7 @@ def get(deployment_id: int) -> Deployment:
 
 def _set(deployment_id: int, **fields) -> Deployment:
     """Write fields and return the row as changed, in one statement: no second read."""
-    rows = list(Deployment.update(**fields).where(Deployment.id == deployment_id)
-                .returning(Deployment).objects(Deployment).execute())
+    rows = statements.update(Deployment, deployment_id, fields, returning=True)
     if not rows:
         raise NotFound(deployment_id)
     return rows[0]
@@ -56,9 +55,8 @@ def _set(deployment_id: int, **fields) -> Deployment:
 def _move(deployment_id: int, current: Status, **fields) -> Deployment | None:
     """_set, on condition that the deployment is still in current: the state a change was
     decided from (another replica's write in between makes it None: nothing written)."""
-    rows = list(Deployment.update(**fields)
-                .where(Deployment.id == deployment_id, Deployment.status == current.value)
-                .returning(Deployment).objects(Deployment).execute())
+    rows = statements.update(Deployment, deployment_id, fields, {"status": current.value},
+                             returning=True)
     return rows[0] if rows else None
 
 
@@ -174,17 +172,26 @@ def listing(limit: int = 50, status: Status | None = None, repo: str | None = No
 
 def claim_next(owner: str) -> Deployment | None:
     """Mark the oldest Pending deployment Running, owned by the replica owner, and return it,
-    in one statement."""
-    oldest = (Deployment.select(Deployment.id).where(Deployment.status == Status.PENDING.value)
-              .order_by(Deployment.id).limit(1))
-    if database.for_update:  # PostgreSQL: past rows another replica is claiming right now
-        oldest = oldest.for_update(skip_locked=True)
+    in one statement (asked at every wake of every replica: its SQL is built once)."""
+    now, running, pending = utcnow(), Status.RUNNING.value, Status.PENDING.value
+
+    def claim():
+        oldest = (Deployment.select(Deployment.id).where(Deployment.status == pending)
+                  .order_by(Deployment.id).limit(1))
+        if database.for_update:  # PostgreSQL: past rows another replica is claiming right now
+            oldest = oldest.for_update(skip_locked=True)
+        return (Deployment.update(status=running, started_at=now,
+                                  attempts=Deployment.attempts + 1, owner=owner,
+                                  claim=Deployment.claim + 1)
+                .where(Deployment.id == oldest, Deployment.status == pending)
+                .returning(Deployment))
+
     with write_transaction():
-        rows = list(Deployment.update(status=Status.RUNNING.value, started_at=utcnow(),
-                                      attempts=Deployment.attempts + 1, owner=owner,
-                                      claim=Deployment.claim + 1)
-                    .where(Deployment.id == oldest, Deployment.status == Status.PENDING.value)
-                    .returning(Deployment).objects(Deployment).execute())
+        # The parameters in peewee's order (the fields' order), which statements checks.
+        rows = statements.instances(Deployment, statements.execute(
+            ("claim next", bool(database.for_update)),
+            [running, 1, owner, 1, Deployment.started_at.db_value(now), pending, 1, pending],
+            claim))
     return rows[0] if rows else None
 
 
@@ -245,7 +252,7 @@ def update(deployment_id: int, **fields) -> Deployment:
 def record(deployment_id: int, **fields) -> None:
     """update, for callers that need no row back: reading one costs several times the write."""
     # One UPDATE commits by itself.
-    Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
+    statements.update(Deployment, deployment_id, fields)
 
 
 def _append(deployment_id: int, text: str) -> None:

@@ -66,24 +66,48 @@ def execute(key: Hashable, params: list, build: Callable[[], Query]):
     return database.execute_sql(sql, params)
 
 
+def update(model: type[M], row_id: int, values: dict, only_if: dict | None = None,
+           returning: bool = False):
+    """model.update(**values).where(its primary key == row_id, each only_if field == its
+    value), returning the rows as changed if asked (else the cursor): built once per shape."""
+    meta, only_if = model._meta, only_if or {}
+
+    def build():
+        query = model.update(**values).where(meta.primary_key == row_id, *(
+            meta.fields[name] == value for name, value in only_if.items()))
+        return query.returning(model) if returning else query
+
+    # An expression as a value (Model.count + 1) is SQL of its own, not a parameter.
+    if any(isinstance(value, Node) for value in values.values()):
+        cursor = database.execute(build())
+    else:
+        fields = sorted((meta.fields[name] for name in values), key=lambda f: f._sort_key)
+        params = [field.db_value(values[field.name]) for field in fields]
+        params.append(meta.primary_key.db_value(row_id))
+        params += [meta.fields[name].db_value(value) for name, value in only_if.items()]
+        cursor = execute((model, "update", tuple(values), tuple(only_if), returning), params,
+                         build)
+    return instances(model, cursor) if returning else cursor
+
+
 def get(model: type[M], row_id: int) -> M | None:
     """model.get_or_none(its primary key == row_id): the same instance, the SELECT built once."""
     key = model._meta.primary_key
     cursor = execute((model, "by primary key"), [key.db_value(row_id)],
                      lambda: model.select().where(key == row_id))
-    rows = _instances(model, cursor)
+    rows = instances(model, cursor)
     return rows[0] if rows else None
 
 
 def many(model: type[M], row_ids: list[int]) -> list[M]:
     """model.select().where(its primary key in row_ids): the SELECT built once per number of ids."""
     key = model._meta.primary_key
-    return _instances(model, execute((model, "by primary keys", len(row_ids)),
+    return instances(model, execute((model, "by primary keys", len(row_ids)),
                                      [key.db_value(row_id) for row_id in row_ids],
                                      lambda: model.select().where(key.in_(row_ids))))
 
 
-def _instances(model: type[M], cursor) -> list[M]:
+def instances(model: type[M], cursor) -> list[M]:
     """The cursor's rows as peewee makes a row's instance: values converted, no defaults,
     nothing to save."""
     rows = cursor.fetchall()  # to the end: an unfinished SELECT holds SQLite's read snapshot

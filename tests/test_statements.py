@@ -95,3 +95,22 @@ def test_rows_read_by_ids_are_the_ones_peewee_reads(db):
             Deployment.id.in_(wanted))}
         assert ours == peewees and set(ours) == set(wanted) & set(ids)
     assert not any(row.is_dirty() for row in statements.many(Deployment, ids))
+
+
+def test_an_update_writes_and_returns_what_peewee_would(db):
+    ours, peewees = (statements.create(Deployment, **FIELDS) for _ in range(2))
+    values = dict(status="Running", exit_code=4, reason="r", started_at=ours.created_at)
+    changed = statements.update(Deployment, ours.id, values, returning=True)
+    expected = list(Deployment.update(**values).where(Deployment.id == peewees.id)
+                    .returning(Deployment).objects(Deployment).execute())
+    assert [r.__data__ | {"id": 0, "created_at": 0} for r in changed] == [
+        r.__data__ | {"id": 0, "created_at": 0} for r in expected]
+    assert _stored(Deployment, ours.id) == _stored(Deployment, peewees.id)
+    # Only if: a row no longer as the change was decided from is left as it is.
+    assert statements.update(Deployment, ours.id, {"status": "Failed"}, {"status": "Pending"},
+                             returning=True) == []
+    assert Deployment.get_by_id(ours.id).status == "Running"
+    # None as a value, and an expression as one, are written as peewee writes them.
+    statements.update(Deployment, ours.id, {"reason": None, "attempts": Deployment.attempts + 2})
+    assert (Deployment.get_by_id(ours.id).reason, Deployment.get_by_id(ours.id).attempts) == (
+        None, ours.attempts + 2)
