@@ -6,21 +6,30 @@ import asyncio
 import atexit
 import logging
 import sys
+import threading
 import time
 
 
 class _Lines:
-    """Lines made during one turn of the event loop, written together at its end."""
+    """Lines made during one turn of the event loop, written together at its end; a line
+    written at once (from another thread, or a warning) takes those before it along."""
 
     def __init__(self) -> None:
         self._lines: list[str] = []
+        self._lock = threading.Lock()  # the loop queues, other threads write
+        self._waiting: asyncio.AbstractEventLoop | None = None  # the loop a write is due on
         self._second = (-1, "")  # (whole second, its text): one tuple, so threads read it whole
 
     def add(self, line: str) -> None:
-        """Queue a whole line (newline included); the first of a turn schedules the write."""
-        self._lines.append(line)
-        if len(self._lines) == 1:
-            asyncio.get_running_loop().call_soon(self.write)
+        """Queue a whole line (newline included) until the end of the loop's turn."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._lines.append(line)
+            # Due on this loop unless one is already: a loop closed with a write still due
+            # (another asyncio.run before it) must not hold the lines back for ever.
+            if self._waiting is not loop:
+                self._waiting = loop
+                loop.call_soon(self.write)
 
     def stamp(self, now: float) -> str:
         """now as logging's asctime writes it (local time, milliseconds)."""
@@ -31,16 +40,20 @@ class _Lines:
             self._second = (second, text)
         return f"{text},{int((now - second) * 1000):03d}"
 
-    def write(self) -> None:
-        """Write what is queued (at the turn's end; at exit, for a loop closed before it)."""
-        lines, self._lines = self._lines, []
-        if not lines:
-            return
-        try:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
-        except (OSError, ValueError):  # stderr closed or gone: as logging, never fail a request
-            pass
+    def write(self, line: str = "") -> None:
+        """Write what is queued, and line after it (at the turn's end; at once from a thread;
+        at exit, for a loop closed before its turn ended)."""
+        with self._lock:
+            lines, self._lines, self._waiting = self._lines, [], None
+            if line:
+                lines.append(line)
+            if not lines:
+                return
+            try:
+                sys.stderr.write("".join(lines))
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr closed or gone: as logging, never fail
+                pass
 
 
 LINES = _Lines()
@@ -56,30 +69,34 @@ class _Formatter(logging.Formatter):
         return f"{line} deployment={deployment}" if deployment is not None else line
 
 
-class _Handler(logging.StreamHandler):
-    """stderr: at the end of the loop's turn on the event loop, at once on other threads."""
+class _Handler(logging.Handler):
+    """stderr: at the end of the loop's turn for a line below WARNING made on the event loop,
+    at once for any other (a warning is what someone looks for when the loop hangs)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # a thread of its own (the database's, a stream's): write now
-            super().emit(record)
-            return
-        try:
-            LINES.add(self.format(record) + "\n")
+            line = self.format(record) + "\n"
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # a thread of its own (the database's, a stream's)
+                LINES.write(line)
+                return
+            if record.levelno >= logging.WARNING:
+                LINES.write(line)
+            else:
+                LINES.add(line)
         except Exception:  # noqa: BLE001 - as logging does: a bad record never fails the caller
             self.handleError(record)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Log to stderr as `time level logger: message [deployment=N]`."""
-    handler = _Handler(sys.stderr)
+    handler = _Handler()
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The line names no source file, thread or process: logging need not look them up (as
-    # logging's documentation suggests, under Optimization).
+    # The line names no source file: logging need not look it up for every record (as its
+    # documentation suggests, under Optimization).
     logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     atexit.register(LINES.write)

@@ -72,9 +72,10 @@ async def _iterate(blocking: Iterator[T], close: Callable[[], None] = lambda: No
     left = threading.Event()  # the consumer left before the end
 
     def hand_over(item) -> None:
-        was_empty = not items
         items.append(item)
-        if was_empty:  # only then may the consumer be waiting
+        # Only the first of a batch wakes the consumer. Counted after the append: counted
+        # before, the consumer could empty the queue in between and wait for ever.
+        if len(items) == 1:
             loop.call_soon_threadsafe(ready.set)
 
     def produce() -> None:

@@ -29,7 +29,7 @@ ENGINE_RETRY_SECONDS = 2.0
 BEAT_SECONDS = 1.0
 # How long a shutdown waits for runs that recorded their outcome to remove their container:
 # no later start may come to sweep it (one that refuses to start, or none at all).
-CLEAN_UP_SECONDS = 30.0
+CLEAN_UP_SECONDS = 5.0
 
 
 def _remove_workspaces(workdir: str, present: set[str]) -> None:
@@ -306,21 +306,22 @@ class Worker:
     async def close(self) -> None:
         """Stop following deployments and give up the lease: their containers run on, for
         another replica (or the next start) to adopt at once. Runs that recorded their outcome
-        finish removing their container first."""
+        finish removing their container first (bounded: a supervisor's stop grace is short)."""
         cleaning = [run.task for run in self.runs.values() if run.task and run.settled]
         following = [run.task for run in self.runs.values() if run.task and not run.settled]
         for task in following:
             task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        if self.pipeline.retirer:
+            await self.pipeline.retirer.close()
+        if self._joined:  # before the wait: what was let go is adopted meanwhile
+            with contextlib.suppress(Exception):
+                await self.store.run(replicas.leave, self.replica)
         if cleaning:
             await asyncio.wait(cleaning, timeout=CLEAN_UP_SECONDS)
         for task in cleaning:
             task.cancel()
-        await asyncio.gather(*following, *cleaning, return_exceptions=True)
-        if self.pipeline.retirer:
-            await self.pipeline.retirer.close()
-        if self._joined:
-            with contextlib.suppress(Exception):
-                await self.store.run(replicas.leave, self.replica)
+        await asyncio.gather(*cleaning, return_exceptions=True)
 
 
 def _deployment_of(labels: dict[str, str]) -> int | None:

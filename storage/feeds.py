@@ -4,9 +4,10 @@ from peewee import SQL
 from storage import statements
 from storage.models import Deployment, Result
 
-# SQLite refuses a compound SELECT of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT); the open
-# streams are capped far below (bot.feed.MAX_STREAMS), but a raised cap must not break the query.
-MAX_PARTS = 400
+# SQLite refuses a compound SELECT of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT), and peewee
+# recurses once per part building one (RecursionError at ~350); the open streams are capped
+# (bot.feed.MAX_STREAMS), but a raised cap must not break the query.
+MAX_PARTS = 100
 
 
 def rows(ids: list[int]) -> dict[int, Deployment]:

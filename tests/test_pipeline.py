@@ -2,8 +2,8 @@
 import asyncio
 import re
 import secrets
+import sqlite3
 
-from bot.keys import worker_key
 from runner import git
 from tests.conftest import BASE_IMAGE, instance_of, results_of, wait_finished, wait_for
 
@@ -296,29 +296,48 @@ async def test_finished_deployment_leaves_no_container_or_workspace(client, repo
             if not p.name.startswith("replica-")] == []
 
 
-async def test_shutting_down_as_a_deployment_finishes_still_removes_its_container(
-        make_client, repo, docker_client):
-    """SPEED stopped the moment a run settles on its outcome: the shutdown waits for its
-    container to go (no later start may come to sweep it), and the outcome is stored."""
-    client = await make_client()
-    worker = client.app[worker_key]
+async def test_shutting_down_as_a_deployment_finishes_lets_go_then_removes_its_container(
+        aiohttp_client, tmp_path, repo, docker_client, base_image):
+    """SPEED stopped while a run that recorded its outcome removes its container: the shutdown
+    gives up the lease at once (what it let go is adopted meanwhile), then waits for the
+    container to go, as no later start may come to sweep it."""
+    from bot.app import create_app
+    from runner.docker_backend import DockerBackend
+    from tests.conftest import TEST_INSTANCES, speed_config
+
+    class HeldCleanUp(DockerBackend):
+        """The machine's engine; removing a container waits until the test says so."""
+
+        def __init__(self):
+            super().__init__()
+            self.held, self.go = asyncio.Event(), asyncio.Event()
+
+        async def cleanup(self, *args, **kwargs):
+            self.held.set()
+            await self.go.wait()
+            return await super().cleanup(*args, **kwargs)
+
+    backend = HeldCleanUp()
+    client = await aiohttp_client(create_app(speed_config(tmp_path), backend))
+    TEST_INSTANCES.add(instance := instance_of(client))
     url, _ = repo("echo done\n")
     deployment_id = await start(client, url)
+    await backend.held.wait()  # the outcome is recorded, the container not yet removed
+    closing = asyncio.create_task(client.close())
+    database = sqlite3.connect(tmp_path / "speed.db")
 
-    async def claimed():
-        return worker.runs.get(deployment_id)
+    async def lease_given_up():
+        return database.execute("SELECT heartbeat FROM replica").fetchall() == [(0,)]
 
-    run = await wait_for(claimed, interval=0.01)
-    settled = asyncio.Event()
-    wake = run.on_settled
-    run.on_settled = lambda: (wake(), settled.set())
-    await settled.wait()
-    instance = instance_of(client)
-    await client.close()  # before the outcome is even written
+    await wait_for(lease_given_up, timeout=10, interval=0.01)
+    assert not closing.done()  # still waiting for the container to go
+    backend.go.set()
+    await closing
     assert docker_client.api.containers(all=True, filters={"label": [
         f"speed.instance={instance}", f"speed.deployment={deployment_id}"]}) == []
-    reopened = await make_client()
-    assert (await wait_finished(reopened, deployment_id))["status"] == "Succeeded"
+    assert database.execute("SELECT status FROM deployment WHERE id = ?",
+                            (deployment_id,)).fetchall() == [("Succeeded",)]
+    database.close()
 
 
 async def test_at_most_max_concurrent_run_in_arrival_order(make_client, repo):
