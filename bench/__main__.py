@@ -9,7 +9,7 @@ import sys
 import time
 
 from bench import deploys, readme, replicas, requests, services
-from bench.common import load_average
+from bench.common import load_average, wait_for_quiet
 
 RESULTS = pathlib.Path(__file__).parent / "results.json"
 
@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     results = _previous()
     for name in chosen:
         # The machine may be shared: its load says how far to trust each part's numbers.
+        quiet_after = wait_for_quiet()
         load, started = load_average(), time.monotonic()
         section = PARTS[name]()
         section.setdefault("load_average_1m_before", load)
         section.setdefault("load_average_1m_after", load_average())
         section["run_seconds"] = round(time.monotonic() - started, 1)
+        section["waited_for_quiet_s"] = quiet_after
         section["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
         results[name] = section
         # Written after each part: a later part's failure loses nothing measured before it.

@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import docker
 import yaml
@@ -19,6 +20,26 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def load_average() -> float:
     """The machine's 1-minute load average: how far to trust what was measured alongside."""
     return round(os.getloadavg()[0], 2)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) CPU time of the machine so far, in ticks (/proc/stat)."""
+    ticks = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n")[0]
+             .split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)  # idle and iowait
+
+
+def wait_for_quiet(idle_share: float = 0.9, longest: float = 60.0) -> float:
+    """Wait until the CPUs were idle idle_share of a second (what a part before left the engine
+    to do, removing images, ends first), or longest seconds; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < longest:
+        idle, total = _cpu_times()
+        time.sleep(1.0)
+        idle_after, total_after = _cpu_times()
+        if idle_after - idle >= idle_share * max(total_after - total, 1):
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def _stat(pid: int) -> list[str]:
