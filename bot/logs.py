@@ -20,9 +20,13 @@ class _Lines:
         self._waiting: asyncio.AbstractEventLoop | None = None  # the loop a write is due on
         self._second = (-1, "")  # (whole second, its text): one tuple, so threads read it whole
 
-    def add(self, line: str) -> None:
-        """Queue a whole line (newline included) until the end of the loop's turn."""
-        loop = asyncio.get_running_loop()
+    def add(self, line: str) -> bool:
+        """Queue a whole line (newline included) until the end of the loop's turn; False, and
+        nothing queued, on a thread without a running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
         with self._lock:
             self._lines.append(line)
             # Due on this loop unless one is already: a loop closed with a write still due
@@ -30,6 +34,7 @@ class _Lines:
             if self._waiting is not loop:
                 self._waiting = loop
                 loop.call_soon(self.write)
+        return True
 
     def stamp(self, now: float) -> str:
         """now as logging's asctime writes it (local time, milliseconds)."""
@@ -76,15 +81,9 @@ class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # a thread of its own (the database's, a stream's)
+            # Not on a loop: a thread of its own (the database's, a stream's).
+            if record.levelno >= logging.WARNING or not LINES.add(line):
                 LINES.write(line)
-                return
-            if record.levelno >= logging.WARNING:
-                LINES.write(line)
-            else:
-                LINES.add(line)
         except Exception:  # noqa: BLE001 - as logging does: a bad record never fails the caller
             self.handleError(record)
 

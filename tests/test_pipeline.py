@@ -319,7 +319,7 @@ async def test_shutting_down_as_a_deployment_finishes_lets_go_then_removes_its_c
 
     backend = HeldCleanUp()
     client = await aiohttp_client(create_app(speed_config(tmp_path), backend))
-    TEST_INSTANCES.add(instance := instance_of(client))
+    TEST_INSTANCES.add(instance_of(client))
     url, _ = repo("echo done\n")
     deployment_id = await start(client, url)
     await backend.held.wait()  # the outcome is recorded, the container not yet removed
@@ -333,8 +333,7 @@ async def test_shutting_down_as_a_deployment_finishes_lets_go_then_removes_its_c
     assert not closing.done()  # still waiting for the container to go
     backend.go.set()
     await closing
-    assert docker_client.api.containers(all=True, filters={"label": [
-        f"speed.instance={instance}", f"speed.deployment={deployment_id}"]}) == []
+    assert containers_of(docker_client, client, deployment_id) == []
     assert database.execute("SELECT status FROM deployment WHERE id = ?",
                             (deployment_id,)).fetchall() == [("Succeeded",)]
     database.close()
