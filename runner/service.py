@@ -85,10 +85,12 @@ async def wait_healthy(backend: Backend, container_id: str, upstream: str, healt
                 seen = seen_now or seen
             elapsed = loop.time() - began
             if state.exited or elapsed >= health.deadline:
-                restarted = f", restarted {state.restarts} times" if state.restarts else ""
+                # A restart says it exited even when no check caught it between exit and restart.
+                restarted = f"restarted {state.restarts} times" if state.restarts else ""
+                about = ", ".join(filter(None, (trouble, restarted)))
                 raise HealthCheckFailed(
                     f"health check: GET {health.path} {seen} ({tries} tries in {elapsed:.0f} s)"
-                    + (f"; the container {trouble}{restarted}" if trouble else ""))
+                    + (f"; the container {about}" if about else ""))
             await asyncio.sleep(min(health.interval, max(health.deadline - elapsed, 0)))
 
 
