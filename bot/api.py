@@ -140,12 +140,12 @@ def _callback_refusals(limit: int):
                               f"({limit} bytes); nothing was added") from None
 
 
-def _redacted(request: web.Request, deployment_id: int, text: str) -> str:
-    """text without the caller's own token, nor the deployment's secrets: a container posting its
-    environment back must not store what lets anyone who reads the results act for it."""
+async def _redacted(request: web.Request, deployment_id: int, text: str) -> str:
+    """text without the caller's own token, nor any secret: a container posting its environment
+    back must not store what lets anyone who reads the results act for it."""
     token = bearer(request)
     text = text.replace(token, REDACTED) if token else text
-    return request.app[worker_key].redacted(deployment_id, text)
+    return await request.app[worker_key].redacted(deployment_id, text)
 
 
 async def _refuse_invalid(config: Config, url: str, branch: str) -> None:
@@ -236,7 +236,7 @@ async def update(request: web.Request) -> web.Response:
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
     own_token = await _callback_target(request, target_id)
-    new_results = _redacted(request, target_id, new_results)
+    new_results = await _redacted(request, target_id, new_results)
     store, limit = request.app[store_key], request.app[config_key].runner.max_log_bytes
     status = Status.parse(new_results)
     try:
@@ -265,7 +265,7 @@ async def add_results(request: web.Request) -> web.Response:
     body = await json_object(request)
     results = text_field(body, "results", "Missing results data")
     own_token = await _callback_target(request, target_id)
-    results = _redacted(request, target_id, results)
+    results = await _redacted(request, target_id, results)
     limit = request.app[config_key].runner.max_log_bytes
     with _callback_refusals(limit):
         await request.app[store_key].run(queries.add_result, target_id, results, limit,

@@ -16,6 +16,13 @@ FLUSH_SECONDS = 0.25
 REDACTED = "[redacted]"
 
 
+def pattern_of(secrets: list[str]) -> re.Pattern[str] | None:
+    """One pattern matching each of these texts (None for none)."""
+    # Longest first: where two secrets start at one place, the longer goes whole.
+    return re.compile("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+                      ) if secrets else None
+
+
 def _open_prefix(secret: str, text: str) -> int:
     """The length of the longest end of text that is the beginning of secret (not all of it)."""
     start = max(len(text) - len(secret) + 1, 0)
@@ -76,10 +83,8 @@ class OutputRecorder:
     def matcher(self) -> re.Pattern[str] | None:
         """The pattern of every secret, compiled once after secrets were added (a long value
         has thousands of forms: call it in a thread before output flows)."""
-        if self._pattern is None and self._secrets:
-            # Longest first: where two secrets start at one place, the longer goes whole.
-            self._pattern = re.compile("|".join(
-                re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)))
+        if self._pattern is None:
+            self._pattern = pattern_of(self._secrets)
         return self._pattern
 
     def redacted(self, text: str) -> str:

@@ -1,11 +1,15 @@
 """A deployment's secrets: checked against their scopes before the build, decrypted only when
 the container is made, and every form of each value redacted."""
+import asyncio
 import base64
+import contextlib
 import json
+import re
 import urllib.parse
 from typing import Callable, Iterable
 
 from runner.errors import SettingsInvalid
+from runner.output import REDACTED, pattern_of
 from runner.scope import Recipient, Scope, barred, host, refusal
 from storage import secrets as queries
 from storage.keyring import Keyring, KeyringError
@@ -72,6 +76,8 @@ class SecretSource:
         self._store = store
         self._keyring = keyring
         self._ignore_case = frozenset(host(url) for url in ignore_case)
+        # What redacted() last read and the pattern of its values.
+        self._redaction: tuple[object, re.Pattern | None] = (None, None)
 
     async def check(self, deployment: Deployment, names: tuple[str, ...]) -> list[Secret]:
         """The named secrets, once the deployment may have each; SettingsInvalid naming the
@@ -99,6 +105,27 @@ class SecretSource:
                     for secret in await self.check(deployment, names)}
         except KeyringError as e:
             raise SettingsInvalid(f"secrets: {e}") from None
+
+    async def redacted(self, deployment_id: int, text: str) -> str:
+        """text without any form of a value SPEED holds: every secret's, and those the
+        deployment's container got (a value changed since may still come back from it)."""
+        held = await self._store.run(queries.held_for, deployment_id)
+        if self._redaction[0] != held:
+            # Thousands of forms compile in a thread; a changed secret changes its ciphertext.
+            self._redaction = (held, await asyncio.to_thread(self._pattern, *held))
+        pattern = self._redaction[1]
+        return pattern.sub(REDACTED, text) if pattern else text
+
+    def _pattern(self, ciphertexts: tuple[str, ...], sealed: str | None) -> re.Pattern | None:
+        """The pattern of every form of these values (one no key reads cannot have reached a
+        container: it is left out)."""
+        values = []
+        for ciphertext in ciphertexts:
+            with contextlib.suppress(KeyringError):
+                values.append(self._keyring.decrypt(ciphertext))
+        with contextlib.suppress(KeyringError):
+            values += json.loads(self._keyring.decrypt(sealed)) if sealed else []
+        return pattern_of([form for value in dict.fromkeys(values) for form in forms(value)])
 
     def seal(self, values: list[str]) -> str:
         """Values a container got, encrypted, to be kept with its deployment while it runs."""

@@ -69,11 +69,16 @@ class Worker:
         # the other has claimed and not yet started to carry out.
         self._taking = asyncio.Lock()
 
-    def redacted(self, deployment_id: int, text: str) -> str:
-        """text without the secrets and tokens of a deployment this process runs: what a
-        container sends back may hold its environment."""
+    async def redacted(self, deployment_id: int, text: str) -> str:
+        """text without any secret's value, nor the tokens of a deployment this process runs:
+        what a container sends back may hold its environment, and any deployment's text may
+        come in (one queued, finished, or run by another replica)."""
         run = self.runs.get(deployment_id)
-        return run.recorder.redacted(text) if run and run.recorder else text
+        if run and run.recorder:
+            text = run.recorder.redacted(text)
+        if self.pipeline.secrets is not None:
+            text = await self.pipeline.secrets.redacted(deployment_id, text)
+        return text
 
     def wake(self) -> None:
         """Look at the queue now (called after a deployment was queued)."""

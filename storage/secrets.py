@@ -34,6 +34,14 @@ def named(names: list[str]) -> dict[str, Secret]:
     return {s.name: s for s in Secret.select().where(Secret.name.in_(names))} if names else {}
 
 
+def held_for(deployment_id: int) -> tuple[tuple[str, ...], str | None]:
+    """Every secret's ciphertext, and the values sealed for the deployment's container."""
+    values = tuple(s.value for s in Secret.select(Secret.value).order_by(Secret.id))
+    sealed = (Deployment.select(Deployment.secrets_sealed)
+              .where(Deployment.id == deployment_id).scalar())
+    return values, sealed
+
+
 def delete(name: str) -> None:
     """Remove a secret, or NotFound."""
     if not Secret.delete().where(Secret.name == name).execute():

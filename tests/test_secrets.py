@@ -135,6 +135,34 @@ async def test_a_deployment_gets_its_secrets_and_no_form_of_them_is_ever_shown(
         assert shown.encode() not in database, shown
 
 
+async def test_text_posted_for_any_deployment_is_stored_without_any_secret(
+        secured, git_server, base_image, tmp_path):
+    """A secret's value posted through /add_results or /update for a deployment that never
+    received it — here one finished, of a repository outside the secret's scope — is stored as
+    [redacted], in every form, and the database files never hold it (only the deployment this
+    process runs used to be redacted; a hostile user found it)."""
+    client = secured
+    url, _ = app_repository(git_server, {"Dockerfile": "FROM speed-test-base:latest\n"
+                                                       "CMD [\"true\"]\n"})
+    assert (await put(client, "DEPLOY_KEY", VALUE, ["example.com/other/repo"])).status == 201
+    deployment_id = await start(client, url)
+    assert (await wait_finished(client, deployment_id))["status"] == "Succeeded"
+    encoded = base64.b64encode(VALUE.encode()).decode()
+    added = await client.post(f"/add_results/{deployment_id}", headers=AUTH,
+                              json={"results": f"added: {VALUE} and {encoded}"})
+    assert added.status == 200, await added.text()
+    updated = await client.post("/update", headers=AUTH,
+                                json={"id": deployment_id, "new_results": f"progress: {VALUE}"})
+    assert updated.status == 200, await updated.text()
+    results = await results_of(client, deployment_id)
+    assert "added: [redacted] and [redacted]" in results and "progress: [redacted]" in results
+    info = await (await client.get(f"/info/{deployment_id}")).json()
+    assert info["progress"] == "progress: [redacted]"
+    database = b"".join(open(path, "rb").read()
+                        for path in glob.glob(str(tmp_path / "speed" / "speed.db*")))
+    assert database and VALUE.encode() not in database and encoded.encode() not in database
+
+
 @pytest.mark.parametrize("case", ["other host", "branch", "owner/name only", "path's case"])
 async def test_a_secret_outside_its_scope_fails_the_deployment_before_the_build(
         secured, git_server, base_image, case):
