@@ -162,7 +162,7 @@ async def start(request: web.Request) -> web.Response:
     """Queue a deployment of a repository's branch."""
     config = request.app[config_key]
     await require_api_token(request, config.auth.api_tokens)
-    body = await json_object(request)
+    body = await json_object(request, "url", "branch")
     url, branch = text_field(body, "url"), text_field(body, "branch")
     await _refuse_invalid(config, url, branch)
     full_name = full_name_of(config, url)
@@ -232,7 +232,7 @@ async def info(request: web.Request) -> web.Response:
 @callback_routes.post("/update")
 async def update(request: web.Request) -> web.Response:
     """Move a deployment to a status, or record a progress report."""
-    body = await json_object(request)
+    body = await json_object(request, "id", "new_results")
     target_id = int_field(body, "id")
     new_results = text_field(body, "new_results")
     own_token = await _callback_target(request, target_id)
@@ -262,7 +262,7 @@ async def update(request: web.Request) -> web.Response:
 async def add_results(request: web.Request) -> web.Response:
     """Append text to a deployment's results."""
     target_id = deployment_id(request)
-    body = await json_object(request)
+    body = await json_object(request, "results")
     results = text_field(body, "results", "Missing results data")
     own_token = await _callback_target(request, target_id)
     results = await _redacted(request, target_id, results)

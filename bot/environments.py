@@ -57,7 +57,7 @@ async def rollback(request: web.Request) -> web.Response:
     environment_id = deployment_id(request)
     release_id = None
     if request.body_exists:  # a body is optional; when there is one, it is JSON
-        body = await json_object(request)
+        body = await json_object(request, "release")
         release_id = body.get("release")
         if release_id is not None and (isinstance(release_id, bool)
                                        or not isinstance(release_id, int)):

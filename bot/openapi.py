@@ -351,9 +351,10 @@ SECRET_NOT_A_NAME = {"description": "Not a secret's path (e.g. an empty name).",
 
 def _json_body(schema: dict, example: dict) -> dict:
     return {"required": True,
-            "description": "A JSON object; fields not named here are ignored. The Content-Type "
-                           "header is not checked.",
-            "content": {"application/json": {"schema": schema, "example": example}}}
+            "description": "A JSON object; a field not named here is refused (400). The "
+                           "Content-Type header is not checked.",
+            "content": {"application/json": {
+                "schema": {**schema, "additionalProperties": False}, "example": example}}}
 
 
 PATHS = {

@@ -49,8 +49,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413 JSON error."""
+async def json_object(request: web.Request, *fields: str) -> dict[str, Any]:
+    """The request body as a JSON object of these fields (each optional here), or a 400/413
+    JSON error."""
     raw = await read_body(request, MAX_BODY)
     try:
         body = json.loads(raw)
@@ -58,6 +59,12 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise json_error(400, "Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise json_error(400, "Request body must be a JSON object")
+    # Refused, not ignored: a misspelt field ("branch" for "branches") or one SPEED has not got
+    # ("commit") would otherwise do something else than asked, silently.
+    unknown = next((name for name in body if name not in fields), None)
+    if unknown is not None:
+        raise json_error(400, f"Unknown field {json.dumps(unknown)[:100]}: this request takes "
+                              + ", ".join(f"'{name}'" for name in fields))
     return body
 
 

@@ -79,7 +79,7 @@ async def put_secret(request: web.Request) -> web.Response:
     """Create or replace a secret: 201 when new, 200 when replaced."""
     await require_api_token(request, request.app[config_key].auth.api_tokens)
     name = _name(request)
-    body = await json_object(request)
+    body = await json_object(request, "value", "repositories", "branches", "pull_requests")
     value = text_field(body, "value")
     if not MIN_VALUE <= len(value) <= MAX_VALUE or "\0" in value:
         raise json_error(400, f"'value' must be text of {MIN_VALUE} to {MAX_VALUE} characters "

@@ -80,7 +80,9 @@ async def test_secrets_are_managed_with_a_token_and_their_values_never_come_back
            ("HOST_GLOB", {"value": VALUE, "repositories": ["github.*/acme/app"]}),
            ("NO_SCOPE", {"value": VALUE, "repositories": []}),
            ("NUL", {"value": VALUE + "\0", "repositories": ["github.com/a/b"]}),
-           ("PRS", {"value": VALUE, "repositories": ["github.com/a/b"], "pull_requests": "yes"})]
+           ("PRS", {"value": VALUE, "repositories": ["github.com/a/b"], "pull_requests": "yes"}),
+           # Misspelt "branches": ignored, it would have given the secret to every branch.
+           ("TYPO", {"value": VALUE, "repositories": ["github.com/a/b"], "branch": ["main"]})]
     for name, body in bad:
         response = await client.put(f"/secrets/{name}", headers=AUTH, json=body)
         assert response.status == 400, (name, await response.text())

@@ -196,6 +196,9 @@ async def test_rollback_makes_the_earlier_release_live_without_a_build(speed, ap
         assert await through_proxy(caddy, environment["url"], session) == (200, "v1")
     missing = await speed.post("/environments/999999/rollback")
     assert missing.status == 404
+    # A misspelt "release" is refused: ignored, it rolled back to the newest kept release.
+    misspelt = await speed.post(f"/environments/{environment['id']}/rollback", json={"releas": 1})
+    assert misspelt.status == 400 and "releas" in (await misspelt.json())["error"]
 
 
 async def test_caddy_restarted_empty_gets_its_routes_back(speed, app, caddy):
