@@ -16,7 +16,11 @@ class _Lines:
 
     def __init__(self) -> None:
         self._lines: list[str] = []
-        self._lock = threading.Lock()  # the loop queues, other threads write
+        # The loop queues, other threads write. Reentrant: a garbage collection while it is
+        # held may free a future whose exception nobody read, and asyncio logs that on this
+        # very thread (a plain lock hung the loop for ever). Nothing under it makes an object
+        # the collector tracks, but stderr may be Python code (a test's capture) that does.
+        self._lock = threading.RLock()
         self._waiting: asyncio.AbstractEventLoop | None = None  # the loop a write is due on
         self._second = (-1, "")  # (whole second, its text): one tuple, so threads read it whole
 
@@ -31,9 +35,11 @@ class _Lines:
             self._lines.append(line)
             # Due on this loop unless one is already: a loop closed with a write still due
             # (another asyncio.run before it) must not hold the lines back for ever.
-            if self._waiting is not loop:
+            due = self._waiting is not loop
+            if due:
                 self._waiting = loop
-                loop.call_soon(self.write)
+        if due:  # outside the lock: call_soon makes a handle, and so may start a collection
+            loop.call_soon(self.write)
         return True
 
     def stamp(self, now: float) -> str:
@@ -48,8 +54,9 @@ class _Lines:
     def write(self, line: str = "") -> None:
         """Write what is queued, and line after it (at the turn's end; at once from a thread;
         at exit, for a loop closed before its turn ended)."""
+        empty: list[str] = []  # made before the lock, as add() explains
         with self._lock:
-            lines, self._lines, self._waiting = self._lines, [], None
+            lines, self._lines, self._waiting = self._lines, empty, None
             if line:
                 lines.append(line)
             if not lines:
