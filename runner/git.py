@@ -57,7 +57,7 @@ def _environment(url: str, token: str | None, addresses: tuple[str, ...]) -> dic
 
 async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None,
                token: str | None = None, addresses: tuple[str, ...] = ()) -> str:
-    process = await asyncio.create_subprocess_exec(
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
         # timeout(1) kills git's process group at the deadline even if SPEED died (kill -9)
         # meanwhile: an orphaned clone must not hang on a stalled server for ever.
         "timeout", "-s", "KILL", f"{timeout:g}",
@@ -65,7 +65,16 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
         cwd=cwd, env=_environment(url, token, addresses), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         # Its own process group: git's transport helpers (git remote-https) die with it.
-        start_new_session=True)
+        start_new_session=True))
+    try:
+        process = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        # Cancelled while asyncio connected the pipes, asyncio would kill timeout(1) alone
+        # (SIGKILL is not passed on) and wait for git's output to end: with a stalled server,
+        # for ever. The whole group goes instead, once the process is known.
+        with contextlib.suppress(Exception):
+            await _end(await spawn)
+        raise
     try:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (a deployment
         # cancelled) that comes as git ends.
@@ -74,10 +83,7 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
     except TimeoutError:
         raise CheckoutFailed(f"git {args[0]} timed out after {timeout:g} s") from None
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        await _end(process)
     text = output.decode("utf-8", "replace")
     if token:
         text = text.replace(token, "[redacted]")
@@ -85,6 +91,14 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
         raise CheckoutFailed(f"git {args[0]} failed (exit code {process.returncode})",
                              text[-_MAX_MESSAGE:])
     return text
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """Kill git's process group, unless it ended, and wait for it."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 async def checkout(url: str, branch: str, destination: str, timeout: float,

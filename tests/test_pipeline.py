@@ -1,7 +1,10 @@
 """The deployment pipeline on a real engine: outcomes, environment, callbacks, limits, clean-up."""
 import asyncio
+import os
 import re
 import secrets
+import signal
+import socket
 import sqlite3
 
 from runner import git
@@ -538,3 +541,36 @@ async def test_a_log_cursor_resumes_inside_a_long_line(docker_client, base_image
         assert [at for at, _ in rest] == [at for at, _ in pieces[seen:]]
     finally:
         api.remove_container(container, force=True)
+
+
+def processes_naming(text: str) -> list[int]:
+    """The pids of the processes whose command line holds text."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+async def test_a_git_cancelled_in_any_turn_of_its_start_leaves_no_git_running(tmp_path):
+    """Cancelled in the turn while asyncio connected its pipes, a clone's git ran on without a
+    deadline (asyncio killed timeout(1) alone), and the cancelled task waited for it: with a
+    server that never answers, for ever (found by a hostile review). Each turn from 0 to 8."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(100)  # accepts connections, never answers
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/app.git"
+        for turns in range(9):
+            clone = asyncio.ensure_future(git.checkout(url, "main", str(tmp_path / str(turns)), 600))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            clone.cancel()
+            done, _ = await asyncio.wait([clone], timeout=30)
+            left = processes_naming(url)
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            assert done and not left, (turns, left)
