@@ -248,8 +248,9 @@ async def update(request: web.Request) -> web.Response:
             await store.change(queries.transition, target_id, status,
                                note=f"[speed] status set to {status.value} through /update")
     except IllegalTransition as e:
+        why = "it already finished" if e.current.finished else e.why
         raise json_error(409, f"Deployment cannot move from {e.current.value} to {e.new.value}"
-                         + (" (it already finished)" if e.current.finished else "")) from None
+                         + (f" ({why})" if why else "")) from None
     except NotFound:
         raise not_found() from None
     if status is not None and status.finished:

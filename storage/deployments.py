@@ -1,4 +1,5 @@
 """Every query on deployments and their results; each write is one short transaction."""
+import json
 import uuid
 from typing import Callable, TypeVar
 
@@ -37,6 +38,12 @@ def _status(deployment_id: int) -> Status:
     """The deployment's status, or NotFound: a tenth of the cost of reading the whole row."""
     return Status(_found(deployment_id, lambda: Deployment.select(Deployment.status)
                          .where(Deployment.id == deployment_id).scalar()))
+
+
+def _is_service(deployment_id: int) -> bool:
+    """Whether the deployment's settings (once its commit was read) make it a service's."""
+    settings = Deployment.select(Deployment.settings).where(Deployment.id == deployment_id).scalar()
+    return bool(settings and json.loads(settings).get("service"))
 
 
 def get(deployment_id: int) -> Deployment:
@@ -204,6 +211,10 @@ def transition(deployment_id: int, new: Status, note: str | None = None, **field
         if not is_legal(current, new) or (new != Status.SUCCEEDED and went_live(deployment_id)):
             # A deployment whose release went live succeeded, whatever comes before it says so.
             raise IllegalTransition(current, new)
+        if new == Status.SUCCEEDED and _is_service(deployment_id) and not went_live(deployment_id):
+            # And one of a service succeeds by its release going live, not by someone's word.
+            raise IllegalTransition(current, new, "a service's deployment succeeds once its "
+                                                  "release serves")
         values = dict(fields, status=new.value)
         if "reason" in values and values["reason"]:
             # An engine's message may span lines, a .speed.yml key be of any length.

@@ -13,9 +13,10 @@ class NotFound(StorageError, LookupError):
 class IllegalTransition(StorageError, ValueError):
     """The deployment cannot move to the requested status."""
 
-    def __init__(self, current: Status, new: Status):
-        super().__init__(f"cannot move a {current.value} deployment to {new.value}")
-        self.current, self.new = current, new
+    def __init__(self, current: Status, new: Status, why: str = ""):
+        super().__init__(f"cannot move a {current.value} deployment to {new.value}"
+                         + (f" ({why})" if why else ""))
+        self.current, self.new, self.why = current, new, why
 
 
 class Finished(StorageError):

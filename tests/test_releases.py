@@ -150,3 +150,22 @@ def test_a_deployment_whose_release_went_live_can_only_succeed(db):
         with pytest.raises(queries.IllegalTransition):
             queries.transition(release.deployment_id, refused)
     assert queries.transition(release.deployment_id, Status.SUCCEEDED).status == "Succeeded"
+
+
+def test_a_services_deployment_succeeds_only_by_its_release_going_live(db):
+    """Found by a hostile user: /update "Succeeded" during the health checks made the deployment
+    Succeeded while its release failed and nothing new served. Asserts: Succeeded is refused,
+    saying why, until the release goes live; Failed is not; a job may still be told Succeeded."""
+    environment = releases.environment_for("acme/app", "production")
+    deployment = running()
+    with pytest.raises(queries.IllegalTransition, match="succeeds once its release serves"):
+        queries.transition(deployment.id, Status.SUCCEEDED)
+    release = healthy(environment, deployment)
+    with pytest.raises(queries.IllegalTransition):
+        queries.transition(deployment.id, Status.SUCCEEDED)
+    releases.go_live(release.id, drain=0)
+    assert queries.transition(deployment.id, Status.SUCCEEDED).status == "Succeeded"
+    assert queries.transition(running().id, Status.FAILED).status == "Failed"
+    job = Deployment.create(url="https://github.com/acme/job.git", branch="main",
+                            status=Status.RUNNING.value, settings='{"service": null}')
+    assert queries.transition(job.id, Status.SUCCEEDED).status == "Succeeded"
