@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from runner.backends import BACKENDS
+from runner.settings import MIN_MEMORY, size_of
 from runner.proxy import admin_url, is_address, is_dns_name
 
 
@@ -284,6 +285,11 @@ def _validate(config: Config) -> None:
                        ("lease", runner.lease)):
         if value <= 0:
             raise ConfigError(f"runner.{key}: must be greater than 0")
+    memory = size_of(runner.memory)
+    if memory is None or memory < size_of(MIN_MEMORY):
+        # Checked here: Docker would refuse every container, each deployment failing alike.
+        raise ConfigError(f"runner.memory: {str(runner.memory)[:40]!r} is not a size of at "
+                          f"least {MIN_MEMORY} (such as 512m or 2g)")
     if runner.keep_images < 0:
         raise ConfigError("runner.keep_images: must not be negative")
     if not runner.allowed_urls:

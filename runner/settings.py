@@ -406,15 +406,22 @@ def _resources(value: _Value, ceiling: Ceiling, budget: _Budget) -> Resources:
     return resources
 
 
+def size_of(raw: object) -> int | None:
+    """The bytes a size such as 512m or 2g names (as Docker reads it); None if it names none."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        return None
+    try:
+        wanted = parse_bytes(raw)
+    except Exception:  # noqa: BLE001 - docker's parser raises its own error types
+        return None
+    return wanted if wanted and wanted > 0 else None
+
+
 def _memory(entry: _Value, ceiling: Ceiling, budget: _Budget) -> str:
     """A memory limit, as given: between Docker's minimum and the server's limit."""
     raw = entry.value
-    try:
-        wanted = parse_bytes(raw) if isinstance(raw, (str, int)) and \
-            not isinstance(raw, bool) else None
-    except Exception:  # noqa: BLE001 - docker's parser raises its own error types
-        wanted = None
-    if not wanted or wanted <= 0:
+    wanted = size_of(raw)
+    if wanted is None:
         raise SettingsError("resources.memory", "expected a size such as 512m or 2g", entry.line)
     shown = _cap(raw if isinstance(raw, str) else _shown(raw), MAX_QUOTED)
     if wanted > parse_bytes(ceiling.memory):

@@ -167,6 +167,9 @@ def test_unknown_keys_are_named(env, write, text, key):
     ("runner:\n  timeout: {}\n", "runner.timeout"),
     ("runner:\n  max_concurrent: 0\n", "runner.max_concurrent"),
     ("runner:\n  keep_images: -1\n", "runner.keep_images"),
+    ("runner:\n  memory: lots\n", "runner.memory"),  # every deployment failed on it
+    ("runner:\n  memory: 1k\n", "runner.memory"),
+    ("runner:\n  memory: -1g\n", "runner.memory"),
     ("runner:\n  backend: podman\n", "runner.backend"),
     ("runner:\n  backend: swarm\n", "runner.registry"),
     ("runner:\n  backend: swarm\n  registry: https://r.example:5000\n", "runner.registry"),
