@@ -127,12 +127,13 @@ MAPPING, SEQUENCE, SCALAR = "mapping", "sequence", "scalar"
 
 class _Value:
     """A parsed value: its kind, its content (pairs of _Value for a mapping, _Values for a
-    sequence) and the YAML line it starts on (None for values not read from YAML)."""
+    sequence), the YAML line it starts on (None for values not read from YAML) and, for a
+    plain scalar whose type YAML guessed, its text as written."""
 
-    __slots__ = ("kind", "value", "line")
+    __slots__ = ("kind", "value", "line", "text")
 
-    def __init__(self, kind: str, value: Any, line: int | None):
-        self.kind, self.value, self.line = kind, value, line
+    def __init__(self, kind: str, value: Any, line: int | None, text: str | None = None):
+        self.kind, self.value, self.line, self.text = kind, value, line, text
 
 
 _NOTHING = _Value(SCALAR, None, None)  # a key the file leaves out: as if null
@@ -157,7 +158,10 @@ def _from_yaml(node: yaml.Node, loader: yaml.constructor.SafeConstructor,
                                 for k, v in node.value], line)
     if isinstance(node, yaml.SequenceNode):
         return _Value(SEQUENCE, [_from_yaml(item, loader, budget) for item in node.value], line)
-    return _Value(SCALAR, loader.construct_object(node), line)
+    # Plain: libyaml says "", PyYAML None.
+    guessed = not node.style and node.tag == loader.resolve(yaml.ScalarNode, node.value,
+                                                            (True, False))
+    return _Value(SCALAR, loader.construct_object(node), line, node.value if guessed else None)
 
 
 def _from_plain(value: Any) -> _Value:
@@ -276,7 +280,10 @@ def _known(entries: dict[str, _Value], known: set[str], key: str) -> None:
 def _scalar_text(value: _Value, key: str, budget: _Budget) -> str:
     """A string, number or boolean as the environment spells it, counted against the budget."""
     raw = value.value if value.kind == SCALAR else None
-    if isinstance(raw, bool):
+    if raw is not None and value.text is not None:
+        # As written: YAML 1.1 would make 3.10 "3.1", 010 "8" and yes "true".
+        text = value.text
+    elif isinstance(raw, bool):
         text = "true" if raw else "false"
     elif isinstance(raw, int):
         text = _digits(raw, key, value.line)
