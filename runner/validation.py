@@ -58,9 +58,11 @@ def _checked_url(url: str, allowed: tuple[str, ...]) -> str:
         raise Invalid("url: git transport helpers (such as ext::) are not allowed")
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.hostname, parts.port  # noqa: B018 - raise for e.g. an unclosed '[' or port 99999
+        port = parts.port  # raises for e.g. an unclosed '[' or port 99999
     except ValueError:
         raise Invalid("url: not a valid URL") from None
+    if port == 0:
+        raise Invalid("url: port 0 is no port a server listens on")
     if parts.scheme not in ("https", "http", "ssh", "git"):
         raise Invalid(f"url: the scheme {parts.scheme or '(none)'!r} is not allowed")
     if not parts.hostname:

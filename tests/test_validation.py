@@ -36,6 +36,8 @@ HTTPS = ("https://*",)
     ("http://github.com/acme/app.git", DEFAULT),
     ("git://github.com/acme/app.git", DEFAULT),
     ("https://[::1/x.git", DEFAULT),
+    ("https://github.com:0/acme/app.git", DEFAULT),  # accepted, it failed at ls-remote
+    ("https://github.com:99999/acme/app.git", DEFAULT),
     ("https://github.com\uff0f@127.0.0.1/x.git", DEFAULT),
     # Hosts inside: refused unless a pattern names them, in every spelling git's resolver takes.
     ("https://127.0.0.1/x.git", HTTPS),
