@@ -167,6 +167,10 @@ def known_deliveries(guids: list[str]) -> set[str]:
 def listing(limit: int = 50, status: Status | None = None, repo: str | None = None,
             before: int | None = None) -> list[Deployment]:
     """Deployments newest first, optionally filtered by status and repository URL."""
+    if repo and "\0" in repo:
+        # No stored URL holds a NUL (URLs with control characters are refused); SQLite's LIKE
+        # stops reading the pattern at one and matched every row, PostgreSQL refuses the query.
+        return []
     query = Deployment.select().order_by(Deployment.id.desc()).limit(limit)
     if status is not None:
         query = query.where(Deployment.status == status.value)

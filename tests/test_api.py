@@ -391,7 +391,8 @@ async def test_deployments_newest_first_with_limit_and_repo(client):
     assert [d["id"] for d in await listed(client, "?limit=2")] == ids[:0:-1]
     assert [d["id"] for d in await listed(client, "?repo=beta")] == [ids[1]]
     assert [d["id"] for d in await listed(client, "?repo=127.0.0.1:9/")] == ids[::-1]
-    for literal in ("nomatch", "%", "_", "a_p"):  # LIKE wildcards match only themselves
+    # LIKE wildcards match only themselves; a NUL ended SQLite's pattern and matched every row.
+    for literal in ("nomatch", "%", "_", "a_p", "%00zzzz", "beta%00"):
         assert await listed(client, f"?repo={literal}") == []
     assert all(set(d) == FIELDS for d in await listed(client))
 

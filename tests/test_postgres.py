@@ -124,6 +124,7 @@ def test_the_queue_claims_in_order_and_moves_by_the_state_machine(db):
     assert [d.id for d in Deployment.select().where(Deployment.status == "Running")] == [second.id]
     assert queries.latest_for("acme/app").id == first.id  # any case: fn.LOWER
     assert [d.id for d in queries.listing(repo="ACME/app")] == [second.id, first.id]
+    assert queries.listing(repo="acme\0") == []  # PostgreSQL refuses a NUL in a query
     assert [d.id for d in queries.listing(status=Status.SUCCEEDED)] == [first.id]
     assert [d.id for d in queries.listing(before=second.id)] == [first.id]
     again = queries.redeploy(first.id)
