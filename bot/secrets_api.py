@@ -14,6 +14,7 @@ from bot.keys import config_key, keyring_key, store_key
 from bot.requests import json_object, text_field
 from runner.scope import check_pattern
 from runner.secrets import MIN_VALUE
+from runner.validation import MAX_BRANCH, MAX_URL
 from storage import secrets as queries
 from storage import sessions
 from storage.errors import NotFound
@@ -65,12 +66,13 @@ def _name(request: web.Request) -> str:
     return name
 
 
-def _strings(body: dict, key: str, required: bool) -> list[str]:
+def _strings(body: dict, key: str, required: bool, longest: int) -> list[str]:
     value = body.get(key, None if required else [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) \
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= longest
+                                              for v in value) \
             or (required and not value) or len(value) > MAX_PATTERNS:
-        raise json_error(400, f"'{key}' must be a list of 1 to {MAX_PATTERNS} non-empty strings"
-                         if required else f"'{key}' must be a list of non-empty strings")
+        raise json_error(400, f"'{key}' must be a list of {1 if required else 0} to "
+                              f"{MAX_PATTERNS} strings of 1 to {longest} characters")
     return [text_field({key: item}, key) for item in value]  # valid Unicode, as every field
 
 
@@ -81,14 +83,16 @@ async def put_secret(request: web.Request) -> web.Response:
     name = _name(request)
     body = await json_object(request, "value", "repositories", "branches", "pull_requests")
     value = text_field(body, "value")
-    if not MIN_VALUE <= len(value) <= MAX_VALUE or "\0" in value:
+    # White space around the value counts for nothing: redacting a value of spaces alone
+    # would cut holes in ordinary output, as a short one would.
+    if not MIN_VALUE <= len(value.strip()) <= len(value) <= MAX_VALUE or "\0" in value:
         raise json_error(400, f"'value' must be text of {MIN_VALUE} to {MAX_VALUE} characters "
-                              "without NUL")
+                              f"without NUL, {MIN_VALUE} of them other than white space")
     try:
-        repositories = [check_pattern(p) for p in _strings(body, "repositories", True)]
+        repositories = [check_pattern(p) for p in _strings(body, "repositories", True, MAX_URL)]
     except ValueError as e:
         raise json_error(400, f"'repositories': {e}") from None
-    branches = _strings(body, "branches", False)
+    branches = _strings(body, "branches", False, MAX_BRANCH)
     pull_requests = body.get("pull_requests", False)
     if not isinstance(pull_requests, bool):
         raise json_error(400, "'pull_requests' must be true or false")

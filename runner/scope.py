@@ -100,7 +100,9 @@ def check_pattern(pattern: str) -> str:
     name = name.lower()
     # A host has a dot or a port (owner/name alone names no host); no wildcards in it (a glob
     # there could reach github.com.evil.example). The path keeps its case: it counts.
-    if not _HOST.fullmatch(name) or not ("." in name or ":" in name):
+    if "://" in pattern:
+        why = "a pattern has no scheme"
+    elif not _HOST.fullmatch(name) or not ("." in name or ":" in name):
         why = "its host is not written out"
     else:
         why = _path_problem(path, _PATTERN_SEGMENT)

@@ -81,6 +81,13 @@ async def test_secrets_are_managed_with_a_token_and_their_values_never_come_back
            ("NO_SCOPE", {"value": VALUE, "repositories": []}),
            ("NUL", {"value": VALUE + "\0", "repositories": ["github.com/a/b"]}),
            ("PRS", {"value": VALUE, "repositories": ["github.com/a/b"], "pull_requests": "yes"}),
+           # Found by a hostile user: spaces alone, and patterns of any length, were taken.
+           ("SPACES", {"value": " " * 6, "repositories": ["github.com/a/b"]}),
+           ("PADDED", {"value": "  abc  ", "repositories": ["github.com/a/b"]}),
+           ("LONG_REPO", {"value": VALUE, "repositories": ["github.com/" + "a" * 100_000]}),
+           ("LONG_BRANCH", {"value": VALUE, "repositories": ["github.com/a/b"],
+                            "branches": ["b" * 256]}),
+           ("SCHEME", {"value": VALUE, "repositories": ["https://github.com/a/b"]}),
            # Misspelt "branches": ignored, it would have given the secret to every branch.
            ("TYPO", {"value": VALUE, "repositories": ["github.com/a/b"], "branch": ["main"]})]
     for name, body in bad:

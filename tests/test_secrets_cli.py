@@ -199,7 +199,8 @@ async def test_errors_are_one_line_and_exit_3(secured, tmp_path):
     short = await speed_with(server, "secret", "set", "KEY", *repo, "--token", TOKEN,
                              stdin=b"short\n")
     assert (short.code, short.err) == (
-        3, "speed: 400: 'value' must be text of 6 to 65536 characters without NUL\n")
+        3, "speed: 400: 'value' must be text of 6 to 65536 characters without NUL, 6 of them other "
+           "than white space\n")
     nothing = await speed_with(server, "secret", "set", "KEY", *repo, "--token", TOKEN,
                                stdin=b"\n")
     assert (nothing.code, nothing.err) == (
