@@ -2,6 +2,7 @@
 python main.py [--config app.yaml] rotate-secrets [--new-key]."""
 import argparse
 import asyncio
+import errno
 import logging
 import pathlib
 import resource
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except StorageFull as e:
         print(f"speed: {e}; free some space and start again", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise
+        # aiohttp's own words name the address: "error while attempting to bind on ...".
+        print(f"speed: cannot listen: {e.strerror}", file=sys.stderr)
+        return 1
+    logging.getLogger("speed").info("stopped")
     return 0
 
 

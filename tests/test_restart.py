@@ -7,13 +7,15 @@ import contextlib
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
-from tests.conftest import DOCKERFILE
-from tests.process import speed_processes
+from tests.conftest import DOCKERFILE, free_port
+from tests.process import ROOT, SpeedProcess, speed_processes
 from tests.tcp_proxy import HoldingProxy, transfers_a_pack
 
 pytestmark = pytest.mark.slow
@@ -230,10 +232,29 @@ def test_sigterm_exits_cleanly_and_the_next_start_takes_over(speed, repo):
     bot.wait_output(deployment_id, "working\n")
     bot.stop()
     assert bot.process.returncode == 0
+    assert bot.log_path.read_text().rstrip().endswith("INFO speed: stopped")
     bot.start()
     info = bot.wait_finished(deployment_id)
     assert info["status"] == "Succeeded"
     assert bot.results(deployment_id).count("finished-work\n") == 1
+
+
+def test_a_second_speed_on_a_port_in_use_says_so_in_one_line(speed, tmp_path):
+    """Found by a hostile user: a port in use ended start-up in a traceback. Asserts: exit code
+    1 and one line naming the address; the SPEED already there serves on."""
+    bot = speed()
+    port = int(bot.base_url.rsplit(":", 1)[1])
+    (tmp_path / "second").mkdir()
+    second = SpeedProcess(tmp_path / "second", port, free_port())
+    # Not second.start(): it would take the first SPEED's answers for the second's.
+    ended = subprocess.run([sys.executable, "main.py", "--config", str(second.config_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    last = ended.stderr.rstrip().splitlines()[-1]
+    assert ended.returncode == 1, ended.stderr[-2000:]
+    assert last == (f"speed: cannot listen: error while attempting to bind on address "
+                    f"('127.0.0.1', {port}): address already in use"), last
+    assert "Traceback" not in ended.stderr
+    assert bot.call("GET", "/deployments")[0] == 200
 
 
 def _post_start(bot, url: str) -> tuple[str, int | None]:
