@@ -88,9 +88,16 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
     if token:
         text = text.replace(token, "[redacted]")
     if process.returncode != 0:
-        raise CheckoutFailed(f"git {args[0]} failed (exit code {process.returncode})",
-                             text[-_MAX_MESSAGE:])
+        raise CheckoutFailed(f"git {args[0]} failed (exit code {process.returncode})"
+                             + (f": {_why(text)}" if _why(text) else ""), text[-_MAX_MESSAGE:])
     return text
+
+
+def _why(output: str) -> str:
+    """git's own reason in its output: its last fatal: or error: line (at most 200 characters)."""
+    said = [line.strip() for line in output.splitlines()
+            if line.startswith(("fatal: ", "error: "))]
+    return said[-1][:200] if said else ""
 
 
 async def _end(process: asyncio.subprocess.Process) -> None:

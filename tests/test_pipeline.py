@@ -184,6 +184,9 @@ async def test_missing_branch_fails_with_gits_message(client, repo):
     results = await results_of(client, deployment_id)
     assert "Remote branch no-such-branch not found" in results
     assert info["commit"] is None
+    # The reason says git's why, not only its exit code (found by a hostile user).
+    assert info["reason"].startswith("git clone failed (exit code 128): fatal: ") and \
+        "no-such-branch" in info["reason"], info["reason"]
 
 
 async def test_unreachable_repository_fails(client, git_server):
@@ -191,6 +194,7 @@ async def test_unreachable_repository_fails(client, git_server):
     info = await wait_finished(client, deployment_id)
     assert info["status"] == "Failed"
     assert info["reason"].startswith("git ") and "failed (exit code" in info["reason"]
+    assert "not found" in info["reason"] and "fatal: " in info["reason"], info["reason"]
     assert "not found" in (await results_of(client, deployment_id)).lower()
 
 
