@@ -54,7 +54,7 @@ async def rollback(request: web.Request) -> web.Response:
     """Queue a deployment that makes an earlier release of the environment live again: the
     one the body's "release" names, else the newest kept one."""
     await require_api_token(request, request.app[config_key].auth.api_tokens)
-    environment_id = deployment_id(request)
+    environment_id = deployment_id(request, "Environment")
     release_id = None
     if request.body_exists:  # a body is optional; when there is one, it is JSON
         body = await json_object(request, "release")

@@ -18,8 +18,8 @@ def json_error(status: int, message: str, **headers: str) -> web.HTTPException:
     return error
 
 
-def not_found() -> web.HTTPException:
-    return json_error(404, "Deployment not found")
+def not_found(what: str = "Deployment") -> web.HTTPException:
+    return json_error(404, f"{what} not found")
 
 
 @web.middleware

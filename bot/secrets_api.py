@@ -61,8 +61,8 @@ async def _who(request: web.Request) -> str:
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not NAME.fullmatch(name) or name.upper().startswith("SPEED_"):
-        raise json_error(400, "A secret's name is letters, digits and _, not starting with a "
-                              "digit or SPEED_ (it becomes an environment variable)")
+        raise json_error(400, "A secret's name is 1 to 128 letters, digits and _, not starting "
+                              "with a digit or SPEED_ (it becomes an environment variable)")
     return name
 
 

@@ -307,15 +307,26 @@ def rollback(environment_id: int, release_id: int | None = None) -> Deployment:
         wrong_id = release_id is not None and not 0 < release_id <= max_id()
         target = None if wrong_id else query.order_by(Release.id.desc()).first()
         if target is None:
-            raise ReleaseRefused(
-                f"release {release_id} of {environment.name} is not kept for rollback"
-                if release_id is not None else f"{environment.name} keeps no earlier release")
+            raise ReleaseRefused(_why_not_back(environment, None if wrong_id else release_id,
+                                               release_id))
         source = Deployment.get_by_id(target.deployment_id)
         return Deployment.create(
             url=source.url, branch=source.branch, commit=source.commit, trigger="rollback",
             repo_full_name=source.repo_full_name, installation_id=source.installation_id,
             pull_request=source.pull_request, environment=source.environment, fork=source.fork,
             image=target.image, settings=source.settings)
+
+
+def _why_not_back(environment: Environment, found_id: int | None, asked: int | None) -> str:
+    """Why rollback has no release to return to: the one asked for (found_id if it can be
+    one), or any."""
+    if asked is None:
+        return f"{environment.name} keeps no earlier release"
+    named = Release.get_or_none(Release.id == found_id, Release.environment == environment.id
+                                ) if found_id is not None else None
+    if named is None:
+        return f"{environment.name} has no release {asked}"
+    return f"release {asked} of {environment.name} is {named.state}, not kept for rollback"
 
 
 def environments() -> list[dict]:

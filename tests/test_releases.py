@@ -108,12 +108,15 @@ def test_rollback_returns_to_a_kept_release_and_refuses_anything_else(db):
     environment = releases.environment_for("acme/app", "production")
     first = healthy(environment)
     releases.go_live(first.id, drain=0)
-    releases.go_live(healthy(environment, port=40001).id, drain=0)
+    live, _ = releases.go_live(healthy(environment, port=40001).id, drain=0)
     queued = releases.rollback(environment.id)
     assert (queued.trigger, queued.image, queued.status) == ("rollback", first.image, "Pending")
+    # Each refusal says why (all were "not kept for rollback": found by a hostile user).
     for wrong in (2**63, -1, 10**30, 999):
-        with pytest.raises(ReleaseRefused, match="not kept"):
+        with pytest.raises(ReleaseRefused, match=f"^production has no release {wrong}$"):
             releases.rollback(environment.id, wrong)
+    with pytest.raises(ReleaseRefused, match=f"^release {live.id} of production is live, not kept"):
+        releases.rollback(environment.id, live.id)
     with pytest.raises(releases.NoEnvironment):
         releases.rollback(2**64)
 

@@ -185,8 +185,8 @@ async def test_errors_are_one_line_and_exit_3(secured, tmp_path):
         assert (ran.code, ran.out, ran.err) == (3, "", MISSING_TOKEN), args
     bad_name = await speed_with(server, "secret", "set", "SPEED_KEY", *repo, "--token", TOKEN,
                                 stdin=b"a-good-value\n")
-    assert (bad_name.code, bad_name.err) == (3, "speed: 400: A secret's name is letters, digits "
-                                                "and _, not starting with a digit or SPEED_ (it "
+    assert (bad_name.code, bad_name.err) == (3, "speed: 400: A secret's name is 1 to 128 letters, "
+                                                "digits and _, not starting with a digit or SPEED_ (it "
                                                 "becomes an environment variable)\n")
     slash = await speed_with(server, "secret", "set", "a/../../start", *repo, "--token", TOKEN,
                              stdin=b"a-good-value\n")

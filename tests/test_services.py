@@ -194,8 +194,9 @@ async def test_rollback_makes_the_earlier_release_live_without_a_build(speed, ap
     assert "cloning" not in results and "rolling back" in results
     async with aiohttp.ClientSession() as session:
         assert await through_proxy(caddy, environment["url"], session) == (200, "v1")
-    missing = await speed.post("/environments/999999/rollback")
-    assert missing.status == 404
+    for missing in ("999999", "abc"):
+        answer = await speed.post(f"/environments/{missing}/rollback")
+        assert (answer.status, await answer.json()) == (404, {"error": "Environment not found"})
     # A misspelt "release" is refused: ignored, it rolled back to the newest kept release.
     misspelt = await speed.post(f"/environments/{environment['id']}/rollback", json={"releas": 1})
     assert misspelt.status == 400 and "releas" in (await misspelt.json())["error"]
