@@ -11,7 +11,7 @@ from bot.auth import api_token_ok, bearer, deployment_token_ok, require_api_toke
 from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
-from bot.requests import (deployment_id, idempotency_key, int_field, json_object,
+from bot.requests import (deployment_id, idempotency_key, int_field, json_object, no_body,
                           not_modified, text_field)
 from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
@@ -343,6 +343,7 @@ async def cancel(request: web.Request) -> web.Response:
     """Stop a queued or running deployment."""
     await require_api_token(request, request.app[config_key].auth.api_tokens)
     target_id = deployment_id(request)
+    await no_body(request)
     try:
         deployment = await request.app[store_key].change(
             queries.transition, target_id, Status.CANCELLED, note="[speed] cancelled",
@@ -360,6 +361,7 @@ async def redeploy(request: web.Request) -> web.Response:
     """Queue a new deployment of the same repository, branch and commit."""
     config = request.app[config_key]
     await require_api_token(request, config.auth.api_tokens)
+    await no_body(request)
     source = await deployment_or_404(request)
     # The configuration may have changed since: the same checks as /start.
     await _refuse_invalid(config, source.url, source.branch)

@@ -52,7 +52,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def json_object(request: web.Request, *fields: str) -> dict[str, Any]:
     """The request body as a JSON object of these fields (each optional here), or a 400/413
     JSON error."""
-    raw = await read_body(request, MAX_BODY)
+    return _object(await read_body(request, MAX_BODY), fields)
+
+
+async def no_body(request: web.Request) -> None:
+    """For a request that takes none: a body sent must be empty or {} (anything else is 400,
+    as for every other request, not ignored)."""
+    if request.body_exists:
+        raw = await read_body(request, MAX_BODY)
+        if raw.strip():
+            _object(raw, ())
+
+
+def _object(raw: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """raw as a JSON object of these fields, or a 400 JSON error."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # also too deep, or numbers too long to convert
@@ -64,7 +77,7 @@ async def json_object(request: web.Request, *fields: str) -> dict[str, Any]:
     unknown = next((name for name in body if name not in fields), None)
     if unknown is not None:
         raise json_error(400, f"Unknown field {json.dumps(unknown)[:100]}: this request takes "
-                              + ", ".join(f"'{name}'" for name in fields))
+                              + (", ".join(f"'{name}'" for name in fields) or "none"))
     return body
 
 

@@ -422,7 +422,14 @@ async def test_deployments_refuse_bad_filters(client, query, field):
 async def test_cancel_a_pending_deployment_then_again(held):
     deployment_id = await start(held, CLOSED)
     assert await has_status(held, deployment_id, "Pending")
-    response = await held.post(f"/cancel/{deployment_id}")
+    # It takes no body: one sent is empty or {}; garbage is refused (it was ignored: found by
+    # a hostile user), and so is a field, as for /redeploy.
+    for path in (f"/cancel/{deployment_id}", f"/redeploy/{deployment_id}"):
+        assert "not valid JSON" in await error(await held.post(path, data=b"garbage"), 400)
+        assert "takes none" in await error(await held.post(path, json={"force": True}), 400)
+    assert [d["id"] for d in await listed(held)] == [deployment_id, held.blocker]
+    assert await has_status(held, deployment_id, "Pending")
+    response = await held.post(f"/cancel/{deployment_id}", json={})
     assert response.status == 200
     body = await response.json()
     assert set(body) == FIELDS and (body["id"], body["status"]) == (deployment_id, "Cancelled")
