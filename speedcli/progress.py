@@ -10,13 +10,14 @@ FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 
 def phase_of(status: dict) -> str:
-    """queued, cloning, building or running; the status itself once finished."""
+    """queued, cloning (rolling back: a rollback clones nothing), building or running; the
+    status itself once finished."""
     state, phases = status.get("status"), status.get("phases") or {}
     if state == "Pending":
         return "queued"
     if state == "Running":
         if phases.get("clone") is None:
-            return "cloning"
+            return "rolling back" if status.get("trigger") == "rollback" else "cloning"
         return "building" if phases.get("build") is None else "running"
     return str(state)
 

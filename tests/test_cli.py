@@ -11,6 +11,7 @@ import tty
 import pytest
 from aiohttp import ClientSession, web
 
+from speedcli.progress import phase_of
 from tests.conftest import free_port, results_of, wait_finished, wait_for
 from tests.tcp_proxy import HoldingProxy
 
@@ -418,3 +419,10 @@ async def test_progress_on_a_terminal_is_one_rewritten_line(client, repo):
     assert final_line(deployment_id, "Succeeded", "exit code 0").fullmatch(drawn[-1]), repr(err)
     assert all(phase_line(deployment_id, PHASES + ["Succeeded"]).fullmatch(part)
                for part in drawn[:-1]), repr(err)
+
+
+def test_a_rollbacks_first_phase_is_rolling_back_not_cloning():
+    """Found by a hostile user: `speed rollback` said "cloning" while it clones nothing."""
+    running = {"status": "Running", "phases": {"clone": None, "build": None}}
+    assert phase_of({**running, "trigger": "rollback"}) == "rolling back"
+    assert phase_of({**running, "trigger": "api"}) == "cloning"
