@@ -19,6 +19,7 @@ from storage.store import Store
 # Values shorter than this are refused when a secret is set: every occurrence of a value is
 # redacted from the output, and a short one would cut holes in ordinary text.
 MIN_VALUE = 6
+PATTERNS_KEPT = 32  # redaction patterns kept compiled: one per deployment running at once
 
 
 def recipient(deployment: Deployment) -> Recipient:
@@ -76,8 +77,8 @@ class SecretSource:
         self._store = store
         self._keyring = keyring
         self._ignore_case = frozenset(host(url) for url in ignore_case)
-        # What redacted() last read and the pattern of its values.
-        self._redaction: tuple[object, re.Pattern | None] = (None, None)
+        # The patterns of what redacted() read lately: running deployments' sealed values differ.
+        self._patterns: dict[tuple, re.Pattern | None] = {}
 
     async def check(self, deployment: Deployment, names: tuple[str, ...]) -> list[Secret]:
         """The named secrets, once the deployment may have each; SettingsInvalid naming the
@@ -110,10 +111,13 @@ class SecretSource:
         """text without any form of a value SPEED holds: every secret's, and those the
         deployment's container got (a value changed since may still come back from it)."""
         held = await self._store.run(queries.held_for, deployment_id)
-        if self._redaction[0] != held:
+        if held not in self._patterns:
             # Thousands of forms compile in a thread; a changed secret changes its ciphertext.
-            self._redaction = (held, await asyncio.to_thread(self._pattern, *held))
-        pattern = self._redaction[1]
+            pattern = await asyncio.to_thread(self._pattern, *held)
+            if len(self._patterns) >= PATTERNS_KEPT:
+                del self._patterns[next(iter(self._patterns))]  # the oldest
+            self._patterns[held] = pattern
+        pattern = self._patterns[held]
         return pattern.sub(REDACTED, text) if pattern else text
 
     def _pattern(self, ciphertexts: tuple[str, ...], sealed: str | None) -> re.Pattern | None:
