@@ -11,8 +11,8 @@ from bot.auth import api_token_ok, bearer, deployment_token_ok, require_api_toke
 from bot.config import Config
 from bot.errors import json_error, not_found
 from bot.keys import callback_only_key, config_key, store_key, worker_key
-from bot.requests import (deployment_id, idempotency_key, int_field, json_object, no_body,
-                          not_modified, text_field)
+from bot.requests import (idempotency_key, int_field, json_object, no_body, not_modified,
+                          path_id, text_field)
 from bot.rules import environment_of, full_name_of
 from runner.output import REDACTED
 from runner.validation import Invalid, check_addresses, check_source
@@ -97,7 +97,7 @@ async def deployment_or_404(request: web.Request, target_id: int | None = None) 
     """The deployment target_id (by default, the {id} in the path) names, or a 404 JSON error."""
     try:
         return await request.app[store_key].run(
-            queries.get, deployment_id(request) if target_id is None else target_id)
+            queries.get, path_id(request) if target_id is None else target_id)
     except NotFound:
         raise not_found() from None
 
@@ -218,7 +218,7 @@ async def _describe_one(request: web.Request, target_id: int) -> _Described:
 async def info(request: web.Request) -> web.Response:
     """One deployment's fields; 304 to a client that sends the ETag it got, if they are the same.
     Served from memory until the database changes (storage/cache.py)."""
-    target_id = deployment_id(request)
+    target_id = path_id(request)
     answer = await request.app[store_key].cache.get(
         ("info", target_id), lambda: _describe_one(request, target_id),
         keep=lambda described: not described.waiting and len(described.body) <= KEPT_BYTES)
@@ -262,7 +262,7 @@ async def update(request: web.Request) -> web.Response:
 @callback_routes.post("/add_results/{id}")
 async def add_results(request: web.Request) -> web.Response:
     """Append text to a deployment's results."""
-    target_id = deployment_id(request)
+    target_id = path_id(request)
     body = await json_object(request, "results")
     results = text_field(body, "results", "Missing results data")
     own_token = await _callback_target(request, target_id)
@@ -342,7 +342,7 @@ async def deployments(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     """Stop a queued or running deployment."""
     await require_api_token(request, request.app[config_key].auth.api_tokens)
-    target_id = deployment_id(request)
+    target_id = path_id(request)
     await no_body(request)
     try:
         deployment = await request.app[store_key].change(

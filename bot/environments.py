@@ -6,7 +6,7 @@ from bot.auth import require_api_token
 from bot.errors import json_error
 from bot.keys import config_key, reporter_key, router_key, store_key, worker_key
 from bot.pages import render
-from bot.requests import deployment_id, json_object
+from bot.requests import json_object, path_id
 from storage import deployments as queries
 from storage import releases
 from storage.models import Environment
@@ -54,7 +54,7 @@ async def rollback(request: web.Request) -> web.Response:
     """Queue a deployment that makes an earlier release of the environment live again: the
     one the body's "release" names, else the newest kept one."""
     await require_api_token(request, request.app[config_key].auth.api_tokens)
-    environment_id = deployment_id(request, "Environment")
+    environment_id = path_id(request, "Environment")
     release_id = None
     if request.body_exists:  # a body is optional; when there is one, it is JSON
         body = await json_object(request, "release")

@@ -101,7 +101,7 @@ def int_field(body: dict[str, Any], name: str) -> int:
     return value
 
 
-def deployment_id(request: web.Request, what: str = "Deployment") -> int:
+def path_id(request: web.Request, what: str = "Deployment") -> int:
     """The {id} path parameter; anything that cannot be an id is a JSON 404 naming what."""
     raw = request.match_info["id"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:

@@ -88,8 +88,9 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
     if token:
         text = text.replace(token, "[redacted]")
     if process.returncode != 0:
+        why = _why(text)
         raise CheckoutFailed(f"git {args[0]} failed (exit code {process.returncode})"
-                             + (f": {_why(text)}" if _why(text) else ""), text[-_MAX_MESSAGE:])
+                             + (f": {why}" if why else ""), text[-_MAX_MESSAGE:])
     return text
 
 
