@@ -71,9 +71,13 @@ async def _git(args: list[str], url: str, timeout: float, cwd: str | None = None
     except asyncio.CancelledError:
         # Cancelled while asyncio connected the pipes, asyncio would kill timeout(1) alone
         # (SIGKILL is not passed on) and wait for git's output to end: with a stalled server,
-        # for ever. The whole group goes instead, once the process is known.
-        with contextlib.suppress(Exception):
-            await _end(await spawn)
+        # for ever. The whole group goes instead, once the process is known, however often
+        # the cancel comes meanwhile (a deployment's clean-up may cancel it again).
+        while not spawn.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(spawn)
+        if not spawn.cancelled() and spawn.exception() is None:
+            await _end(spawn.result())
         raise
     try:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (a deployment

@@ -129,7 +129,10 @@ class SecretSource:
                 values.append(self._keyring.decrypt(ciphertext))
         with contextlib.suppress(KeyringError):
             values += json.loads(self._keyring.decrypt(sealed)) if sealed else []
-        return pattern_of([form for value in dict.fromkeys(values) for form in forms(value)])
+        # A value set before today's limits (six spaces) would cut holes in every deployment's
+        # text here: its own deployments' output still has it redacted.
+        return pattern_of([form for value in dict.fromkeys(values)
+                           if len(value.strip()) >= MIN_VALUE for form in forms(value)])
 
     def seal(self, values: list[str]) -> str:
         """Values a container got, encrypted, to be kept with its deployment while it runs."""

@@ -177,3 +177,22 @@ def test_the_open_end_of_output_is_found_as_a_plain_search_would():
         plain = next((k for k in range(min(len(text), len(secret) - 1), 0, -1)
                       if text.endswith(secret[:k])), 0)
         assert _open_prefix(secret, text) == plain, (secret, text)
+
+
+def test_the_secrets_pattern_matches_as_the_list_of_alternatives_longest_first():
+    """Unit: the pattern is a trie (a hostile review found a megabyte of callback text against
+    20 keys' thousands of forms took 11 s on the event loop as a list of alternatives; 0.4 s
+    now): it replaces exactly what that list, longest first, replaced — forms sharing
+    beginnings, one inside another, regex metacharacters."""
+    import random
+    import re
+
+    from runner.output import pattern_of
+    chooser = random.Random(11)
+    for _ in range(3000):
+        forms = list({"".join(chooser.choice("ab(.*\\") for _ in range(chooser.randint(1, 7)))
+                      for _ in range(chooser.randint(1, 8))})
+        text = "".join(chooser.choice("ab(.*\\c") for _ in range(50))
+        listed = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+        assert pattern_of(forms).sub("#", text) == listed.sub("#", text), (forms, text)
+    assert pattern_of([]) is None
