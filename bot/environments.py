@@ -81,8 +81,11 @@ async def close_preview(app: web.Application, full_name: str, number: int) -> No
     store.announce(*cancelled)
     for deployment in cancelled:
         await worker.stop(deployment.id)
-    environment = await store.run(releases.find_environment, *releases.preview(full_name, number))
-    if environment is not None and worker.pipeline.retirer:
+    preview = releases.preview(full_name, number)
+    environment = await store.run(releases.find_environment, *preview)
+    if environment is None:
+        await store.run(releases.close_unmade, *preview)
+    elif worker.pipeline.retirer:
         await worker.pipeline.retirer.teardown(environment.id)  # the engine's part goes on after
     if reporter_key in app:
         app[reporter_key].heard()  # GitHub's outbox holds the inactive marks now

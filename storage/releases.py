@@ -99,6 +99,16 @@ def environment_for(repository: str, name: str) -> Environment:
         return Environment.create(repository=repository, name=name, address=address)
 
 
+def close_unmade(repository: str, name: str) -> None:
+    """A preview closed before it was made is made torn down: a late push to its closed pull
+    request must fail as for one that was up, not bring it up."""
+    with write_transaction():
+        if not Environment.select().where(Environment.repository == repository,
+                                          Environment.name == name).exists():
+            made = environment_for(repository, name)
+            Environment.update(removed_at=utcnow()).where(Environment.id == made.id).execute()
+
+
 def reopen(repository: str, name: str) -> None:
     """Let a torn-down preview come back: its pull request was reopened."""
     Environment.update(removed_at=None).where(Environment.repository == repository,

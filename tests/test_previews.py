@@ -110,3 +110,22 @@ async def test_a_closed_preview_stays_closed_whatever_github_sends_again(
     assert finished["status"] == "Failed" and "pull request was closed" in finished["reason"]
     listed = (await (await speed.get("/environments")).json())["environments"]
     assert listed == []
+
+
+async def test_a_pull_request_closed_before_its_preview_was_made_never_brings_it_up(
+        speed, git_server, request):
+    """Found by a hostile user: closed before any preview was made (here: no deployment of it
+    yet), a late synchronize made pr-11 live for a closed pull request, for good. Asserts: it
+    fails saying the pull request was closed; no environment is listed."""
+    full_name = f"svc/unmade-{request.node.name[-6:]}".lower().replace("_", "-")
+    url = git_server.url(full_name)
+    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
+
+    def pr(action: str) -> dict:
+        return pull_request_payload(full_name, url, action=action, number=11, head_sha=head)
+
+    assert (await deliver(speed, "pull_request", pr("closed"))).status == 200
+    late = await deliver(speed, "pull_request", pr("synchronize"))
+    finished = await wait_finished(speed, (await late.json())["id"], 90)
+    assert finished["status"] == "Failed" and "pull request was closed" in finished["reason"]
+    assert (await (await speed.get("/environments")).json())["environments"] == []
