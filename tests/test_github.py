@@ -1,6 +1,7 @@
 """GitHub loop: signed webhooks in, commit statuses and Deployments out, against the stand-in."""
 import asyncio
 import base64
+import time
 import uuid
 from typing import Callable
 
@@ -635,3 +636,40 @@ async def test_a_lost_answer_to_creating_the_github_deployment_makes_no_second_o
     assert [s["state"] for s in fake.deployment_statuses[created["id"]]] == [
         "queued", "in_progress", "success"]
     assert client.app[reporter_key].failures >= 1  # the answer was lost
+
+
+async def test_missed_deliveries_are_asked_for_oldest_first_after_a_github_hiccup(
+        app_fake, app_settings, make_client, git_server, base_image):
+    """Found by a hostile user: two missed pushes to main were asked back newest first, so the
+    older commit arrived last, superseded the newer and won; and one 502 from GitHub at take-up
+    lost every missed delivery until the next start. Asserts: after a 502, both are asked for,
+    oldest first, and the newer commit is what succeeds."""
+    full_name = f"acme/order-{uuid.uuid4().hex[:6]}"
+    url = git_server.url(full_name)
+    old = git_server.commit(full_name, {"Dockerfile": DOCKERFILE, "run.sh": "echo OLD\n"})
+    new = git_server.commit(full_name, {"run.sh": "echo NEW\n"})
+    app_fake.add_installation(99, [full_name])
+    now = time.time()
+    for number, (before, after) in enumerate([("1" * 40, old), (old, new)], start=1):
+        payload = push_payload(full_name, url, before=before, after=after, installation_id=99)
+        body = encode(payload)
+        missed = app_fake.add_delivery(number, str(uuid.uuid4()), "push", None, 502, payload,
+                                       delivery_headers("push", body, SECRET), body=body)
+        missed.delivered_at = now - 60 + number  # the older push was missed first
+    speed = {}
+    in_order = asyncio.Lock()  # GitHub sends the redeliveries one after another, as asked
+
+    async def redeliver(delivery):
+        async with in_order:
+            return await app_fake.deliver(delivery, str(speed["client"].make_url("/webhook")))
+
+    app_fake.on_redeliver = redeliver
+    app_fake.fail_next(1, 502)
+    speed["client"] = client = await make_client(**app_settings)
+    await app_fake.wait_until(lambda: len(app_fake.redelivery_requests) == 2)
+    await app_fake.settle()
+    assert app_fake.redelivery_requests == [1, 2]
+    for deployment in await deployments(client):
+        await wait_finished(client, deployment["id"])
+    succeeded = [d["commit"] for d in await deployments(client) if d["status"] == "Succeeded"]
+    assert succeeded == [new]
