@@ -56,6 +56,10 @@ class GitHub:
         self._tokens[installation_id] = (issued["token"], expires)
         return issued["token"]
 
+    def forget_tokens(self) -> None:
+        """GitHub refused a token (401: revoked, or expired early): new ones from now on."""
+        self._tokens.clear()
+
     def secrets(self) -> list[str]:
         """Every credential in use, for redaction."""
         return [s for s in [self.config.token, *(t for t, _ in self._tokens.values())] if s]

@@ -10,7 +10,7 @@ import urllib.parse
 from typing import Callable
 
 import aiohttp
-from gidgethub import GitHubException
+from gidgethub import GitHubException, RateLimitExceeded
 
 from bot.config import Config, public_url
 from bot.github import GitHub
@@ -257,6 +257,8 @@ class Reporter:
                 if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerDisconnectedError)):
                     uncertain = True  # GitHub may have applied it, and may still
                     self._uncertain.add(deployment.id)
+                if getattr(e, "status_code", None) == 401:  # revoked, or expired early
+                    self.github.forget_tokens()
                 self.failures += 1
                 self._on_failure()
                 log.warning("reporting %s to GitHub failed: %s", report.key, _describe(e),
@@ -429,8 +431,14 @@ def _describe(error: Exception) -> str:
 
 
 def _retry_after(error: Exception) -> float | None:
+    """Seconds GitHub asks to wait: its Retry-After, or until a spent rate limit resets (a
+    primary rate limit sends no Retry-After, and asks that nothing be tried before)."""
     headers = getattr(error, "headers", None) or {}
     try:
         return float(headers.get("retry-after") or headers.get("Retry-After"))
     except (TypeError, ValueError):
-        return None
+        pass
+    if isinstance(error, RateLimitExceeded):
+        reset = error.rate_limit.reset_datetime - datetime.datetime.now(datetime.timezone.utc)
+        return max(reset.total_seconds(), 0) + 1
+    return None

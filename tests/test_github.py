@@ -1,13 +1,17 @@
 """GitHub loop: signed webhooks in, commit statuses and Deployments out, against the stand-in."""
 import asyncio
 import base64
+import datetime
 import time
 import uuid
 from typing import Callable
 
 import pytest
+from gidgethub import RateLimitExceeded
+from gidgethub.sansio import RateLimit
 
 from bot.keys import reporter_key
+from bot.reporter import _retry_after
 from tests.conftest import DOCKERFILE, instance_of, results_of, wait_for, wait_finished
 from tests.fake_github import FakeGitHub
 from tests.webhooks import (delivery_headers, encode, make_app_key, ping_payload,
@@ -673,3 +677,31 @@ async def test_missed_deliveries_are_asked_for_oldest_first_after_a_github_hiccu
         await wait_finished(client, deployment["id"])
     succeeded = [d["commit"] for d in await deployments(client) if d["status"] == "Succeeded"]
     assert succeeded == [new]
+
+
+async def test_an_installation_token_github_refuses_is_replaced(app_fake, app_settings,
+                                                                 make_client, project):
+    """Found by a hostile user: a token GitHub revoked (or that expired early) stayed cached
+    and every report was refused 401 until given up. Asserts: after the 401 a new token is
+    issued and the final status reaches GitHub."""
+    full_name, url, sha = project("acme", "sleep 1\necho ok\n")
+    app_fake.add_installation(99, [full_name])
+    client = await make_client(**{**app_settings, "github__report_retry_for": 20})
+    response = await deliver(client, "push", push_payload(full_name, url, after=sha,
+                                                          installation_id=99))
+    await app_fake.wait_for_statuses(full_name, sha, 1)
+    app_fake.installation_tokens.clear()  # GitHub revoked the token: 401 Bad credentials
+    assert (await wait_finished(client, (await response.json())["id"]))["status"] == "Succeeded"
+    await client.app[reporter_key].idle()
+    assert app_fake.statuses_for(full_name, sha)[-1]["state"] == "success"
+    assert len([c for c in app_fake.calls if c.path.endswith("/access_tokens")]) == 2
+
+
+def test_a_spent_rate_limit_is_waited_out_until_its_reset():
+    """Found by a hostile user: a primary rate limit (403, remaining 0) sends no Retry-After;
+    the backoff gave up before the reset GitHub named. Asserts: the wait is until the reset."""
+    reset = datetime.datetime.now(datetime.timezone.utc).timestamp() + 20
+    spent = RateLimitExceeded(RateLimit(limit=5000, remaining=0, reset_epoch=reset))
+    assert 19 < _retry_after(spent) <= 21
+    assert _retry_after(RateLimitExceeded(RateLimit(limit=5000, remaining=0,
+                                                    reset_epoch=reset - 60))) == 1
