@@ -29,7 +29,10 @@ def pattern_of(secrets: list[str]) -> re.Pattern[str] | None:
         for character in secret:
             node = node.setdefault(character, {})
         node[_END] = True
-    return re.compile(_trie_regex(trie))
+    try:
+        return re.compile(_trie_regex(trie))
+    except RecursionError:  # hundreds of texts each beginning the next: the list it is, then
+        return re.compile("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True)))
 
 
 _END = ""  # a trie key no character is: a text ends here
