@@ -1,5 +1,7 @@
 """Pull-request previews: a pull request deploys to pr-<n> beside production, follows its pushes,
 and goes away when closed; GitHub sees environment_url and, at the end, inactive."""
+from typing import Callable
+
 import aiohttp
 import pytest
 
@@ -18,6 +20,15 @@ RULES = [{"match": "svc/*", "branches": ["main"], "pull_requests": True,
 def files(version: str) -> dict:
     return {"Dockerfile": APP_DOCKERFILE, "www/index.html": f"{version}\n", "www/healthz": "ok\n",
             "www/cgi-bin/.keep": "", ".speed.yml": SPEED_YML % 20}
+
+
+def a_pull_request(git_server, name: str, number: int) -> Callable[[str], dict]:
+    """A repository with a feature branch; the payload of its pull request's events by action."""
+    full_name = name.lower().replace("_", "-")
+    url = git_server.url(full_name)
+    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
+    return lambda action: pull_request_payload(full_name, url, action=action, number=number,
+                                               head_sha=head)
 
 
 @pytest.fixture
@@ -91,13 +102,7 @@ async def test_a_closed_preview_stays_closed_whatever_github_sends_again(
     """Found by a hostile review: the same `reopened` delivery sent again after a second close
     brought the preview back. Asserts: reopened deploys; after closed, the redelivered
     reopened (same delivery id) and a late synchronize leave pr-9 torn down."""
-    full_name = f"svc/reopen-{request.node.name[-6:]}".lower().replace("_", "-")
-    url = git_server.url(full_name)
-    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
-
-    def pr(action: str) -> dict:
-        return pull_request_payload(full_name, url, action=action, number=9, head_sha=head)
-
+    pr = a_pull_request(git_server, f"svc/reopen-{request.node.name[-6:]}", 9)
     assert (await deliver(speed, "pull_request", pr("closed"))).status == 200
     reopened = await deliver(speed, "pull_request", pr("reopened"), guid="reopen-1")
     assert reopened.status == 202
@@ -117,13 +122,7 @@ async def test_a_pull_request_closed_before_its_preview_was_made_never_brings_it
     """Found by a hostile user: closed before any preview was made (here: no deployment of it
     yet), a late synchronize made pr-11 live for a closed pull request, for good. Asserts: it
     fails saying the pull request was closed; no environment is listed."""
-    full_name = f"svc/unmade-{request.node.name[-6:]}".lower().replace("_", "-")
-    url = git_server.url(full_name)
-    head = git_server.commit(full_name, files("pr-v1"), branch="feature")
-
-    def pr(action: str) -> dict:
-        return pull_request_payload(full_name, url, action=action, number=11, head_sha=head)
-
+    pr = a_pull_request(git_server, f"svc/unmade-{request.node.name[-6:]}", 11)
     assert (await deliver(speed, "pull_request", pr("closed"))).status == 200
     late = await deliver(speed, "pull_request", pr("synchronize"))
     finished = await wait_finished(speed, (await late.json())["id"], 90)
